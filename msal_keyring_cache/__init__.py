@@ -1,0 +1,55 @@
+"""A persistent, secure token cache for MSAL Python applications.
+
+>>> import msal, msal_keyring_cache
+>>> cache = msal_keyring_cache.build_cache("my-tool")       # doctest: +SKIP
+>>> app = msal.PublicClientApplication(CLIENT_ID, token_cache=cache)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cache import BackendInfo, PersistentTokenCache
+from .config import Settings
+from .crypto import CorruptCacheError, generate_key
+from .errors import (
+    BackendUnavailableError,
+    CacheError,
+    ConfigError,
+    DecryptError,
+    LockTimeoutError,
+    StoreError,
+)
+from .factory import build_cache
+from .stores import EncryptedFileStore, MemoryStore, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendInfo",
+    "BackendUnavailableError",
+    "CacheError",
+    "ConfigError",
+    "CorruptCacheError",
+    "DecryptError",
+    "EncryptedFileStore",
+    "KeyringStore",
+    "LockTimeoutError",
+    "MemoryStore",
+    "PersistentTokenCache",
+    "Settings",
+    "Store",
+    "StoreError",
+    "__version__",
+    "build_cache",
+    "generate_key",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # keyring costs ~35 ms to import: only when asked for.
+    if name == "KeyringStore":
+        from .stores.keyring import KeyringStore
+
+        return KeyringStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

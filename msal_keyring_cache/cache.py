@@ -1,0 +1,231 @@
+"""The msal adapter: a ``SerializableTokenCache`` kept in a :class:`~.stores.base.Store`.
+
+Rules (see docs/how-it-works):
+
+* **Reads** (``search``, ``find``, msal's private ``_get*``) first ask the store
+  whether it changed since this cache last loaded or saved it — exactly and without
+  decrypting — and reload only then.
+* **Writes**: each msal call that changes the cache (``add``, ``modify`` and the
+  ``remove_*``/``update_rt`` helpers built on it) runs as one transaction: take the
+  in-process lock, then the cross-process lock, reload if another process wrote
+  meanwhile, apply the change on top of what is stored, write once if anything
+  changed. msal's own RLock is only taken inside that, so the lock order is always
+  in-process → cross-process → msal.
+* msal prunes expired access tokens while it searches; such a prune changes only
+  memory and is folded into the next write, never written on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import msal
+
+from .stores.base import Store
+
+__all__ = ["BackendInfo", "PersistentTokenCache"]
+
+logger = logging.getLogger("msal_keyring_cache")
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """Which store a cache uses and why (``cache.backend_info``). Holds no secret."""
+
+    backend: str
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.backend} ({self.reason})"
+
+
+class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
+    """An msal token cache persisted in ``store``, safe across threads and processes.
+
+    Pass it as ``token_cache=`` to ``msal.PublicClientApplication`` or
+    ``msal.ConfidentialClientApplication``. Usually made by
+    :func:`~msal_keyring_cache.build_cache`.
+    """
+
+    def __init__(self, store: Store, *, backend_info: Optional[BackendInfo] = None) -> None:
+        super().__init__()
+        self.store = store
+        self.backend_info = backend_info or BackendInfo(store.kind, "store given explicitly")
+        self._io_lock = threading.RLock()
+        self._depth = 0  # nesting of write transactions (owned by the _io_lock holder)
+        self._deferring = 0  # > 0 while msal's search runs: its prunes stay in memory
+        self._saved: Optional[bytes] = None  # the bytes last loaded or saved
+
+    def __repr__(self) -> str:
+        return f"<PersistentTokenCache backend={self.backend_info}>"
+
+    # -- reads -----------------------------------------------------------------
+
+    def search(self, credential_type: str, *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        with self._io_lock:
+            self._refresh()
+            self._deferring += 1
+            try:
+                for entry in super().search(credential_type, *args, **kwargs):
+                    self._deferring -= 1
+                    try:
+                        yield entry
+                    finally:
+                        self._deferring += 1
+            finally:
+                self._deferring -= 1
+
+    def _get(self, credential_type: str, key: str, default: Any = None) -> Any:
+        # msal's O(1) reads (_get_access_token, _get_app_metadata) all come here.
+        if not self._deferring:
+            self._refresh()
+        return super()._get(credential_type, key, default)
+
+    def serialize(self) -> str:
+        """The current cache as JSON (msal's format), after taking in the store's changes."""
+        self._refresh()
+        return str(super().serialize())
+
+    # -- writes ----------------------------------------------------------------
+
+    def add(self, event: dict[str, Any], **kwargs: Any) -> None:
+        with self._writing():
+            super().add(event, **kwargs)
+
+    def modify(
+        self,
+        credential_type: str,
+        old_entry: dict[str, Any],
+        new_key_value_pairs: Optional[dict[str, Any]] = None,
+    ) -> None:
+        with self._io_lock:
+            if self._deferring or self._depth:
+                super().modify(credential_type, old_entry, new_key_value_pairs)
+                return
+            with self._writing():
+                super().modify(credential_type, old_entry, new_key_value_pairs)
+
+    def deserialize(self, state: Optional[str]) -> None:
+        """Replace the whole cache with ``state`` (msal's JSON) and store it: one write."""
+        parsed = json.loads(state) if state else {}
+        with self._writing(), self._lock:
+            self._cache = parsed
+            self.has_state_changed = True
+
+    def merge(self, state: str) -> int:
+        """Add every entry of another cache's JSON, keeping the newer of two same entries.
+
+        Returns how many entries were added or replaced. One write.
+        """
+        incoming = json.loads(state) if state else {}
+        if not isinstance(incoming, dict):
+            raise ValueError("not a serialized msal token cache (expected a JSON object)")
+        changed = 0
+        with self._writing(), self._lock:
+            for kind, entries in incoming.items():
+                if not isinstance(entries, dict):
+                    continue
+                mine = self._cache.setdefault(kind, {})
+                for key, entry in entries.items():
+                    if key not in mine or _age(entry) >= _age(mine[key]):
+                        changed += mine.get(key) != entry
+                        mine[key] = entry
+            self.has_state_changed = bool(changed)
+        return changed
+
+    def clear(self) -> None:
+        """Delete everything this cache stores (all accounts, all tokens)."""
+        with self._io_lock, self.store.lock():
+            self.store.clear()
+            with self._lock:
+                self._cache = {}
+                self.has_state_changed = False
+            self._saved = None
+
+    def reload(self) -> None:
+        """Load the store's content now, whether or not it changed."""
+        with self._io_lock:
+            self._reload()
+
+    def close(self) -> None:
+        """Release what the store holds open (files, connections)."""
+        self.store.close()
+
+    # -- machinery ---------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        with self._io_lock:
+            if not self._depth and self.store.changed():
+                self._reload()
+
+    def _reload(self) -> None:
+        data = self.store.load()
+        parsed: Any = {}
+        if data:
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                logger.warning(
+                    "The %s store holds data that is not an msal token cache; starting "
+                    "empty (it will be replaced on the next sign-in).",
+                    self.store.kind,
+                )
+                parsed = {}
+        with self._lock:
+            self._cache = parsed
+            self.has_state_changed = False
+        self._saved = data
+        logger.debug(
+            "Loaded the token cache from the %s store (%d bytes)", self.store.kind, len(data or b"")
+        )
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._io_lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with self.store.lock():
+                if self.store.changed():
+                    self._reload()
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+                    self._persist()
+
+    def _persist(self) -> None:
+        with self._lock:
+            data = json.dumps(self._cache, separators=(",", ":")).encode()
+            self.has_state_changed = False
+        if data == self._saved:
+            return
+        self.store.save(data)
+        self._saved = data
+        logger.debug("Saved the token cache to the %s store (%d bytes)", self.store.kind, len(data))
+
+
+def _age(entry: Any) -> int:
+    """When an entry was written, by the fields msal sets; 0 if unknown."""
+    if not isinstance(entry, dict):
+        return 0
+    for name in ("last_modification_time", "cached_at"):
+        try:
+            return int(entry[name])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return 0

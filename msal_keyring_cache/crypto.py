@@ -1,0 +1,347 @@
+"""The encrypted-file format and the key sources, in one place.
+
+A file is one header line of JSON, a newline, and one Fernet token::
+
+    {"format":"msal-keyring-cache","version":1,"kdf":"none","fp":"…","source":"key","gen":"…"}
+    gAAAAAB…
+
+* ``kdf`` is ``none`` (a Fernet key given directly) or ``scrypt`` (a passphrase;
+  the header then carries ``salt``, ``n``, ``r`` and ``p``).
+* ``fp`` is the fingerprint of the key that encrypted the file: an HMAC of a fixed
+  label under the key, so a wrong key is told apart from a damaged file without
+  decrypting, and the fingerprint reveals nothing of the key.
+* ``gen`` is a random generation id, new on every write.
+* ``source`` says where the key came from (for ``status``; not trusted for anything).
+
+Nothing in the header is secret. Fernet authenticates the token (AES-128-CBC with
+HMAC-SHA256), so any change to it is detected.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import CacheError, ConfigError, DecryptError
+
+__all__ = [
+    "CorruptCacheError",
+    "FernetKeys",
+    "Header",
+    "KeySource",
+    "Passphrase",
+    "decrypt",
+    "encrypt",
+    "fingerprint",
+    "generate_key",
+    "is_fernet_key",
+    "parse_header",
+]
+
+FORMAT = "msal-keyring-cache"
+VERSION = 1
+MAX_HEADER = 4096
+# scrypt, cost as the cryptography docs suggest for interactive use (16 MiB, ~50 ms).
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_FP_LABEL = b"msal-keyring-cache key fingerprint v1"
+
+
+class CorruptCacheError(CacheError):
+    """Stored data is damaged, truncated or of an unknown format.
+
+    File stores handle it themselves: the file is moved aside (kept) and the cache
+    starts empty, so the user signs in again.
+    """
+
+
+def generate_key() -> str:
+    """Return a new random Fernet key (url-safe base64 text)."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
+
+
+def is_fernet_key(key: str) -> bool:
+    """Whether ``key`` is 32 url-safe base64-encoded bytes."""
+    try:
+        return len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32 and len(key) == 44
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return False
+
+
+def fingerprint(key: str) -> str:
+    """Non-secret fingerprint of a Fernet key (16 hex digits)."""
+    raw = base64.urlsafe_b64decode(key.encode("ascii"))
+    return hmac.new(raw, _FP_LABEL, hashlib.sha256).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Header:
+    """The parsed header line of an encrypted file."""
+
+    fp: str
+    gen: str
+    kdf: str = "none"
+    source: str = "key"
+    salt: bytes = b""
+    n: int = 0
+    r: int = 0
+    p: int = 0
+
+    def to_bytes(self) -> bytes:
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kdf": self.kdf,
+            "fp": self.fp,
+            "source": self.source,
+            "gen": self.gen,
+        }
+        if self.kdf == "scrypt":
+            doc.update(salt=base64.b64encode(self.salt).decode(), n=self.n, r=self.r, p=self.p)
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _field(doc: dict[str, Any], name: str, kind: type) -> Any:
+    value = doc.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise CorruptCacheError(f"the file header has no valid {name!r}")
+    return value
+
+
+def parse_header(blob: bytes) -> tuple[Header, bytes]:
+    """Split a file into its header and its Fernet token.
+
+    Raises :class:`CorruptCacheError` for anything that is not a valid file.
+    """
+    end = blob.find(b"\n", 0, MAX_HEADER + 1)
+    if end < 0:
+        raise CorruptCacheError("the file has no msal-keyring-cache header")
+    line, token = blob[:end], blob[end + 1 :]
+    try:
+        doc = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptCacheError("the file header is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CorruptCacheError("the file is not an msal-keyring-cache file")
+    if doc.get("version") != VERSION:
+        raise CorruptCacheError(f"the file has unknown format version {doc.get('version')!r}")
+    kdf = _field(doc, "kdf", str)
+    header = Header(
+        fp=_field(doc, "fp", str),
+        gen=_field(doc, "gen", str),
+        kdf=kdf,
+        source=str(doc.get("source", "key"))[:40],
+    )
+    if kdf == "scrypt":
+        try:
+            salt = base64.b64decode(_field(doc, "salt", str), validate=True)
+        except (binascii.Error, ValueError):
+            raise CorruptCacheError("the file header has an invalid salt") from None
+        n, r, p = (_field(doc, x, int) for x in "nrp")
+        # Bounds keep a crafted header from making the KDF run for minutes.
+        if not (16 <= len(salt) <= 64 and 2**10 <= n <= 2**20 and n & (n - 1) == 0):
+            raise CorruptCacheError("the file header has out-of-range scrypt parameters")
+        if not (1 <= r <= 32 and 1 <= p <= 16):
+            raise CorruptCacheError("the file header has out-of-range scrypt parameters")
+        header = Header(header.fp, header.gen, kdf, header.source, salt, n, r, p)
+    elif kdf != "none":
+        raise CorruptCacheError(f"the file header names unknown key derivation {kdf!r}")
+    if not token:
+        raise CorruptCacheError("the file is truncated (no encrypted data)")
+    return header, token
+
+
+class KeySource:
+    """Where a file's key comes from. Subclasses: :class:`FernetKeys`, :class:`Passphrase`."""
+
+    #: Plain words for ``status``, e.g. ``"key file /home/me/.config/app/cache.key"``.
+    label: str = ""
+    #: Short tag written into the header (``key``, ``key_file``, ``keyring``, …).
+    tag: str = "key"
+    #: Protection level in plain words, for ``status``.
+    protection: str = "Fernet key"
+
+    def keys_for(self, header: Header) -> list[str]:  # pragma: no cover - abstract
+        """Fernet keys able to decrypt a file with ``header``, best match first."""
+        raise NotImplementedError
+
+    def new_header(self, previous: Optional[Header]) -> tuple[Header, str]:  # pragma: no cover
+        """Header and encryption key for the next write."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, repr=False)
+class FernetKeys(KeySource):
+    """One or more Fernet keys; the first encrypts, any decrypts (rotation)."""
+
+    keys: tuple[str, ...]
+    label: str = "a Fernet key"
+    tag: str = "key"
+    protection: str = "Fernet key"
+    _fps: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        if not self.keys or not all(is_fernet_key(k) for k in self.keys):
+            raise ConfigError(f"{self.label}: expected Fernet keys (32 url-safe base64 bytes)")
+        object.__setattr__(self, "_fps", tuple(fingerprint(k) for k in self.keys))
+
+    def __repr__(self) -> str:
+        return f"FernetKeys(label={self.label!r}, fingerprints={list(self._fps)})"
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        return self._fps
+
+    def keys_for(self, header: Header) -> list[str]:
+        if header.kdf != "none":
+            raise DecryptError(
+                f"The cache file is protected by a passphrase, but {self.label} is configured. "
+                "Set the passphrase (…_PASSPHRASE) instead."
+            )
+        matching = [k for k, fp in zip(self.keys, self._fps) if fp == header.fp]
+        if not matching:
+            raise DecryptError(
+                f"The cache file was encrypted with a key of fingerprint {header.fp}, which is "
+                f"not among the configured keys from {self.label} (fingerprints "
+                f"{', '.join(self._fps)}). Configure the key the file was written with (a new "
+                "key can be put in front of it to rotate), or delete the cache and sign in again. "
+                "The file was not changed."
+            )
+        return matching
+
+    def new_header(self, previous: Optional[Header]) -> tuple[Header, str]:
+        return Header(fp=self._fps[0], gen=secrets.token_hex(8), source=self.tag), self.keys[0]
+
+
+_derived: dict[bytes, str] = {}
+_derived_lock = threading.Lock()
+
+
+@dataclass(frozen=True, repr=False)
+class Passphrase(KeySource):
+    """A passphrase; the key is derived with scrypt and a random salt per file."""
+
+    passphrase: str
+    label: str = "the passphrase"
+    tag: str = "passphrase"
+    protection: str = "passphrase (scrypt)"
+
+    def __repr__(self) -> str:
+        return "Passphrase(***)"
+
+    def derive(self, salt: bytes, n: int, r: int, p: int) -> str:
+        """The Fernet key for these KDF parameters; computed once per process."""
+        memo = hashlib.sha256(
+            b"%d:%d:%d:" % (n, r, p) + salt + b":" + self.passphrase.encode()
+        ).digest()
+        with _derived_lock:
+            if memo in _derived:
+                return _derived[memo]
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+        raw = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(self.passphrase.encode())
+        key = base64.urlsafe_b64encode(raw).decode("ascii")
+        with _derived_lock:
+            _derived[memo] = key
+        return key
+
+    def keys_for(self, header: Header) -> list[str]:
+        if header.kdf != "scrypt":
+            raise DecryptError(
+                "The cache file is protected by a Fernet key, but a passphrase is configured. "
+                "Configure the key (…_KEY or …_KEY_FILE) instead. The file was not changed."
+            )
+        key = self.derive(header.salt, header.n, header.r, header.p)
+        if fingerprint(key) != header.fp:
+            raise DecryptError(
+                "Wrong passphrase for the cache file (the derived key does not match the "
+                "file's key fingerprint). Set the passphrase it was written with, or delete "
+                "the cache and sign in again. The file was not changed."
+            )
+        return [key]
+
+    def new_header(self, previous: Optional[Header]) -> tuple[Header, str]:
+        if previous is not None and previous.kdf == "scrypt":
+            salt, n, r, p = previous.salt, previous.n, previous.r, previous.p
+        else:
+            salt, n, r, p = os.urandom(16), SCRYPT_N, SCRYPT_R, SCRYPT_P
+        key = self.derive(salt, n, r, p)
+        header = Header(fingerprint(key), secrets.token_hex(8), "scrypt", self.tag, salt, n, r, p)
+        return header, key
+
+
+def encrypt(plaintext: bytes, source: KeySource, previous: Optional[Header] = None) -> bytes:
+    """Encrypt ``plaintext`` into the file format with ``source``'s encryption key."""
+    from cryptography.fernet import Fernet
+
+    header, key = source.new_header(previous)
+    return header.to_bytes() + b"\n" + Fernet(key.encode()).encrypt(plaintext)
+
+
+def decrypt(blob: bytes, source: KeySource) -> tuple[bytes, Header]:
+    """Decrypt a file's bytes.
+
+    Raises :class:`~msal_keyring_cache.DecryptError` when the configured key is not the
+    file's key and :class:`CorruptCacheError` when the file is damaged.
+    """
+    header, token = parse_header(blob)
+    keys = source.keys_for(header)
+    from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+    try:
+        return MultiFernet([Fernet(k.encode()) for k in keys]).decrypt(token), header
+    except InvalidToken:
+        raise CorruptCacheError(
+            "the encrypted data is damaged (its key fingerprint matches, but it fails "
+            "authentication)"
+        ) from None
+
+
+def read_key_file(path: str) -> tuple[str, ...]:
+    """Fernet keys from a key file (one per line, ``#`` comments); must be private."""
+    from .files import check_not_symlink, loose_permissions, read_file
+
+    check_not_symlink(path)
+    loose = loose_permissions(path)
+    if loose:
+        raise ConfigError(
+            f"The key file {path} is readable by other users (mode {loose}); run: chmod 600 {path}"
+        )
+    blob = read_file(path)
+    if blob is None:
+        raise ConfigError(
+            f"The key file {path} does not exist; make one with: "
+            f"msal-keyring-cache generate-key > {path}"
+        )
+    lines = blob.decode("ascii", "replace").splitlines()
+    keys = tuple(x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#"))
+    if not keys or not all(is_fernet_key(k) for k in keys):
+        raise ConfigError(
+            f"The key file {path} does not hold Fernet keys (one per line, 32 url-safe "
+            "base64-encoded bytes each)."
+        )
+    return keys
+
+
+def default_key_file(path: str) -> tuple[str, ...]:
+    """The generated key file at ``path``, made on first use (0600, in a 0700 directory)."""
+    from .files import atomic_write, ensure_private_dir
+
+    if not os.path.exists(path):
+        ensure_private_dir(os.path.dirname(path))
+        tmp = f"{path}.{secrets.token_hex(4)}.new"
+        os.close(atomic_write(tmp, (generate_key() + "\n").encode()))
+        try:
+            os.link(tmp, path)  # fails if another process made one first: use theirs
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return read_key_file(path)

@@ -1,0 +1,65 @@
+"""The one small protocol every store implements."""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+__all__ = ["Store", "StoreStats"]
+
+
+@dataclass
+class StoreStats:
+    """What a store did in this process (tests and benchmarks read it)."""
+
+    loads: int = 0
+    saves: int = 0
+    checks: int = 0
+
+
+class Store(abc.ABC):
+    """Where one serialized token cache lives.
+
+    A store keeps the bytes of one cache and tells, cheaply and exactly, whether they
+    changed since this object last loaded or saved them. It is used by one
+    :class:`~msal_keyring_cache.PersistentTokenCache`, which serializes all calls, so a
+    store need not be thread-safe itself.
+    """
+
+    #: Short name: ``file``, ``keyring``, ``memory`` …
+    kind: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.stats = StoreStats()
+
+    @abc.abstractmethod
+    def load(self) -> Optional[bytes]:
+        """Return the stored cache (``None`` when there is none) and remember its version."""
+
+    @abc.abstractmethod
+    def save(self, data: bytes) -> None:
+        """Replace the stored cache with ``data`` and remember the new version."""
+
+    @abc.abstractmethod
+    def changed(self) -> bool:
+        """Whether the stored cache differs from the version last loaded or saved here.
+
+        Must be cheap (no decryption, no credential-store round trip) and exact.
+        """
+
+    @abc.abstractmethod
+    def lock(self) -> AbstractContextManager[Any]:
+        """An exclusive lock shared with every process using the same store (re-entrant)."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Delete the stored cache (under the lock)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Non-secret facts for ``status``: location, protection, lock file, size …"""
+        return {"backend": self.kind}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files or connections held by the store."""

@@ -1,0 +1,54 @@
+"""A store in process memory: for tests and for caches that need no persistence."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+from .base import Store
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Keeps the serialized cache in memory; shareable between caches of one process."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._data: Optional[bytes] = None
+        self._version = 0
+        self._seen = 0
+        self._lock = threading.RLock()
+
+    def load(self) -> Optional[bytes]:
+        self.stats.loads += 1
+        self._seen = self._version
+        return self._data
+
+    def save(self, data: bytes) -> None:
+        self.stats.saves += 1
+        self._data = data
+        self._version += 1
+        self._seen = self._version
+
+    def changed(self) -> bool:
+        self.stats.checks += 1
+        return self._seen != self._version
+
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data = None
+            self._version += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.kind,
+            "location": "process memory",
+            "protection": "none (not persisted)",
+            "size": len(self._data or b""),
+        }

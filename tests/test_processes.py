@@ -1,0 +1,108 @@
+"""Real separate processes sharing one encrypted file cache: reuse, contention, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from msal_keyring_cache import build_cache
+from msal_keyring_cache.testing import LoopbackIdentityProvider
+
+from .conftest import PYTHON, ROOT, child_env
+
+APP = "msal-keyring-cache-tests"
+
+
+def _env(path: Path, key: str) -> dict[str, str]:
+    return child_env(
+        MSAL_KEYRING_CACHE_BACKEND="file",
+        MSAL_KEYRING_CACHE_PATH=str(path),
+        MSAL_KEYRING_CACHE_KEY=key,
+        MSAL_KEYRING_CACHE_LOCK_TIMEOUT="120",
+    )
+
+
+def _child(idp: LoopbackIdentityProvider, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "tests.child", str(idp.port), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _access_token_targets(path: Path, key: str) -> set[str]:
+    cache = build_cache(APP, backend="file", path=str(path), key=key)
+    data = json.loads(cache.serialize())
+    return {entry["target"] for entry in data.get("AccessToken", {}).values()}
+
+
+def test_second_process_is_served_silently(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    app = idp.public_app(token_cache=cache)
+    result = app.acquire_token_by_username_password("alice@example.com", "pw", ["User.Read"])
+    assert "access_token" in result
+    idp.reset()
+
+    child = _child(idp, _env(cache_path, key), "silent", "alice@example.com")
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert json.loads(out) == {"source": "cache", "backend": "file"}
+    assert idp.token_requests == 0
+
+
+@pytest.mark.slow
+def test_many_processes_lose_nothing(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    processes, per_process = 16, 20
+    idp.reset()
+    env = _env(cache_path, key)
+    children = [
+        _child(idp, env, "cc", str(i * per_process), str(per_process)) for i in range(processes)
+    ]
+    outputs = [c.communicate(timeout=300) for c in children]
+    for child, (out, err) in zip(children, outputs):
+        assert child.returncode == 0, err
+        assert "ERROR" not in out
+    expected = {f"api://t/s{i}/.default" for i in range(processes * per_process)}
+    assert _access_token_targets(cache_path, key) == expected
+    assert idp.token_requests == processes * per_process
+
+
+@pytest.mark.slow
+def test_writers_killed_at_random_never_lose_a_returned_write(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    rng = random.Random(20261125)
+    env = _env(cache_path, key)
+    returned: set[str] = set()
+    rounds = 12
+    for round_no in range(rounds):
+        children = [
+            _child(idp, env, "cc", str(10_000 * round_no + 1000 * n), "1000") for n in range(3)
+        ]
+        time.sleep(rng.uniform(0.6, 1.6))  # let them get going, then kill mid-flight
+        for child in children:
+            time.sleep(rng.uniform(0, 0.05))
+            child.send_signal(signal.SIGKILL)
+        for child in children:
+            out, _ = child.communicate(timeout=60)
+            returned.update(line for line in out.splitlines() if line.startswith("api://"))
+        stored = _access_token_targets(cache_path, key)  # must always load
+        assert returned <= stored, f"round {round_no}: lost {sorted(returned - stored)[:5]}"
+    assert len(returned) > rounds  # the children really wrote before being killed
+    leftovers = [p for p in os.listdir(cache_path.parent) if p.endswith(".tmp")]
+    # A killed writer may leave its temp file; it is never mistaken for the cache.
+    assert all(p.startswith(".token_cache.bin.") for p in leftovers)
