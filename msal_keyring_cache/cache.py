@@ -7,10 +7,11 @@ Rules (see docs/how-it-works):
   decrypting — and reload only then.
 * **Writes**: each msal call that changes the cache (``add``, ``modify`` and the
   ``remove_*``/``update_rt`` helpers built on it) runs as one transaction: take the
-  in-process lock, then the cross-process lock, reload if another process wrote
-  meanwhile, apply the change on top of what is stored, write once if anything
-  changed. msal's own RLock is only taken inside that, so the lock order is always
-  in-process → cross-process → msal.
+  in-process lock, then the cross-process lock, take in what another process wrote
+  meanwhile, apply the change on top of it, write once if any entry changed. The
+  write holds just the entries this process changed (a journal record) where the
+  store supports it, else the whole cache. msal's own RLock is only taken inside
+  that, so the lock order is always in-process → cross-process → msal.
 * msal prunes expired access tokens while it searches; such a prune changes only
   memory and is folded into the next write, never written on its own.
 """
@@ -29,9 +30,21 @@ import msal
 
 from .stores.base import Store
 
-__all__ = ["BackendInfo", "PersistentTokenCache"]
+__all__ = ["BackendInfo", "PersistentTokenCache", "apply_delta"]
 
 logger = logging.getLogger("msal_keyring_cache")
+_MISSING: Any = object()
+
+
+def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Apply a journal delta ``{credential_type: {key: entry or None}}`` to a cache dict."""
+    for credential_type, entries in delta.items():
+        table = state.setdefault(credential_type, {})
+        for key, entry in entries.items():
+            if entry is None:
+                table.pop(key, None)
+            else:
+                table[key] = entry
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         self._io_lock = threading.RLock()
         self._depth = 0  # nesting of write transactions (owned by the _io_lock holder)
         self._deferring = 0  # > 0 while msal's search runs: its prunes stay in memory
-        self._saved: Optional[bytes] = None  # the bytes last loaded or saved
+        # Entries as they were before this process's unsaved changes, by (type, key):
+        # the next write stores those that differ now. Kept in memory only.
+        self._before: dict[tuple[str, str], Any] = {}
+        self._rewrite = False  # a change not expressible per entry (deserialize)
 
     def __repr__(self) -> str:
         return f"<PersistentTokenCache backend={self.backend_info}>"
@@ -106,23 +122,29 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         new_key_value_pairs: Optional[dict[str, Any]] = None,
     ) -> None:
         with self._io_lock:
-            if self._deferring or self._depth:
-                super().modify(credential_type, old_entry, new_key_value_pairs)
+            if not (self._deferring or self._depth):
+                with self._writing():
+                    self.modify(credential_type, old_entry, new_key_value_pairs)
                 return
-            with self._writing():
+            key = self.key_makers[credential_type](**old_entry)
+            with self._lock:
+                current = self._cache.get(credential_type, {}).get(key, _MISSING)
+                self._before.setdefault((credential_type, key), current)
                 super().modify(credential_type, old_entry, new_key_value_pairs)
 
     def deserialize(self, state: Optional[str]) -> None:
         """Replace the whole cache with ``state`` (msal's JSON) and store it: one write."""
         parsed = json.loads(state) if state else {}
-        with self._writing(), self._lock:
-            self._cache = parsed
-            self.has_state_changed = True
+        with self._writing():
+            with self._lock:
+                self._cache = parsed
+                self.has_state_changed = True
+            self._rewrite = True
 
     def merge(self, state: str) -> int:
         """Add every entry of another cache's JSON, keeping the newer of two same entries.
 
-        Returns how many entries were added or replaced. One write.
+        Returns how many entries were added or replaced. One write, if any.
         """
         incoming = json.loads(state) if state else {}
         if not isinstance(incoming, dict):
@@ -134,9 +156,12 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                     continue
                 mine = self._cache.setdefault(kind, {})
                 for key, entry in entries.items():
-                    if key not in mine or _age(entry) >= _age(mine[key]):
-                        changed += mine.get(key) != entry
-                        mine[key] = entry
+                    old = mine.get(key, _MISSING)
+                    if old == entry or (old is not _MISSING and _age(entry) < _age(old)):
+                        continue
+                    self._before.setdefault((kind, key), old)
+                    mine[key] = entry
+                    changed += 1
             self.has_state_changed = bool(changed)
         return changed
 
@@ -147,12 +172,15 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             with self._lock:
                 self._cache = {}
                 self.has_state_changed = False
-            self._saved = None
+            self._before.clear()
+            self._rewrite = False
 
     def reload(self) -> None:
         """Load the store's content now, whether or not it changed."""
         with self._io_lock:
             self._reload()
+            if self.store.changed():
+                self._catch_up()
 
     def close(self) -> None:
         """Release what the store holds open (files, connections)."""
@@ -163,7 +191,20 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     def _refresh(self) -> None:
         with self._io_lock:
             if not self._depth and self.store.changed():
-                self._reload()
+                self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Take in what the store has and we have not: journal records, or everything."""
+        deltas = self.store.read_changes()
+        if deltas is None:
+            self._reload()
+            deltas = self.store.read_changes() if self.store.changed() else []
+        if not deltas:
+            return
+        with self._lock:
+            for delta in deltas:
+                apply_delta(self._cache, json.loads(delta))
+        logger.debug("Applied %d change(s) from the %s store", len(deltas), self.store.kind)
 
     def _reload(self) -> None:
         data = self.store.load()
@@ -183,7 +224,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         with self._lock:
             self._cache = parsed
             self.has_state_changed = False
-        self._saved = data
+        self._before.clear()  # unsaved prunes are redone by msal's next search
         logger.debug(
             "Loaded the token cache from the %s store (%d bytes)", self.store.kind, len(data or b"")
         )
@@ -200,7 +241,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 return
             with self.store.lock():
                 if self.store.changed():
-                    self._reload()
+                    self._catch_up()
                 self._depth = 1
                 try:
                     yield
@@ -209,14 +250,26 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                     self._persist()
 
     def _persist(self) -> None:
+        delta: dict[str, dict[str, Any]] = {}
         with self._lock:
-            data = json.dumps(self._cache, separators=(",", ":")).encode()
+            for (credential_type, key), before in self._before.items():
+                now = self._cache.get(credential_type, {}).get(key, _MISSING)
+                if now != before:
+                    delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
+            self._before.clear()
             self.has_state_changed = False
-        if data == self._saved:
+        rewrite, self._rewrite = self._rewrite, False
+        if rewrite:
+            self.store.save(self._dump())
+        elif delta:
+            self.store.append(json.dumps(delta, separators=(",", ":")).encode(), self._dump)
+        else:
             return
-        self.store.save(data)
-        self._saved = data
-        logger.debug("Saved the token cache to the %s store (%d bytes)", self.store.kind, len(data))
+        logger.debug("Saved the token cache to the %s store", self.store.kind)
+
+    def _dump(self) -> bytes:
+        with self._lock:
+            return json.dumps(self._cache, separators=(",", ":")).encode()
 
 
 def _age(entry: Any) -> int:

@@ -1,9 +1,10 @@
 """The encrypted-file format and the key sources, in one place.
 
-A file is one header line of JSON, a newline, and one Fernet token::
+A file is one header line of JSON, then newline-terminated Fernet tokens (records)::
 
     {"format":"msal-keyring-cache","version":1,"kdf":"none","fp":"…","source":"key","gen":"…"}
-    gAAAAAB…
+    gAAAAAB…    <- snapshot: the whole cache as JSON
+    gAAAAAB…    <- journal: one record per later write, the entries it changed
 
 * ``kdf`` is ``none`` (a Fernet key given directly) or ``scrypt`` (a passphrase;
   the header then carries ``salt``, ``n``, ``r`` and ``p``).
@@ -13,8 +14,9 @@ A file is one header line of JSON, a newline, and one Fernet token::
 * ``gen`` is a random generation id, new on every write.
 * ``source`` says where the key came from (for ``status``; not trusted for anything).
 
-Nothing in the header is secret. Fernet authenticates the token (AES-128-CBC with
-HMAC-SHA256), so any change to it is detected.
+Nothing in the header is secret. Fernet authenticates every record (AES-128-CBC with
+HMAC-SHA256), so any change is detected. A record is complete only with its newline:
+a writer killed mid-append leaves a tail that readers ignore and the next writer cuts.
 """
 
 from __future__ import annotations
@@ -116,14 +118,16 @@ def _field(doc: dict[str, Any], name: str, kind: type) -> Any:
 
 
 def parse_header(blob: bytes) -> tuple[Header, bytes]:
-    """Split a file into its header and its Fernet token.
+    """Split a file into its header and its first record (the snapshot token).
 
     Raises :class:`CorruptCacheError` for anything that is not a valid file.
     """
     end = blob.find(b"\n", 0, MAX_HEADER + 1)
     if end < 0:
         raise CorruptCacheError("the file has no msal-keyring-cache header")
-    line, token = blob[:end], blob[end + 1 :]
+    line = blob[:end]
+    token_end = blob.find(b"\n", end + 1)
+    token = blob[end + 1 : token_end] if token_end > 0 else b""
     try:
         doc = json.loads(line)
     except (ValueError, UnicodeDecodeError):
@@ -154,8 +158,16 @@ def parse_header(blob: bytes) -> tuple[Header, bytes]:
     elif kdf != "none":
         raise CorruptCacheError(f"the file header names unknown key derivation {kdf!r}")
     if not token:
-        raise CorruptCacheError("the file is truncated (no encrypted data)")
+        raise CorruptCacheError("the file is truncated (no complete encrypted snapshot)")
     return header, token
+
+
+def split_records(blob: bytes, start: int) -> tuple[list[bytes], int]:
+    """The complete records in ``blob[start:]`` and the offset just after the last one."""
+    end = blob.rfind(b"\n", start)
+    if end < 0:
+        return [], start
+    return blob[start:end].split(b"\n"), end + 1
 
 
 class KeySource:
@@ -278,30 +290,44 @@ class Passphrase(KeySource):
 
 
 def encrypt(plaintext: bytes, source: KeySource, previous: Optional[Header] = None) -> bytes:
-    """Encrypt ``plaintext`` into the file format with ``source``'s encryption key."""
+    """A new file: header and snapshot record of ``plaintext``, under ``source``'s first key."""
+    header, key = source.new_header(previous)
+    return header.to_bytes() + b"\n" + encrypt_record(plaintext, key)
+
+
+def encrypt_record(plaintext: bytes, key: str) -> bytes:
+    """One newline-terminated record."""
     from cryptography.fernet import Fernet
 
-    header, key = source.new_header(previous)
-    return header.to_bytes() + b"\n" + Fernet(key.encode()).encrypt(plaintext)
+    return Fernet(key.encode()).encrypt(plaintext) + b"\n"
 
 
-def decrypt(blob: bytes, source: KeySource) -> tuple[bytes, Header]:
-    """Decrypt a file's bytes.
-
-    Raises :class:`~msal_keyring_cache.DecryptError` when the configured key is not the
-    file's key and :class:`CorruptCacheError` when the file is damaged.
-    """
-    header, token = parse_header(blob)
-    keys = source.keys_for(header)
-    from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+def decrypt_record(token: bytes, key: str) -> bytes:
+    """Decrypt one record (without its newline); :class:`CorruptCacheError` if damaged."""
+    from cryptography.fernet import Fernet, InvalidToken
 
     try:
-        return MultiFernet([Fernet(k.encode()) for k in keys]).decrypt(token), header
+        return Fernet(key.encode()).decrypt(token)
     except InvalidToken:
         raise CorruptCacheError(
             "the encrypted data is damaged (its key fingerprint matches, but it fails "
             "authentication)"
         ) from None
+
+
+def file_key(header: Header, source: KeySource) -> str:
+    """The key of a file with ``header`` among ``source``'s keys (``DecryptError`` if absent)."""
+    return source.keys_for(header)[0]
+
+
+def decrypt(blob: bytes, source: KeySource) -> tuple[bytes, Header]:
+    """Decrypt a file's snapshot record.
+
+    Raises :class:`~msal_keyring_cache.DecryptError` when the configured key is not the
+    file's key and :class:`CorruptCacheError` when the file is damaged.
+    """
+    header, token = parse_header(blob)
+    return decrypt_record(token, file_key(header, source)), header
 
 
 def read_key_file(path: str) -> tuple[str, ...]:

@@ -103,15 +103,27 @@ class FileIdentity:
             os.close(self._fd)
         self._fd = self._id = self._prefix = None
 
+    @property
+    def fd(self) -> Optional[int]:
+        """The descriptor kept open on the remembered version (POSIX), if any."""
+        return self._fd
+
     def changed(self) -> bool:
-        """Whether the file now at ``path`` differs from the version remembered."""
-        if os.name != "posix":
-            return self._changed_by_prefix()
+        """Whether the file now at ``path`` is another version than the one remembered."""
+        return self.check()[0]
+
+    def check(self) -> tuple[bool, int]:
+        """``(replaced, size)``: whether ``path`` is another version, and its size now.
+
+        Files that are only appended to stay the same version; their size tells the rest.
+        """
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return self._id is not None
-        return self._id != (st.st_dev, st.st_ino)
+            return self._id is not None or self._prefix is not None, 0
+        if os.name != "posix":
+            return self._changed_by_prefix(), st.st_size
+        return self._id != (st.st_dev, st.st_ino), st.st_size
 
     def _changed_by_prefix(self) -> bool:
         try:

@@ -250,3 +250,63 @@ def test_reprs_hold_no_secrets(cache_path: Path, key: str) -> None:
     from msal_keyring_cache.config import Settings
 
     assert key not in repr(Settings.resolve(key=key))
+
+
+def _cc(idp, cache: PersistentTokenCache, scope: str) -> None:
+    result = idp.confidential_app(token_cache=cache).acquire_token_for_client([scope])
+    assert "access_token" in result
+
+
+def _targets(cache: PersistentTokenCache) -> set[str]:
+    return {e["target"] for e in json.loads(cache.serialize()).get("AccessToken", {}).values()}
+
+
+def test_writes_append_records_and_compaction_keeps_everything(
+    idp, cache_path: Path, key: str
+) -> None:
+    from msal_keyring_cache.stores.file import MAX_RECORDS
+
+    writer = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    reader = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    for i in range(MAX_RECORDS + 10):
+        _cc(idp, writer, f"api://t/j{i}/.default")
+        if i % 7 == 0:
+            assert f"api://t/j{i}/.default" in _targets(reader)  # incremental catch-up
+    stats = writer.store.stats
+    assert stats.saves == MAX_RECORDS + 10
+    assert stats.appends >= MAX_RECORDS - 1
+    assert stats.saves - stats.appends >= 2  # the first write and at least one compaction
+    expected = {f"api://t/j{i}/.default" for i in range(MAX_RECORDS + 10)}
+    assert _targets(reader) == expected
+    assert _targets(build_cache(APP, backend="file", path=str(cache_path), key=key)) == expected
+    assert reader.store.stats.loads <= 3  # mostly journal records, not full reloads
+
+
+def test_dead_tail_of_a_killed_writer_is_ignored_then_cut(idp, cache_path: Path, key: str) -> None:
+    writer = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    _cc(idp, writer, "api://t/a/.default")
+    _cc(idp, writer, "api://t/b/.default")
+    with open(cache_path, "ab") as fh:
+        fh.write(b"gAAAAABpartial-record-without-newline")
+    reader = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    assert _targets(reader) == {"api://t/a/.default", "api://t/b/.default"}
+    _cc(idp, reader, "api://t/c/.default")
+    assert b"partial-record" not in cache_path.read_bytes()
+    fresh = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    assert _targets(fresh) == {"api://t/a/.default", "api://t/b/.default", "api://t/c/.default"}
+
+
+def test_damaged_journal_record_keeps_what_came_before_and_sets_file_aside(
+    idp, cache_path: Path, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    for name in "abc":
+        _cc(idp, writer, f"api://t/{name}/.default")
+    lines = cache_path.read_bytes().split(b"\n")
+    lines[2] = lines[2][:-10] + b"AAAAAAAAAA"  # header, snapshot (a), record b, record c
+    cache_path.write_bytes(b"\n".join(lines))
+    caplog.set_level(logging.WARNING, "msal_keyring_cache")
+    reader = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    assert _targets(reader) == {"api://t/a/.default"}
+    assert any("written before the damage" in r.getMessage() for r in caplog.records)
+    assert [p for p in cache_path.parent.iterdir() if ".corrupt-" in p.name]

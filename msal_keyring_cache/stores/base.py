@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 __all__ = ["Store", "StoreStats"]
 
@@ -14,9 +14,10 @@ __all__ = ["Store", "StoreStats"]
 class StoreStats:
     """What a store did in this process (tests and benchmarks read it)."""
 
-    loads: int = 0
-    saves: int = 0
-    checks: int = 0
+    loads: int = 0  #: full loads
+    saves: int = 0  #: writes of any kind (a whole cache or one journal record)
+    checks: int = 0  #: change checks
+    appends: int = 0  #: of the saves, journal records
 
 
 class Store(abc.ABC):
@@ -41,6 +42,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def save(self, data: bytes) -> None:
         """Replace the stored cache with ``data`` and remember the new version."""
+
+    def read_changes(self) -> Optional[list[bytes]]:
+        """Deltas written by others since this object last read or wrote, oldest first.
+
+        ``None`` means "load everything again" — the default for stores without a journal.
+        A delta is JSON ``{credential_type: {key: entry or null}}``.
+        """
+        return None
+
+    def append(self, delta: bytes, full: Callable[[], bytes]) -> None:
+        """Store one delta (called under :meth:`lock`, after catching up).
+
+        Stores without a journal write ``full()``, the whole cache, instead.
+        """
+        self.save(full())
 
     @abc.abstractmethod
     def changed(self) -> bool:
