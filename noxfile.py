@@ -39,3 +39,25 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("-e", ".[test]", "mypy", "types-requests", "types-redis")
     session.run("mypy", "--strict", "msal_keyring_cache")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (Sphinx + furo + MyST); warnings are errors.
+
+    The configuration table, CLI reference and API pages are generated from the code
+    during the build (docs/_ext/docs_gen.py). Output: docs/_build/html.
+    """
+    session.install(".", "sphinx", "furo", "myst-parser", "pytest")  # pytest: the fixture's docs
+    build = ["sphinx-build", "-W", "--keep-going", "-E", "-b", "html"]
+    session.run(*build, "docs", "docs/_build/html", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks vs plain msal and msal-extensions; regenerates docs/performance.{md,png}.
+
+    ``nox -s bench -- --quick`` for a smoke run.
+    """
+    session.install("-e", ".[test]", "msal-extensions", "matplotlib")
+    session.run("python", "bench/run.py", *session.posargs)

@@ -247,6 +247,19 @@ class LoopbackIdentityProvider:
             raise RuntimeError(f"authorize answered {response.status_code}: {response.text}")
         return str(response.headers["Location"])
 
+    def authorize_form_post(self, auth_uri: str) -> tuple[str, dict[str, str]]:
+        """Like :meth:`authorize` for ``response_mode="form_post"``: the consenting user's
+        browser would POST these fields to this URL; return ``(url, fields)``."""
+        import html
+        import re
+
+        response = self.http_client.get(auth_uri, allow_redirects=False, timeout=10)
+        action = re.search(r'<form method="post" action="([^"]*)"', response.text)
+        if response.status_code != 200 or action is None:
+            raise RuntimeError(f"authorize answered {response.status_code}: {response.text}")
+        fields = re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', response.text)
+        return html.unescape(action[1]), {html.unescape(k): html.unescape(v) for k, v in fields}
+
     # -- token minting ---------------------------------------------------------------
 
     def _user(self, username: str) -> dict[str, str]:
@@ -362,6 +375,13 @@ class LoopbackIdentityProvider:
                 record: Optional[dict[str, Any]] = None,
             ) -> None:
                 data = json.dumps(body).encode() if body is not None else b""
+                # Logged before replying: once the client has its answer, a test may
+                # read idp.requests at once and must find the request there.
+                path = urlsplit(self.path).path
+                with idp._lock:
+                    idp.requests.append(
+                        RecordedRequest(self.command, path, status, **(record or {}))
+                    )
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -369,11 +389,6 @@ class LoopbackIdentityProvider:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
-                path = urlsplit(self.path).path
-                with idp._lock:
-                    idp.requests.append(
-                        RecordedRequest(self.command, path, status, **(record or {}))
-                    )
 
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
@@ -419,16 +434,34 @@ class LoopbackIdentityProvider:
                         query.get("nonce"),
                     )
                 params = {"code": code, "state": query.get("state", "")}
+                form_post = query.get("response_mode") == "form_post"
+                with idp._lock:  # logged before replying, as in _reply
+                    idp.requests.append(
+                        RecordedRequest(
+                            "GET",
+                            urlsplit(self.path).path,
+                            200 if form_post else 302,
+                            client_id=query.get("client_id"),
+                        )
+                    )
+                if form_post:  # an auto-submitting form
+                    import html
+
+                    inputs = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">'
+                                     for k, v in params.items())  # fmt: skip
+                    page = (f'<html><body onload="document.forms[0].submit()"><form '
+                            f'method="post" action="{html.escape(redirect_uri)}">{inputs}'
+                            "</form></body></html>").encode()  # fmt: skip
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 self.send_response(302)
                 self.send_header("Location", redirect_uri + "?" + urlencode(params))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                with idp._lock:
-                    idp.requests.append(
-                        RecordedRequest(
-                            "GET", urlsplit(self.path).path, 302, client_id=query.get("client_id")
-                        )
-                    )
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

@@ -1,0 +1,221 @@
+"""How many times the cache touches its store per msal operation (issue 5).
+
+Counts, never wall-clock times: store writes per sign-in / refresh / client-credential
+miss / silent hit are 1 / <= 2 / 1 / 0 on the file store, an unchanged store is never
+reloaded, an expired access token msal prunes during a read rides along with the next
+write, and importing the package pulls in none of the heavy optional libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msal_keyring_cache import PersistentTokenCache, build_cache
+from msal_keyring_cache.testing import LoopbackIdentityProvider
+from tests.conftest import PYTHON, child_env
+
+USER = "alice@example.com"
+SCOPES = ["api://counts/User.Read"]
+
+
+def file_cache(path: Path, key: str) -> PersistentTokenCache:
+    return build_cache("counts-test", backend="file", path=str(path), key=key)
+
+
+def writes(cache: PersistentTokenCache) -> int:
+    return cache.store.stats.saves
+
+
+def loads(cache: PersistentTokenCache) -> int:
+    return cache.store.stats.loads
+
+
+def sign_in(idp: LoopbackIdentityProvider, cache: PersistentTokenCache) -> Any:
+    app = idp.public_app(token_cache=cache)
+    result = app.acquire_token_by_username_password(USER, "pw", SCOPES)
+    assert "access_token" in result, result.get("error")
+    return app
+
+
+@pytest.fixture
+def short_lived_idp() -> Iterator[LoopbackIdentityProvider]:
+    """Issues access tokens that are already expired: msal prunes them on its next read."""
+    with LoopbackIdentityProvider(access_token_lifetime=-60) as provider:
+        yield provider
+
+
+def test_sign_in_writes_once(idp: LoopbackIdentityProvider, cache_path: Path, key: str) -> None:
+    cache = file_cache(cache_path, key)
+    sign_in(idp, cache)
+    assert writes(cache) == 1
+
+
+def test_refresh_writes_at_most_twice(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = file_cache(cache_path, key)
+    app = sign_in(idp, cache)
+    before = writes(cache)
+    idp.reset()
+    result = app.acquire_token_silent(SCOPES, app.get_accounts()[0], force_refresh=True)
+    assert "access_token" in result
+    assert idp.token_requests == 1  # it really refreshed
+    assert 1 <= writes(cache) - before <= 2
+
+
+def test_client_credential_miss_writes_once(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = file_cache(cache_path, key)
+    app = idp.confidential_app(token_cache=cache)
+    for n in range(3):
+        result = app.acquire_token_for_client([f"api://counts/{n}/.default"])
+        assert result.get("token_source") == "identity_provider"
+        assert writes(cache) == n + 1
+
+
+def test_silent_hit_neither_writes_nor_reloads(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = file_cache(cache_path, key)
+    app = sign_in(idp, cache)
+    account = app.get_accounts()[0]
+    saved, loaded = writes(cache), loads(cache)
+    idp.reset()
+    for _ in range(5):
+        result = app.acquire_token_silent(SCOPES, account)
+        assert result["token_source"] == "cache"
+    assert idp.token_requests == 0
+    assert writes(cache) == saved
+    assert loads(cache) == loaded  # unchanged store: no reload, no decrypt
+
+
+def test_client_credential_hit_neither_writes_nor_reloads(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = file_cache(cache_path, key)
+    app = idp.confidential_app(token_cache=cache)
+    app.acquire_token_for_client(SCOPES)
+    saved, loaded = writes(cache), loads(cache)
+    for _ in range(5):
+        assert app.acquire_token_for_client(SCOPES)["token_source"] == "cache"
+    assert (writes(cache), loads(cache)) == (saved, loaded)
+
+
+def test_fresh_process_silent_hit_loads_once_and_never_writes(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    sign_in(idp, file_cache(cache_path, key))
+    reader = file_cache(cache_path, key)
+    app = idp.public_app(token_cache=reader)
+    account = app.get_accounts()[0]
+    for _ in range(3):
+        assert app.acquire_token_silent(SCOPES, account)["token_source"] == "cache"
+    assert (loads(reader), writes(reader)) == (1, 0)
+
+
+def test_catches_up_once_after_another_writer(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    reader = file_cache(cache_path, key)
+    app = idp.confidential_app(token_cache=reader)
+    app.acquire_token_for_client(SCOPES)
+    base = loads(reader)
+
+    other = file_cache(cache_path, key)  # another process, as far as the file is concerned
+    idp.confidential_app(token_cache=other).acquire_token_for_client(["api://counts/other"])
+
+    # The next read takes in the other writer's token: one full load at most (a store
+    # with a journal applies just the new record instead).
+    targets = {at["target"] for at in reader.search("AccessToken")}
+    assert "api://counts/other" in targets
+    assert loads(reader) <= base + 1
+    caught_up = loads(reader)
+    for _ in range(3):
+        assert app.acquire_token_for_client(SCOPES)["token_source"] == "cache"
+    assert loads(reader) == caught_up  # and never again while nothing changes
+    assert writes(reader) == 1
+    assert reader.store.changed() is False
+
+
+def test_expired_token_pruned_on_read_is_folded_into_next_write(
+    short_lived_idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = file_cache(cache_path, key)
+    app = short_lived_idp.confidential_app(token_cache=cache)
+    app.acquire_token_for_client(["api://counts/old/.default"])
+    assert writes(cache) == 1
+
+    # The next acquisition reads (msal prunes the expired token, in memory only),
+    # misses, and writes once: the prune travels with that write.
+    app.acquire_token_for_client(["api://counts/new/.default"])
+    assert writes(cache) == 2
+
+    stored = json.loads(file_cache(cache_path, key).serialize())
+    targets = [at["target"] for at in stored.get("AccessToken", {}).values()]
+    assert targets == ["api://counts/new/.default"]
+
+
+def test_a_prune_alone_is_never_written(
+    short_lived_idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = file_cache(cache_path, key)
+    app = short_lived_idp.confidential_app(token_cache=cache)
+    app.acquire_token_for_client(["api://counts/old/.default"])
+    list(cache.search("AccessToken"))  # msal drops the expired token here
+    assert writes(cache) == 1
+    assert cache.store.changed() is False
+
+
+def test_import_pulls_in_no_heavy_library() -> None:
+    code = (
+        "import sys, json, msal; before = set(sys.modules); import msal_keyring_cache; "
+        "heavy = ('cryptography', 'keyring', 'filelock', 'secretstorage', 'jeepney', 'redis'); "
+        "print(json.dumps({'loaded': [m for m in heavy if m in sys.modules], "
+        "'new_third_party': sorted({m.split('.')[0] for m in set(sys.modules) - before} "
+        "- set(getattr(sys, 'stdlib_module_names', sys.builtin_module_names)) "
+        "- {'msal_keyring_cache'})}))"
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", code], env=child_env(), capture_output=True, text=True, check=True
+    ).stdout
+    found = json.loads(out)
+    assert found["loaded"] == []
+    if sys.version_info >= (3, 10):  # sys.stdlib_module_names is new in 3.10
+        assert found["new_third_party"] == []
+
+
+@pytest.mark.slow
+def test_bench_quick_run_reports_the_same_counts(tmp_path: Path) -> None:
+    """``bench/run.py --quick`` runs end to end and measures the counts asserted above."""
+    out = tmp_path / "docs"
+    figures = tmp_path / "figures.json"
+    subprocess.run(
+        [PYTHON, "bench/run.py", "--quick", "--out", str(out), "--json", str(figures)],
+        cwd=str(Path(__file__).resolve().parent.parent),
+        env=child_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    results = json.loads(figures.read_text())
+    assert results["counts"]["rows"]["ours-key"] == {
+        "sign_in": 1,
+        "refresh": results["counts"]["rows"]["ours-key"]["refresh"],
+        "cc_miss": 1,
+        "silent_hit": 0,
+    }
+    assert results["counts"]["rows"]["ours-key"]["refresh"] <= 2
+    for row in results["contention"]["rows"]:
+        if row["variant"].startswith("ours-"):
+            assert (row["lost"], row["errors"]) == (0, 0), row
+    report = (out / "performance.md").read_text()
+    assert "## Against the targets (issue 5)" in report
+    assert (out / "performance.png").stat().st_size > 10_000
