@@ -86,7 +86,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
 
     def search(self, credential_type: str, *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         with self._io_lock:
-            self._refresh()
+            if not self._depth and self.store.changed():  # _refresh(), inlined: hot path
+                self._catch_up()
             self._deferring += 1
             try:
                 for entry in super().search(credential_type, *args, **kwargs):
