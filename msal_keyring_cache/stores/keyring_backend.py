@@ -1,0 +1,202 @@
+"""Which keyring backend holds the cache and whether it is secure; bounded calls into it.
+
+Every call into ``keyring`` runs in a worker thread bounded by ``keyring_timeout`` (an unlock
+prompt or a hung D-Bus service never hangs the app); its errors become the library's own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from typing import Any, Callable, Optional, TypeVar
+
+from ..errors import BackendUnavailableError, CacheError, StoreError
+
+__all__ = ["KeyringTimeoutError", "classify_backend", "resolve_backend"]
+
+_UNUSABLE = {"keyring.backends.fail.Keyring", "keyring.backends.null.Keyring"}
+# Only these may be imported by the name a stamp file remembers (it is a user file, but
+# importing an arbitrary module named in it is more than it should be able to cause).
+_REMEMBERABLE = ("keyring.backends.", "keyrings.")
+_REMEMBERED = "remembered from the last write"
+
+T = TypeVar("T")
+
+
+# -- bounded calls and error translation ------------------------------------------------
+
+
+class KeyringTimeoutError(BackendUnavailableError):
+    """A credential-store call did not answer within ``keyring_timeout``."""
+
+
+# Its public home is stores.keyring, which re-exports it (docs, reprs and pickles say so).
+KeyringTimeoutError.__module__ = "msal_keyring_cache.stores.keyring"
+
+
+def _qualname(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _describe_error(exc: BaseException) -> str:
+    """Type and text of a third-party error, without ever echoing a value we passed in."""
+    name = type(exc).__name__
+    module = type(exc).__module__.split(".")[0]
+    if isinstance(exc, OSError):
+        detail = exc.strerror or " ".join(str(a) for a in exc.args[:3] if not isinstance(a, bytes))
+        return f"{name}: {detail}"[:300]
+    if module in {"keyring", "secretstorage", "jeepney", "dbus"} or isinstance(
+        exc, (RuntimeError, ImportError, AttributeError)
+    ):
+        return f"{name}: {exc}"[:300]
+    return name  # an unknown error's text could quote the value being written
+
+
+def _bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """Run ``fn`` in a worker thread; give up after ``timeout`` seconds (0 = no limit)."""
+    if timeout <= 0:
+        return fn()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="msal-keyring-cache-keyring", daemon=True).start()
+    if not done.wait(timeout):
+        raise KeyringTimeoutError(
+            f"The OS credential store did not answer ({what}) within {timeout:g} s, so the "
+            "call was abandoned. It may be waiting for an unlock prompt, or its D-Bus service "
+            "may be hung. Unlock the keyring, raise the keyring timeout (…_KEYRING_TIMEOUT), "
+            "or use the encrypted file (…_BACKEND=file)."
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _translate(exc: BaseException, what: str, backend_name: str) -> CacheError:
+    """Map a keyring/D-Bus/OS error to the library's own error with what to do."""
+    if isinstance(exc, CacheError):
+        return exc
+    detail = _describe_error(exc)
+    name = type(exc).__name__
+    if name in {"KeyringLocked", "LockedException", "PromptDismissedException"}:
+        return BackendUnavailableError(
+            f"The OS credential store ({backend_name}) is locked ({what}: {detail}). Unlock it "
+            "(log in to the desktop session, or unlock the login keyring) and try again; or "
+            "use the encrypted file instead (…_BACKEND=file, or …_KEYRING_FALLBACK=1 to fall "
+            "back when the store is locked)."
+        )
+    if what.startswith(("set", "delete")) or name in {"PasswordSetError", "PasswordDeleteError"}:
+        return StoreError(
+            f"The OS credential store ({backend_name}) refused to write the token cache "
+            f"({what}: {detail}). If the entry is too large for it, set a maximum value "
+            "length so it is split into chunks; otherwise use the encrypted file "
+            "(…_BACKEND=file)."
+        )
+    return BackendUnavailableError(
+        f"The OS credential store ({backend_name}) could not be used ({what}: {detail}). "
+        "Check that its service is running and reachable (on Linux: a Secret Service such "
+        "as gnome-keyring on the session D-Bus), or use the encrypted file (…_BACKEND=file)."
+    )
+
+
+# -- backend resolution and classification ----------------------------------------------
+
+
+def resolve_backend(remembered: Optional[str], timeout: float) -> tuple[Any, str]:
+    """The keyring backend to use and how it was found.
+
+    Honours keyring's own order — ``PYTHON_KEYRING_BACKEND``, a backend the application
+    set with ``keyring.set_keyring``, ``keyringrc.cfg`` — then the backend a stamp file
+    remembers (skipping keyring's ~40 ms entry-point scan and priority probes), and
+    only then keyring's discovery by priority.
+    """
+    import keyring.core
+
+    def load(fn: Callable[[], Any], source: str) -> Any:
+        try:
+            return _bounded(fn, timeout, f"loading the backend named by {source}")
+        except CacheError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"The keyring backend named by {source} cannot be used here: "
+                f"{_describe_error(exc)}. Fix or remove that setting."
+            ) from None
+
+    if os.environ.get("PYTHON_KEYRING_BACKEND"):
+        return _unchain(load(keyring.core.load_env, "PYTHON_KEYRING_BACKEND")), (
+            "PYTHON_KEYRING_BACKEND"
+        )
+    chosen = getattr(keyring.core, "_keyring_backend", None)  # set_keyring() by the app
+    if chosen is not None:
+        return _unchain(chosen), "keyring.set_keyring()"
+    configured = load(keyring.core.load_config, "keyringrc.cfg")
+    if configured is not None:
+        return _unchain(configured), "keyringrc.cfg"
+    if remembered and remembered.startswith(_REMEMBERABLE):
+        cls = _import_backend_class(remembered)
+        if cls is not None:
+            try:
+                return cls(), _REMEMBERED
+            except Exception:  # noqa: S110 - fall through to discovery
+                pass
+    try:
+        found = _bounded(keyring.core.get_keyring, timeout, "discovering backends")
+    except CacheError:
+        raise
+    except Exception as exc:
+        raise BackendUnavailableError(
+            f"keyring could not choose a backend: {_describe_error(exc)}."
+        ) from None
+    return _unchain(found), "keyring's choice by priority"
+
+
+def _import_backend_class(name: str) -> Optional[type]:
+    from keyring.backend import KeyringBackend
+
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, KeyringBackend) else None
+
+
+def _unchain(backend: Any) -> Any:
+    """keyring's chainer writes to its first backend: use that one directly."""
+    from keyring.backends.chainer import ChainerBackend
+
+    if isinstance(backend, ChainerBackend):
+        chained = list(backend.backends)
+        if chained:
+            return chained[0]
+        from keyring.backends import fail
+
+        return fail.Keyring()  # type: ignore[no-untyped-call]
+    return backend
+
+
+def classify_backend(backend: Any) -> Optional[str]:
+    """``None`` for a secure, usable backend, else why not (``auto`` falls back then)."""
+    name = _qualname(backend)
+    if name in _UNUSABLE:
+        return f"keyring found no usable credential store (it resolved {name})"
+    if "plaintext" in name.lower():
+        return f"keyring resolved {name}, which keeps secrets unencrypted"
+    try:
+        priority = float(type(backend).priority)
+    except Exception as exc:
+        return f"keyring backend {name} is not viable here ({_describe_error(exc)})"
+    if priority < 1:
+        return f"keyring backend {name} has priority {priority:g} < 1 (not recommended/secure)"
+    return None
