@@ -229,6 +229,7 @@ def plot(results: dict[str, Any], path: str, labels: dict[str, str]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     short = {
@@ -272,9 +273,13 @@ def plot(results: dict[str, Any], path: str, labels: dict[str, str]) -> None:
     ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(shapes))])
     ax.set_xticklabels([f"{p} proc × {m}" for p, m in shapes])
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    top = max((r["seconds"] for r in rows), default=1.0)
+    ax.set_ylim(top=top * 4)  # room for the legend above the bars
     ax.set_ylabel("wall seconds, log scale (lower is better)")
     ax.set_title("N processes × M client-credential misses into one cache")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
 
     ax = axes[1][1]
     scale = [r for r in results["scale"]["rows"] if "skipped" not in r]

@@ -2,7 +2,8 @@
 
 ``nox -s bench`` runs ``python bench/run.py``; ``--quick`` is a smoke run. It writes
 docs/performance.md (tables, ratios against the targets of issue 5, machine and
-versions) and docs/performance.png, plus the raw figures in bench/last_run.json.
+versions) and docs/performance.png, plus the raw figures in bench/results/last_run.json
+(not committed).
 
 Every row is a real process or a real library call: a loopback identity provider serves
 the tokens, msal-extensions and this project write real files, and the Secret Service
@@ -434,7 +435,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="where performance.md and performance.png go",
     )
     parser.add_argument(
-        "--json", default=os.path.join(HERE, "last_run.json"), help="where the raw figures go"
+        "--json",
+        default=os.path.join(HERE, "results", "last_run.json"),
+        help="where the raw figures go",
     )
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -470,6 +473,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             bench.cleanup()
             secret_service.stop()
     results["took_s"] = time.perf_counter() - began
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(results, fh, indent=1)
     write_report(results, args.out, LABELS)

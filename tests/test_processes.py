@@ -93,7 +93,10 @@ def test_writers_killed_at_random_never_lose_a_returned_write(
         children = [
             _child(idp, env, "cc", str(10_000 * round_no + 1000 * n), "1000") for n in range(3)
         ]
-        time.sleep(rng.uniform(0.6, 1.6))  # let them get going, then kill mid-flight
+        for child in children:  # wait until each is writing, however slow start-up is
+            assert child.stdout is not None
+            returned.update(x.strip() for x in [child.stdout.readline()] if x.startswith("api://"))
+        time.sleep(rng.uniform(0, 0.3))  # then kill mid-flight
         for child in children:
             time.sleep(rng.uniform(0, 0.05))
             child.send_signal(signal.SIGKILL)
