@@ -11,7 +11,7 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore(Store):
-    """Keeps the serialized cache in memory; shareable between caches of one process."""
+    """The serialized cache in process memory; one store per cache (it tracks what it saw)."""
 
     kind = "memory"
 
