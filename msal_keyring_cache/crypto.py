@@ -32,10 +32,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import CacheError, ConfigError, DecryptError
+from .errors import ConfigError, CorruptCacheError, DecryptError
 
 __all__ = [
-    "CorruptCacheError",
     "FernetKeys",
     "Header",
     "KeySource",
@@ -54,14 +53,6 @@ MAX_HEADER = 4096
 # scrypt, cost as the cryptography docs suggest for interactive use (16 MiB, ~50 ms).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _FP_LABEL = b"msal-keyring-cache key fingerprint v1"
-
-
-class CorruptCacheError(CacheError):
-    """Stored data is damaged, truncated or of an unknown format.
-
-    File stores handle it themselves: the file is moved aside (kept) and the cache
-    starts empty, so the user signs in again.
-    """
 
 
 def generate_key() -> str:

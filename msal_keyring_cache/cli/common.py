@@ -12,18 +12,11 @@ from typing import Any, Optional, TextIO
 
 from ..cache import BackendInfo, PersistentTokenCache
 from ..config import DEFAULT_ENV_PREFIX, Settings, describe_settings
-from ..errors import CacheError, ConfigError
+from ..errors import CommandError as CommandError
+from ..errors import UsageError as UsageError
 from ..files import atomic_write
 
 PROG = "msal-keyring-cache"
-
-
-class CommandError(CacheError):
-    """A subcommand cannot do what was asked (bad input file, nothing to move …)."""
-
-
-class UsageError(ConfigError):
-    """The command line asks for something impossible (exit status 2)."""
 
 
 # -- context: settings, cache, output --------------------------------------------------

@@ -300,8 +300,10 @@ def cmd_move(ctx: _Context) -> int:
     target = ctx.cache(target_settings)
     s_where = source.store.describe().get("location") or source.backend_info.backend
     t_where = target.store.describe().get("location") or target.backend_info.backend
-    if source.store.kind == target.store.kind and s_where == t_where:
-        raise CommandError(f"The cache already lives in the {source.store.kind} store ({s_where}).")
+    if source.store.backend == target.store.backend and s_where == t_where:
+        raise CommandError(
+            f"The cache already lives in the {source.store.backend} store ({s_where})."
+        )
     with ExitStack() as locks:
         locks.enter_context(source.store.lock())
         locks.enter_context(target.store.lock())
@@ -314,9 +316,9 @@ def cmd_move(ctx: _Context) -> int:
         source.clear()  # only after the copy is verified
     var = settings.env_var("backend", ctx.env_prefix)
     report = {
-        "from": source.store.kind,
+        "from": source.store.backend,
         "from_location": s_where,
-        "to": target.store.kind,
+        "to": target.store.backend,
         "to_location": t_where,
         "entries": entries,
         "verified": True,

@@ -1,4 +1,9 @@
-"""The one small protocol every store implements."""
+"""The one small protocol every store implements, and the journal delta format it carries.
+
+A *delta* is the JSON object ``{credential_type: {key: entry or null}}``: the entries one
+msal call changed (``null`` = removed). Stores with a journal keep deltas as records;
+:func:`apply_delta` is the one place that knows how to apply one.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,18 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
-__all__ = ["Store", "StoreStats"]
+__all__ = ["Store", "StoreStats", "apply_delta"]
+
+
+def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Apply a journal delta ``{credential_type: {key: entry or None}}`` to a cache dict."""
+    for credential_type, entries in delta.items():
+        table = state.setdefault(credential_type, {})
+        for key, entry in entries.items():
+            if entry is None:
+                table.pop(key, None)
+            else:
+                table[key] = entry
 
 
 @dataclass
@@ -30,7 +46,7 @@ class Store(abc.ABC):
     """
 
     #: Short name: ``file``, ``keyring``, ``memory`` …
-    kind: ClassVar[str] = ""
+    backend: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self.stats = StoreStats()
@@ -75,7 +91,7 @@ class Store(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """Non-secret facts for ``status``: location, protection, lock file, size …"""
-        return {"backend": self.kind}
+        return {"backend": self.backend}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections held by the store."""

@@ -13,7 +13,7 @@ __all__ = ["MemoryStore"]
 class MemoryStore(Store):
     """The serialized cache in process memory; one store per cache (it tracks what it saw)."""
 
-    kind = "memory"
+    backend = "memory"
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,7 +47,7 @@ class MemoryStore(Store):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "backend": self.kind,
+            "backend": self.backend,
             "location": "process memory",
             "protection": "none (not persisted)",
             "size": len(self._data or b""),

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .. import crypto
 from ..config import Settings
-from ..errors import CacheError, ConfigError
+from ..errors import CacheError, ConfigError, CorruptCacheError
 from ..files import loose_permissions, read_file
 from .common import (
     PROG,
@@ -239,7 +239,9 @@ def _doctor_checks(ctx: _Context) -> Iterator[Check]:
     else:
         try:
             data = store.load()
-            yield Check("read", "ok", f"read {len(data or b'')} bytes from the {store.kind} store")
+            yield Check(
+                "read", "ok", f"read {len(data or b'')} bytes from the {store.backend} store"
+            )
         except CacheError as exc:
             yield Check("read", "fail", str(exc), "See the message.")
     store.close()
@@ -279,7 +281,7 @@ def _decrypt_check(store: Any) -> Check:
         return Check("decrypt", "ok", "no cache file yet (it is created at the first sign-in)")
     try:
         plaintext, _ = crypto.decrypt(blob, store.key_source)
-    except crypto.CorruptCacheError as exc:
+    except CorruptCacheError as exc:
         return Check(
             "decrypt",
             "fail",
@@ -323,7 +325,9 @@ def _keyring_checks(ctx: _Context, settings: Settings) -> Iterator[Check]:
 
 def _keyring_probe(settings: Settings) -> Iterator[Check]:
     """Which keyring backend, is it secure, and a write/read/delete round trip in time."""
-    from ..stores import keyring as ks
+    from ..factory import default_lock_path
+    from ..stores.credential import KeyringStore
+    from ..stores.keyring_backend import bounded, classify_backend, translate
 
     # Must the credential store work (fail), or may the file take over (warn)?
     must = settings.backend == "keyring" or settings.key_in_keyring
@@ -332,22 +336,22 @@ def _keyring_probe(settings: Settings) -> Iterator[Check]:
         "Start or unlock a secure credential store (Linux: gnome-keyring, KWallet or "
         "KeePassXC on the session D-Bus), or use --backend file."
     )
-    store = ks.KeyringStore(
+    store = KeyringStore(
         settings.service,
         settings.keyring_account,
-        lock_path=ks.default_lock_path(settings),
+        lock_path=default_lock_path(settings),
         keyring_timeout=settings.keyring_timeout,
         lock_timeout=settings.lock_timeout,
     )
     try:
-        backend = store.backend
+        backend = store.keyring
     except CacheError as exc:
         # auto without keyring_fallback refuses to start an empty file then: a failure.
         status = "fail" if must or not settings.keyring_fallback else "warn"
         yield Check("credential store", status, _one_line(str(exc)), fix)
         return
-    name = store.backend_name
-    insecure = ks.classify_backend(backend)
+    name = store.keyring_name
+    insecure = classify_backend(backend)
     if insecure is not None:
         yield Check("credential store", soft, f"{insecure}; the encrypted file is used", fix)
         return
@@ -356,23 +360,23 @@ def _keyring_probe(settings: Settings) -> Iterator[Check]:
     value = secrets.token_urlsafe(16)
     started = time.perf_counter()
     try:
-        ks._bounded(
+        bounded(
             lambda: backend.set_password(settings.service, account, value),
             settings.keyring_timeout,
             "writing a probe entry",
         )
-        read = ks._bounded(
+        read = bounded(
             lambda: backend.get_password(settings.service, account),
             settings.keyring_timeout,
             "reading the probe entry",
         )
-        ks._bounded(
+        bounded(
             lambda: backend.delete_password(settings.service, account),
             settings.keyring_timeout,
             "deleting the probe entry",
         )
     except Exception as exc:
-        error = ks._translate(exc, "probe round trip", name)
+        error = translate(exc, "probe round trip", name)
         yield Check("probe round trip", soft, _one_line(str(error)), fix)
         return
     took = (time.perf_counter() - started) * 1000
