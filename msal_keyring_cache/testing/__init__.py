@@ -4,6 +4,10 @@
   real ``msal`` applications talk to (needs ``requests``, which msal brings).
 * the ``loopback_idp`` pytest fixture (:mod:`.plugin`, registered through the
   ``pytest11`` entry point; it imports nothing heavy until a test asks for it).
+* :class:`StoreContract` (:mod:`.contract`): conformance tests a store's test class
+  inherits, with :class:`WriteObserver` to count its physical writes from outside.
+
+The kit needs the ``testing`` extra: ``pip install msal-keyring-cache[testing]``.
 
 Names are imported on first use, so ``import msal_keyring_cache.testing`` costs nothing.
 """
@@ -14,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .contract import StoreContract, WriteObserver
     from .idp import (
         DEFAULT_CLIENT_ID,
         LoopbackIdentityProvider,
@@ -25,6 +30,8 @@ __all__ = [
     "DEFAULT_CLIENT_ID",
     "LoopbackIdentityProvider",
     "RecordedRequest",
+    "StoreContract",
+    "WriteObserver",
     "loopback_http_client",
 ]
 
@@ -33,6 +40,8 @@ _HOMES = {
     "LoopbackIdentityProvider": ".idp",
     "RecordedRequest": ".idp",
     "loopback_http_client": ".idp",
+    "StoreContract": ".contract",
+    "WriteObserver": ".contract",
 }
 
 
