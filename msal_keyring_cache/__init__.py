@@ -7,25 +7,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .cache import BackendInfo, PersistentTokenCache
-from .config import Settings
-from .crypto import generate_key
-from .errors import (
-    BackendUnavailableError,
-    CacheError,
-    CommandError,
-    ConfigError,
-    CorruptCacheError,
-    DecryptError,
-    KeyringTimeoutError,
-    LockTimeoutError,
-    StoreError,
-    UsageError,
-)
-from .factory import build_cache
-from .stores import EncryptedFileStore, MemoryStore, Store
+if TYPE_CHECKING:
+    from .cache import BackendInfo, PersistentTokenCache
+    from .config import Settings
+    from .crypto import generate_key
+    from .errors import (
+        BackendUnavailableError,
+        CacheError,
+        CommandError,
+        ConfigError,
+        CorruptCacheError,
+        DecryptError,
+        KeyringTimeoutError,
+        LockTimeoutError,
+        StoreError,
+        UsageError,
+    )
+    from .factory import build_cache
+    from .stores import EncryptedFileStore, MemoryStore, Store
+    from .stores.credential import KeyringStore
 
 __version__ = "0.1.0"
 
@@ -53,10 +55,47 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # keyring costs ~35 ms to import: only when asked for.
-    if name == "KeyringStore":
-        from .stores.credential import KeyringStore
+# Where each public name lives. Imported on first use: importing the package (as the
+# pytest plugin's entry point does in every test run) costs nothing, and keyring (~35 ms),
+# msal and requests load only when asked for.
+_HOMES = {
+    "BackendInfo": ".cache",
+    "PersistentTokenCache": ".cache",
+    "Settings": ".config",
+    "generate_key": ".crypto",
+    "build_cache": ".factory",
+    "EncryptedFileStore": ".stores",
+    "MemoryStore": ".stores",
+    "Store": ".stores",
+    "KeyringStore": ".stores.credential",
+    **dict.fromkeys(
+        [
+            "BackendUnavailableError",
+            "CacheError",
+            "CommandError",
+            "ConfigError",
+            "CorruptCacheError",
+            "DecryptError",
+            "KeyringTimeoutError",
+            "LockTimeoutError",
+            "StoreError",
+            "UsageError",
+        ],
+        ".errors",
+    ),
+}
 
-        return KeyringStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

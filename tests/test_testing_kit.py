@@ -147,3 +147,36 @@ def test_the_docs_pytest_example_passes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_from_docs=block.split("```")[0])
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+HEAVY = ("requests", "urllib3", "msal", "keyring", "cryptography", "filelock", "jeepney")
+
+
+def test_the_plugin_imports_nothing_heavy_into_other_projects(pytester: pytest.Pytester) -> None:
+    # An unrelated project's test run, with our plugin loaded from its entry point.
+    pytester.makepyfile(
+        f"""
+        import sys
+
+        def test_unrelated():
+            assert "msal_keyring_cache.testing.plugin" in sys.modules  # the plugin is loaded
+            heavy = [name for name in {HEAVY!r} if name in sys.modules]
+            assert heavy == []
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+
+
+def test_the_fixture_brings_what_it_needs(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_uses_it(loopback_idp):
+            assert "requests" in sys.modules
+            assert loopback_idp.port > 0
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
