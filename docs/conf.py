@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "_ext"))
@@ -39,3 +41,17 @@ html_theme = "furo"
 html_title = "msal-keyring-cache"
 html_static_path: list[str] = []
 html_show_sourcelink = False
+
+
+# Lines like "# doc: loopback" tell tests/test_docs.py how to run a sample; readers need
+# not see them.
+_MARKER_LINE = re.compile(r"^[ \t]*#[ \t]*doc:.*\n", re.MULTILINE)
+
+
+def strip_doc_markers(app: Any, docname: str, source: list[str]) -> None:
+    """``source-read`` handler: drop the test markers' comment lines from every page."""
+    source[0] = _MARKER_LINE.sub("", source[0])
+
+
+def setup(app: Any) -> None:
+    app.connect("source-read", strip_doc_markers)

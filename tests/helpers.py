@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -27,6 +28,12 @@ def require_tool(*names: str) -> None:
     """Skip (fail under CI=true) unless every named program is on PATH."""
     for name in names:
         require(shutil.which(name) is not None, f"{name} is not installed")
+
+
+def require_module(*names: str) -> None:
+    """Skip (fail under CI=true) unless every named package is importable."""
+    for name in names:
+        require(importlib.util.find_spec(name) is not None, f"the {name} package is not installed")
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -3,18 +3,24 @@
 * The generated configuration table (docs/_ext/docs_gen.py) has a row for every setting,
   with its environment variable, type, default and meaning.
 * Every error class is explained in troubleshooting.md.
-* Every ```python block in docs/*.md runs in a fresh subprocess with a temporary HOME, no
-  keyring or D-Bus of the developer's, and no MSAL_KEYRING_CACHE_* variables. Markers, as a
-  comment line inside the block:
-  ``# doc: no-run`` — not run (keep such blocks rare: they cannot be checked);
-  ``# doc: requires TOOL [TOOL ...]`` — needs these programs (skipped without them, but a
-  failure under CI=true, like every test that needs a daemon).
+* Every ```python block in docs/*.md runs — none is exempt — in a fresh subprocess with a
+  temporary HOME, no keyring or D-Bus of the developer's, and no MSAL_KEYRING_CACHE_*
+  variables (through tests/doc_prelude.py). Markers, as comment lines inside the block
+  (docs/conf.py strips them from the site):
+  ``# doc: loopback`` — msal apps talk to a loopback identity provider whatever authority
+  they name; the prose's placeholders (CLIENT_ID, SECRET, KEY …) are defined;
+  ``# doc: redis`` / ``# doc: redis-cluster`` — Redis URLs reach a private real server;
+  ``# doc: secret-service`` — keyring uses a private real Secret Service;
+  ``# doc: then CODE`` — run after the block in its namespace (call what it defines);
+  ``# doc: requires TOOL [TOOL ...]`` — needs these programs.
+  A missing daemon or tool skips, and fails under CI=true.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -24,7 +30,7 @@ import pytest
 
 from msal_keyring_cache import errors
 from msal_keyring_cache.config import Settings, describe_settings
-from tests.helpers import ROOT, child_env, require_tool
+from tests.helpers import ROOT, child_env, require_module, require_tool
 
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
@@ -64,10 +70,15 @@ def doc_snippets() -> list[object]:
     return params
 
 
+MARKER = re.compile(r"^\s*#\s*doc:\s*([\w-]+)(.*)$", re.MULTILINE)
+KNOWN_MARKERS = {"loopback", "redis", "redis-cluster", "secret-service", "then", "requires"}
+
+
 def _markers(code: str) -> dict[str, list[str]]:
+    """Marker name -> its text, one entry per marker line."""
     found: dict[str, list[str]] = {}
-    for m in re.finditer(r"^\s*#\s*doc:\s*([\w-]+)(.*)$", code, re.MULTILINE):
-        found[m[1]] = m[2].split()
+    for m in MARKER.finditer(code):
+        found.setdefault(m[1], []).append(m[2].strip())
     return found
 
 
@@ -88,20 +99,35 @@ def snippet_env(home: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("page", "line", "code"), doc_snippets())
-def test_doc_snippet_runs(page: str, line: int, code: str, tmp_path: Path) -> None:
+def test_doc_snippet_runs(
+    page: str, line: int, code: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     markers = _markers(code)
-    if "no-run" in markers:
-        pytest.skip("marked # doc: no-run")
-    if "requires" in markers:
-        require_tool(*markers["requires"])
+    assert set(markers) <= KNOWN_MARKERS, f"docs/{page}:{line}: unknown marker"
+    for tools in markers.get("requires", []):
+        require_tool(*tools.split())
     home = tmp_path / "home"
     home.mkdir()
+    env = snippet_env(home)
+    env["DOC_OPTIONS"] = json.dumps(
+        {"loopback": "loopback" in markers, "then": markers.get("then", [])}
+    )
+    if "redis" in markers:
+        env["DOC_REDIS_URL"] = request.getfixturevalue("redis_server").url
+    if "redis-cluster" in markers:
+        env["DOC_REDIS_URL"] = request.getfixturevalue("redis_cluster").url
+    if "secret-service" in markers:
+        service = request.getfixturevalue("secret_service")
+        for name in ("DBUS_SESSION_BUS_ADDRESS", "GNOME_KEYRING_CONTROL"):
+            if name in service.env:
+                env[name] = service.env[name]
+        env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.SecretService.Keyring"
     script = tmp_path / "snippet.py"
     script.write_text(code, encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, "-m", "tests.doc_prelude", str(script)],
         cwd=tmp_path,
-        env=snippet_env(home),
+        env=env,
         capture_output=True,
         text=True,
         timeout=SNIPPET_TIMEOUT,
@@ -112,9 +138,27 @@ def test_doc_snippet_runs(page: str, line: int, code: str, tmp_path: Path) -> No
     )
 
 
-def test_docs_have_runnable_snippets() -> None:
-    runnable = [p for p in doc_snippets() if "no-run" not in _markers(p.values[2])]  # type: ignore[attr-defined]
-    assert len(runnable) >= 8
+def test_every_snippet_is_run() -> None:
+    # index.md says every python sample is run: no block may opt out.
+    snippets = doc_snippets()
+    assert len(snippets) >= 12
+    for param in snippets:
+        page, line, code = param.values  # type: ignore[attr-defined]
+        assert "no-run" not in _markers(code), f"docs/{page}:{line} is not run"
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    assert "Every `python` code sample on\nthese pages is run by the test suite" in index
+
+
+def test_markers_are_hidden_from_the_site() -> None:
+    sys.path.insert(0, str(DOCS))
+    try:
+        import conf
+    finally:
+        sys.path.remove(str(DOCS))
+    text = "intro\n\n```python\n# doc: loopback\nimport msal  # doc: not a marker line\n```\n"
+    source = [text]
+    conf.strip_doc_markers(None, "quickstart", source)
+    assert source == ["intro\n\n```python\nimport msal  # doc: not a marker line\n```\n"]
 
 
 def test_block_extraction() -> None:
@@ -192,9 +236,7 @@ def test_every_page_is_in_a_toctree() -> None:
 
 @pytest.mark.slow
 def test_site_builds_without_warnings(tmp_path: Path) -> None:
-    pytest.importorskip("sphinx")
-    pytest.importorskip("myst_parser")
-    pytest.importorskip("furo")
+    require_module("sphinx", "myst_parser", "furo")
     done = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
          "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
@@ -213,6 +255,8 @@ def test_site_builds_without_warnings(tmp_path: Path) -> None:
                  *errors.__all__]:  # fmt: skip
         assert f'id="msal_keyring_cache.{name}"' in api, name
     assert 'id="msal_keyring_cache.testing.LoopbackIdentityProvider"' in api
+    for page in (tmp_path / "html").glob("*.html"):
+        assert "doc: " not in page.read_text(encoding="utf-8"), f"a marker shows on {page.name}"
     config = (tmp_path / "html" / "configuration.html").read_text(encoding="utf-8")
     for row in describe_settings():
         assert row["env"] in config
