@@ -169,35 +169,67 @@ def test_secrets_stay_out_of_the_repr() -> None:
     assert "passphrase" not in repr(Settings.resolve(environ={var("passphrase"): "hunter2"}))
 
 
+def env_name(name: str, prefix: str) -> str:
+    """The variable the docs promise: upper-cased prefix, one underscore, the setting's name."""
+    return f"{prefix.rstrip('_').upper()}_{Settings().env_var(name, '').lstrip('_')}"
+
+
+def _raw(name: str) -> st.SearchStrategy[str]:
+    """Any text, the usual suspects, and this setting's own good and bad samples."""
+    raw, _, raw2, _ = SAMPLES[name]
+    return st.one_of(
+        st.text(max_size=60),
+        st.sampled_from(["1", "0", "-1", "nan", "inf", "1e999", "auto", "file", " ", "~"]),
+        st.just(KEY_A),
+        st.sampled_from([raw, raw2, *BAD[name]]),
+    )
+
+
+def _parsed_type(name: str) -> type:
+    sample = SAMPLES[name][1]
+    return str if isinstance(sample, InHome) else type(sample)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    values=st.dictionaries(
-        st.sampled_from(FIELDS),
-        st.one_of(
-            st.text(max_size=60),
-            st.sampled_from(["1", "0", "-1", "nan", "inf", "1e999", "auto", "file", " ", "~"]),
-            st.just(KEY_A),
-        ),
-        max_size=6,
+    values=st.lists(st.sampled_from(FIELDS), unique=True, max_size=6).flatmap(
+        lambda names: st.fixed_dictionaries({name: _raw(name) for name in names})
     ),
     prefix=st.sampled_from([DEFAULT_ENV_PREFIX, "MYTOOL_CACHE", "x"]),
 )
 def test_env_parsing_only_ever_raises_config_error(values: dict[str, str], prefix: str) -> None:
-    environ = {var(name, prefix): raw.replace("\0", "") for name, raw in values.items()}
+    environ = {env_name(name, prefix): raw.replace("\0", "") for name, raw in values.items()}
     try:
         resolved = Settings.resolve(prefix, environ=environ)
     except ConfigError as exc:
         message = str(exc)
         assert message
-        shown = {environ[var(n, prefix)] for n in set(values) - SECRET}
+        shown = {environ[env_name(n, prefix)] for n in set(values) - SECRET}
         for name in SECRET & set(values):
-            raw = environ[var(name, prefix)]
+            raw = environ[env_name(name, prefix)]
             if len(raw.strip()) > 12 and raw not in shown:  # a secret's own text is never echoed
                 assert raw not in message
+        for name, raw in values.items():  # a listed bad value is never accepted
+            if raw in BAD[name]:
+                return
+        for name, raw in values.items():  # else: the mix, or a value outside the samples
+            if raw in SAMPLES[name][::2] and len(values) == 1:
+                pytest.fail(f"{name}={raw!r} is a good sample but was refused: {message}")
+        return
     except CacheError:  # pragma: no cover - would be a wrong subclass
         pytest.fail("only ConfigError may escape")
-    else:
-        for name in values:
-            parsed = getattr(resolved, name)
-            default = getattr(Settings(), name)
-            assert parsed == default or parsed is not None
+    for name, raw in values.items():
+        parsed = getattr(resolved, name)
+        assert raw.replace("\0", "") not in BAD[name], f"{name}={raw!r} was accepted"
+        if not raw.strip():
+            assert parsed == getattr(Settings(), name)  # empty means not set
+            continue
+        assert isinstance(parsed, _parsed_type(name)), (name, raw, parsed)
+        good, value, good2, value2 = SAMPLES[name]
+        if raw == good:
+            assert parsed == value
+        elif raw == good2:
+            assert parsed == value2
+        # each variable is read on its own: alone it parses the same
+        alone = Settings.resolve(prefix, environ={env_name(name, prefix): environ[env_name(name, prefix)]})
+        assert getattr(alone, name) == parsed
