@@ -67,7 +67,7 @@ def main(script: str) -> int:
         key = generate_key()
         names.update(
             CLIENT_ID=DEFAULT_CLIENT_ID,
-            SECRET="secret",  # noqa: S106 - the loopback provider's client secret
+            SECRET="secret",  # the loopback provider's client secret
             AUTHORITY=idp.authority,
             SCOPES=["User.Read"],
             KEY=key,

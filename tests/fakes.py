@@ -14,7 +14,7 @@ from typing import ClassVar, Optional
 from keyring import errors as keyring_errors
 from keyring.backend import KeyringBackend
 
-__all__ = ["MemoryKeyring"]
+__all__ = ["CredWriteError", "MemoryKeyring", "SizeLimitedKeyring"]
 
 
 class MemoryKeyring(KeyringBackend):
@@ -47,3 +47,18 @@ class MemoryKeyring(KeyringBackend):
             self.calls["delete"] += 1
             if self.entries.pop((service, username), None) is None:
                 raise keyring_errors.PasswordDeleteError("not found")
+
+
+class CredWriteError(Exception):
+    """What pywin32's CredWrite raises for a value over 2,560 bytes."""
+
+
+class SizeLimitedKeyring(MemoryKeyring):
+    """Refuses values over 1,280 characters, as Windows Credential Manager does."""
+
+    limit: ClassVar[int] = 1280
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if len(password) > self.limit:
+            raise CredWriteError(1783, "CredWrite", "The stub received bad data.")
+        super().set_password(service, username, password)

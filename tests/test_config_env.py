@@ -231,5 +231,7 @@ def test_env_parsing_only_ever_raises_config_error(values: dict[str, str], prefi
         elif raw == good2:
             assert parsed == value2
         # each variable is read on its own: alone it parses the same
-        alone = Settings.resolve(prefix, environ={env_name(name, prefix): environ[env_name(name, prefix)]})
+        alone = Settings.resolve(
+            prefix, environ={env_name(name, prefix): environ[env_name(name, prefix)]}
+        )
         assert getattr(alone, name) == parsed
