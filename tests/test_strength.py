@@ -117,11 +117,27 @@ def test_any_header_decrypts_only_when_valid(
     except CacheError:
         return
     assert result == plaintext
-    # only the untrusted "source" may differ in a header that still decrypts
+    # Only "source" (untrusted, for status) and "gen" (see the xfail below) may differ in a
+    # header that still decrypts: every field the key depends on must be the original.
     for name in set(changes) | dropped:
-        if name != "source":
+        if name not in ("source", "gen"):
             assert edited.get(name) == doc[name], name
     assert header.fp == doc["fp"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the header's generation is not bound to the records: a file whose 'gen' was "
+    "edited still decrypts (issue 10, record binding; file format owner)",
+)
+def test_an_edited_header_generation_is_detected(tmp_path: Path) -> None:
+    source = crypto.FernetKeys((KEY,))
+    blob = crypto.encrypt(b'{"AccessToken":{}}', source)
+    line, rest = blob.split(b"\n", 1)
+    doc = json.loads(line)
+    doc["gen"] = "0" * len(doc["gen"])
+    with pytest.raises(CacheError):
+        crypto.decrypt(json.dumps(doc).encode() + b"\n" + rest, source)
 
 
 # -- keyring chunks: a reader at every step of a writer, not at random ----------------------
