@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .cache import BackendInfo, PersistentTokenCache
     from .config import Settings
-    from .crypto import generate_key
+    from .crypto import Protection, generate_key
     from .errors import (
         BackendUnavailableError,
         CacheError,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from .factory import build_cache
-    from .stores import EncryptedFileStore, MemoryStore, Store
+    from .stores import Description, EncryptedFileStore, MemoryStore, Store
     from .stores.credential import KeyringStore
 
 __version__ = "0.1.0"
@@ -39,12 +39,14 @@ __all__ = [
     "ConfigError",
     "CorruptCacheError",
     "DecryptError",
+    "Description",
     "EncryptedFileStore",
     "KeyringStore",
     "KeyringTimeoutError",
     "LockTimeoutError",
     "MemoryStore",
     "PersistentTokenCache",
+    "Protection",
     "Settings",
     "Store",
     "StoreError",
@@ -63,6 +65,8 @@ _HOMES = {
     "PersistentTokenCache": ".cache",
     "Settings": ".config",
     "generate_key": ".crypto",
+    "Protection": ".crypto",
+    "Description": ".stores",
     "build_cache": ".factory",
     "EncryptedFileStore": ".stores",
     "MemoryStore": ".stores",

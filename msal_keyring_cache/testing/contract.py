@@ -271,8 +271,9 @@ class StoreContract:
         with store.lock():
             store.save(cache_json(alice=SECRET))
         store.load()
-        text = json.dumps(store.describe(), default=str) + repr(store)
-        assert store.describe()["backend"] == store.backend
+        description = store.describe()
+        text = json.dumps(description.as_dict(), default=str) + repr(description) + repr(store)
+        assert description.backend == store.backend
         for secret in [SECRET, *self.secrets()]:
             assert secret not in text
 
