@@ -199,11 +199,21 @@ class StoreContract:
         with store.lock():
             store.save(base)
         assert other.load() == base
-        state = json.loads(base)
+        deltas = [
+            _delta("alice", "a1"),
+            _delta("alice", "a2"),  # the same entry again: the later one must win
+            _delta("bob", None),  # a removal
+            _delta("carol", None),  # the removal of an entry that was never there
+            b'{"AccessToken":{"at":{"secret":"x"}}}',  # a credential type new to the cache
+        ]
+        expected = json.loads(base)
+        expected["RefreshToken"]["alice"] = {"credential_type": "RefreshToken", "secret": "a2"}
+        del expected["RefreshToken"]["bob"]
+        expected["AccessToken"] = {"at": {"secret": "x"}}
+        full = json.dumps(expected, separators=(",", ":")).encode()
         with store.lock():
-            for delta in (_delta("alice", "a1"), _delta("alice", "a2"), _delta("bob", None)):
-                apply_delta(state, json.loads(delta))
-                store.append(delta, lambda: json.dumps(state, separators=(",", ":")).encode())
+            for delta in deltas:
+                store.append(delta, lambda: full)
         assert other.changed()
         changes = other.read_changes()
         loaded = other.load() if changes is None else base
@@ -211,7 +221,7 @@ class StoreContract:
         seen = json.loads(loaded)
         for change in changes or []:
             apply_delta(seen, json.loads(change))
-        assert seen == state  # "a2" wins over "a1" only if the order is kept
+        assert seen == expected
         assert not other.changed()
         assert other.read_changes() in ([], None)
 
@@ -257,6 +267,10 @@ class StoreContract:
         with store.lock():  # and the store is usable again
             store.save(cache_json(bob="b"))
         assert store.load() == cache_json(bob="b")
+
+    def test_clear_of_an_empty_store_is_fine(self, store: Store) -> None:
+        store.clear()
+        assert store.load() is None
 
     def test_clear_is_seen_by_another_instance(self, store: Store, other: Store) -> None:
         with store.lock():
