@@ -41,13 +41,11 @@ def main(root: str) -> int:
     considered = counts["killed"] + counts["survived"] + counts["no tests"]
     for module, c in sorted(by_module.items()):
         total = c["killed"] + c["survived"] + c["no tests"]
-        print(
-            f"{module:45} {c['killed']:5} killed / {total:5}  ({100 * c['killed'] / max(total, 1):.1f}%)"
-        )
+        share = 100 * c["killed"] / max(total, 1)
+        print(f"{module:45} {c['killed']:5} killed / {total:5}  ({share:.1f}%)")
     print(f"\n{dict(counts)}")
-    print(
-        f"score: {counts['killed']} / {considered} = {100 * counts['killed'] / max(considered, 1):.1f}%"
-    )
+    score = 100 * counts["killed"] / max(considered, 1)
+    print(f"score: {counts['killed']} / {considered} = {score:.1f}%")
     for module, names in sorted(survivors.items()):
         print(f"\n{module}:")
         for name in names:

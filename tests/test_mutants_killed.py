@@ -47,8 +47,13 @@ def test_merge_keeps_the_newer_entry_of_each_key_and_counts_what_it_took() -> No
     assert cache.merge(json.dumps(incoming)) == 4
     merged = json.loads(cache.serialize())
     secrets = {k: v["secret"] for k, v in merged["RefreshToken"].items()}
-    assert secrets == {"older-here": "theirs-new", "newer-here": "mine-new",
-                       "same-age": "theirs-same", "equal": "equal", "only-theirs": "theirs-only"}  # fmt: skip
+    assert secrets == {
+        "older-here": "theirs-new",
+        "newer-here": "mine-new",
+        "same-age": "theirs-same",
+        "equal": "equal",
+        "only-theirs": "theirs-only",
+    }
     assert merged["AccessToken"] == incoming["AccessToken"]
     assert "Weird" not in merged  # not a table of entries: never merged
     with pytest.raises(ValueError, match="not a serialized msal token cache"):
