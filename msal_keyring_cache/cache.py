@@ -65,6 +65,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     Pass it as ``token_cache=`` to ``msal.PublicClientApplication`` or
     ``msal.ConfidentialClientApplication``. Usually made by
     :func:`~msal_keyring_cache.build_cache`.
+
+    ``has_state_changed`` keeps msal's meaning: whether this object's content changed
+    since the last ``serialize()``/``deserialize()`` (every change is already stored, so
+    code that saves a copy when it is true only writes a redundant copy).
     """
 
     def __init__(self, store: Store, *, backend_info: Optional[BackendInfo] = None) -> None:
@@ -139,7 +143,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         with self._writing():
             with self._lock:
                 self._cache = parsed
-                self.has_state_changed = True
+                self.has_state_changed = False  # msal: deserialize() resets the flag
             self._rewrite = True
 
     def merge(self, state: str) -> int:
@@ -163,7 +167,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                     self._before.setdefault((kind, key), old)
                     mine[key] = entry
                     changed += 1
-            self.has_state_changed = bool(changed)
+            if changed:
+                self.has_state_changed = True
         return changed
 
     def clear(self) -> None:
@@ -172,7 +177,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             self.store.clear()
             with self._lock:
                 self._cache = {}
-                self.has_state_changed = False
+                self.has_state_changed = True  # memory changed since the last serialize()
             self._before.clear()
             self._rewrite = False
 
@@ -223,8 +228,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 )
                 parsed = {}
         with self._lock:
-            self._cache = parsed
-            self.has_state_changed = False
+            self._cache = parsed  # other processes' writes: has_state_changed is untouched
         self._before.clear()  # unsaved prunes are redone by msal's next search
         logger.debug(
             "Loaded the token cache from the %s store (%d bytes)", self.store.kind, len(data or b"")
@@ -258,7 +262,6 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 if now != before:
                     delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
             self._before.clear()
-            self.has_state_changed = False
         rewrite, self._rewrite = self._rewrite, False
         if rewrite:
             self.store.save(self._dump())
