@@ -111,9 +111,7 @@ def test_the_substitute_really_is_persistent(tmp_path: Path) -> None:
     cache.add({"client_id": "c", "scope": ["s"], "token_endpoint": "https://x/t",
                "response": {"access_token": "a", "expires_in": 3600}})  # fmt: skip
     assert cache.has_state_changed  # msal's meaning: changed since the last serialize()
-    again = PersistentTokenCache(
-        EncryptedFileStore(cache.store.path, cache.store.key_source)
-    )
+    again = PersistentTokenCache(EncryptedFileStore(cache.store.path, cache.store.key_source))
     assert len(list(again.search("AccessToken"))) == 1
     cache.serialize()
     assert not cache.has_state_changed
