@@ -420,7 +420,14 @@ def _secret_items(source: Source, *, delete_if: Optional[str] = None) -> Optiona
 
 
 def _read_secret(source: Source, timeout: float) -> str:
-    text = _bounded(lambda: _secret_items(source), timeout, "search and read")
+    try:
+        text = _bounded(lambda: _secret_items(source), timeout, "search and read")
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(
+            f"{source.path} is msal-extensions' empty marker file; the cache it marks is kept "
+            f"encrypted in the Secret Service, which could not be read: {exc} Nothing was "
+            "migrated or deleted."
+        ) from None
     if text is None:
         raise StoreError(
             f"{source.path} is msal-extensions' empty marker file, but its encrypted cache "
