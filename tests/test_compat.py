@@ -123,7 +123,10 @@ def test_token_cache_round_trip_between_two_apps(
     assert PersistedTokenCache(persistence).is_encrypted
 
 
-def test_a_missing_persistence_is_an_empty_cache() -> None:
+def test_a_missing_persistence_is_an_empty_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     cache = PersistedTokenCache(FilePersistence("non_existing_file"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # msal deprecates find()
