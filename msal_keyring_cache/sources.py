@@ -47,9 +47,12 @@ __all__ = [
     "delete_source",
     "find_sources",
     "migrate",
+    "msal_extensions_lock",
     "parse_cache",
     "read_source",
     "source_for",
+    "usernames",
+    "verify",
 ]
 
 #: Refuse to read more than this from a source file (a token cache is kilobytes).
