@@ -327,7 +327,7 @@ def _take_in_plaintext(location: str, store: Store) -> bool:
             "Encrypted the plaintext msal-extensions cache %s (%d bytes) into the %s store.",
             location,
             size,
-            store.kind,
+            store.backend,
         )
     return True
 

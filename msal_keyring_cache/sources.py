@@ -36,8 +36,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from .cache import PersistentTokenCache
 from .config import DEFAULT_ENV_PREFIX, Settings
-from .crypto import CorruptCacheError
-from .errors import BackendUnavailableError, LockTimeoutError, StoreError
+from .errors import BackendUnavailableError, CorruptCacheError, LockTimeoutError, StoreError
 
 __all__ = [
     "Migration",
@@ -525,7 +524,7 @@ def migrate(
     cache = PersistentTokenCache(store, backend_info=info)
     try:
         changed = cache.merge(snapshot.text)
-        location = str(store.describe().get("location") or info.backend)
+        location = store.describe().location
     finally:
         cache.close()
     verify(snapshot.doc, settings, env_prefix=env_prefix)

@@ -19,7 +19,7 @@ from msal_keyring_cache import ConfigError
 from msal_keyring_cache.azure import TESTED, check_version, credential_kwargs
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 
-from .conftest import PYTHON, child_env
+from .helpers import PYTHON, child_env
 
 pytest.importorskip("azure.identity")
 

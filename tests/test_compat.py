@@ -31,7 +31,7 @@ from msal_keyring_cache.compat import (
 )
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 
-from .conftest import PYTHON, child_env
+from .helpers import PYTHON, child_env
 
 SCOPES = ["User.Read"]
 
@@ -184,7 +184,7 @@ def test_libsecret_persistence_uses_the_secret_service_when_one_answers(
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.SecretService.Keyring")
     persistence = LibsecretPersistence(location, f"schema-{os.getpid()}", {"my_attr1": "foo"})
     cache = PersistedTokenCache(persistence)
-    assert cache.store.kind == "keyring"
+    assert cache.store.backend == "keyring"
     sign_in(idp.public_app(token_cache=cache), "alice@example.com")
     items = [
         a for a, _ in use_secret_service.items() if a.get("service") == f"schema-{os.getpid()}"

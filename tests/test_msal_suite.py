@@ -32,7 +32,7 @@ import pytest
 from msal_keyring_cache import EncryptedFileStore, PersistentTokenCache, generate_key
 from msal_keyring_cache.crypto import FernetKeys
 
-from .conftest import require
+from .helpers import require
 
 #: Test ids of msal's suite that fail with a persistent cache on purpose (docs/migration.md).
 EXPECTED_DIFFERENCES: dict[str, str] = {}

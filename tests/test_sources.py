@@ -34,10 +34,11 @@ from msal_keyring_cache import (
 )
 from msal_keyring_cache import sources as src
 from msal_keyring_cache.cli import migrate as cli_migrate
-from msal_keyring_cache.cli.common import UsageError, _Context
+from msal_keyring_cache.cli.common import _Context
+from msal_keyring_cache.errors import UsageError
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 
-from .conftest import PYTHON, child_env, require_tool
+from .helpers import PYTHON, child_env, require_tool
 
 SCOPES = ["User.Read"]
 USERS = ("alice@example.com", "bob@example.com")

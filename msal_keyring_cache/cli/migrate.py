@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from .. import sources
-from ..errors import CacheError, StoreError
-from .common import CommandError, UsageError, _Context
+from ..errors import CacheError, CommandError, StoreError, UsageError
+from .common import _Context
 
 __all__ = ["add_import_arguments", "add_migrate_arguments", "cmd_import", "cmd_migrate"]
 
