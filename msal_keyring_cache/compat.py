@@ -40,7 +40,7 @@ from .cache import PersistentTokenCache
 from .config import DEFAULT_ENV_PREFIX, Settings
 from .errors import CacheError, ConfigError, LockTimeoutError
 from .files import ensure_private_dir
-from .sources import msal_extensions_lock
+from .sources import MAX_SOURCE_BYTES, msal_extensions_lock
 from .stores.base import Store
 
 __all__ = [
@@ -302,8 +302,9 @@ def _take_in_plaintext(location: str, store: Store) -> bool:
     with _both_locks(location, store):
         if _is_ours(location) or not os.path.exists(location):
             return False
-        with open(location, "rb") as fh:
-            blob = fh.read()
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        with os.fdopen(os.open(location, flags), "rb") as fh:  # never blocks on a FIFO
+            blob = fh.read(MAX_SOURCE_BYTES + 1)
         if not blob:
             os.unlink(location)
             logger.info("Removed msal-extensions' empty marker file %s.", location)
