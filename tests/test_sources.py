@@ -530,3 +530,19 @@ def test_a_secret_service_that_never_answers_is_bounded(
         for conn in held:
             conn.close()
         server.close()
+
+
+def test_migrate_command_refuses_an_empty_marker_and_keeps_it(
+    tmp_path: Path, file_settings: dict[str, str]
+) -> None:
+    """0.1.0 said "Imported 0 entries… verified" here and deleted the marker."""
+    marker = tmp_path / "msal_token_cache.bin"
+    marker.write_bytes(b"")
+    with pytest.raises(CacheError, match="empty marker file") as caught:
+        run_cli(
+            cli_migrate.cmd_migrate, cli_migrate.add_migrate_arguments,
+            ["--from", str(marker), "--delete-source"],
+        )  # fmt: skip
+    assert "nothing was" in str(caught.value).lower()
+    assert marker.exists()
+    assert not Path(file_settings["MSAL_KEYRING_CACHE_PATH"]).exists()
