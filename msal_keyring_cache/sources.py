@@ -377,7 +377,7 @@ def _bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     worker = threading.Thread(target=run, name="msal-keyring-cache-source", daemon=True)
     worker.start()
     worker.join(timeout if timeout > 0 else None)
-    if not result:
+    if not result or (not result[0][0] and isinstance(result[0][1], TimeoutError)):
         raise BackendUnavailableError(
             f"The Secret Service did not answer ({what}) within {timeout:g} s. Unlock the "
             "keyring or start its service, then try again."
