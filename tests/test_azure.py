@@ -141,3 +141,47 @@ def test_the_installed_version_is_in_the_tested_range() -> None:
 
     assert check_version() == version("azure-identity")
     assert TESTED[0] <= tuple(int(n) for n in version("azure-identity").split(".")[:3])
+
+
+def _our_caches(credential: Any) -> set[int]:
+    """The PersistentTokenCache objects a credential holds (two levels deep)."""
+    from msal_keyring_cache import PersistentTokenCache
+
+    found: set[int] = set()
+    for value in vars(credential).values():
+        if isinstance(value, PersistentTokenCache):
+            found.add(id(value))
+        elif hasattr(value, "__dict__"):
+            found |= {id(v) for v in vars(value).values() if isinstance(v, PersistentTokenCache)}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "extra"),
+    [
+        ("ClientSecretCredential", ("t", "c", "s"), {}),
+        ("DeviceCodeCredential", ("c",), {}),
+        ("InteractiveBrowserCredential", (), {}),
+        ("UsernamePasswordCredential", ("c", "u", "p"), {}),
+        ("OnBehalfOfCredential", ("t", "c"), {"client_secret": "s", "user_assertion": "a"}),
+        ("SharedTokenCacheCredential", (), {}),
+    ],
+)
+def test_every_msal_based_credential_takes_both_caches(make: Any, tmp_path: Path, key: str) -> None:
+    import warnings
+
+    kwargs = credential_kwargs("azure-test", backend="file", path=str(tmp_path / "c.bin"), key=key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        credential = getattr(azure.identity, name)(*args, **extra, **kwargs)
+    assert _our_caches(credential) == {id(kwargs["_cache"]), id(kwargs["_cae_cache"])}
+
+
+@pytest.mark.secret_service
+def test_the_cae_cache_has_its_own_credential_store_entry(use_secret_service: Any) -> None:
+    kwargs = credential_kwargs("azure-test-keyring", backend="keyring")
+    regular, cae = kwargs["_cache"].store, kwargs["_cae_cache"].store
+    assert regular.backend == cae.backend == "keyring"
+    assert (regular.service, regular.account) == ("azure-test-keyring", "token-cache")  # type: ignore[attr-defined]
+    assert (cae.service, cae.account) == ("azure-test-keyring", "token-cache.cae")  # type: ignore[attr-defined]
+    assert regular.lock().path != cae.lock().path  # type: ignore[attr-defined]

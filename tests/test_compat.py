@@ -312,3 +312,41 @@ def test_cross_process_writes_lose_no_sign_in(idp: LoopbackIdentityProvider, loc
     cache = PersistedTokenCache(build_encrypted_persistence(location))
     app = idp.public_app("00000000-0000-0000-0000-00000000c11d", token_cache=cache)
     assert sorted(a["username"] for a in app.get_accounts()) == users
+
+
+def test_lock_waits_the_configured_lock_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MSAL_KEYRING_CACHE_LOCK_TIMEOUT", "0.2")
+    lockfile = str(tmp_path / "held.lockfile")
+    with CrossPlatLock(lockfile), pytest.raises(LockError, match=r"waiting 0\.2 s"):  # noqa: SIM117
+        with CrossPlatLock(lockfile):
+            pass
+
+
+_THEIR_WRITER = textwrap.dedent(
+    """
+    import sys
+    from msal_extensions import CrossPlatLock, FilePersistence
+    path, n = sys.argv[1], int(sys.argv[2])
+    p = FilePersistence(path)
+    for i in range(n):
+        with CrossPlatLock(path + ".lockfile"):
+            p.save(p.load() + "x")
+    """
+)
+
+
+def test_cross_plat_lock_excludes_msal_extensions_processes(tmp_path: Path) -> None:
+    """Theirs in two real processes, ours here, one counter file: no update is lost."""
+    path = tmp_path / "counter.txt"
+    path.write_text("")
+    theirs = [
+        subprocess.Popen([PYTHON, "-c", _THEIR_WRITER, str(path), "30"], env=child_env())
+        for _ in range(2)
+    ]
+    for _ in range(30):
+        with CrossPlatLock(str(path) + ".lockfile"):
+            path.write_text(path.read_text() + "y")
+    assert [w.wait(timeout=120) for w in theirs] == [0, 0]
+    assert len(path.read_text()) == 90
