@@ -167,8 +167,12 @@ def _our_caches(credential: Any) -> set[int]:
         ("SharedTokenCacheCredential", (), {}),
     ],
 )
-def test_every_msal_based_credential_takes_both_caches(make: Any, tmp_path: Path, key: str) -> None:
+def test_every_msal_based_credential_takes_both_caches(
+    name: str, args: tuple[str, ...], extra: dict[str, str], tmp_path: Path, key: str
+) -> None:
     import warnings
+
+    import azure.identity
 
     kwargs = credential_kwargs("azure-test", backend="file", path=str(tmp_path / "c.bin"), key=key)
     with warnings.catch_warnings():
