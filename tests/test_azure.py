@@ -165,6 +165,7 @@ def _our_caches(credential: Any) -> set[int]:
         ("UsernamePasswordCredential", ("c", "u", "p"), {}),
         ("OnBehalfOfCredential", ("t", "c"), {"client_secret": "s", "user_assertion": "a"}),
         ("SharedTokenCacheCredential", (), {}),
+        ("CertificateCredential", ("t", "c"), {"certificate_data": "PEM"}),
     ],
 )
 def test_every_msal_based_credential_takes_both_caches(
@@ -175,6 +176,8 @@ def test_every_msal_based_credential_takes_both_caches(
     import azure.identity
 
     kwargs = credential_kwargs("azure-test", backend="file", path=str(tmp_path / "c.bin"), key=key)
+    if extra.get("certificate_data") == "PEM":
+        extra = {"certificate_data": _self_signed_pem()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         credential = getattr(azure.identity, name)(*args, **extra, **kwargs)
@@ -189,3 +192,28 @@ def test_the_cae_cache_has_its_own_credential_store_entry(use_secret_service: An
     assert (regular.service, regular.account) == ("azure-test-keyring", "token-cache")  # type: ignore[attr-defined]
     assert (cae.service, cae.account) == ("azure-test-keyring", "token-cache.cae")  # type: ignore[attr-defined]
     assert regular.lock().path != cae.lock().path  # type: ignore[attr-defined]
+
+
+def _self_signed_pem() -> bytes:
+    """A throwaway private key and self-signed certificate, PEM (CertificateCredential)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ) + cert.public_bytes(serialization.Encoding.PEM)
