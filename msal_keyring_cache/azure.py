@@ -27,6 +27,7 @@ from typing import Any, Optional
 from .cache import PersistentTokenCache
 from .config import DEFAULT_ENV_PREFIX, Settings
 from .errors import ConfigError
+from .factory import build_store, default_path
 
 __all__ = ["TESTED", "check_version", "credential_kwargs"]
 
@@ -48,8 +49,6 @@ def credential_kwargs(
     outside :data:`TESTED`.
     """
     check_version()
-    from .factory import build_store, default_path
-
     regular = Settings.resolve(env_prefix, app_name=name, **settings)
     root, ext = os.path.splitext(regular.path or default_path(regular.app_name))
     cae = dataclasses.replace(

@@ -26,7 +26,6 @@ What changes underneath (see docs/migration.md):
 
 from __future__ import annotations
 
-import abc
 import errno
 import hashlib
 import logging
@@ -39,6 +38,7 @@ from typing import Any, Optional
 from .cache import PersistentTokenCache
 from .config import DEFAULT_ENV_PREFIX, Settings
 from .errors import CacheError, ConfigError, LockTimeoutError
+from .factory import build_store
 from .files import ensure_private_dir
 from .sources import MAX_SOURCE_BYTES, msal_extensions_lock
 from .stores.base import Store
@@ -109,7 +109,7 @@ class CrossPlatLock:
             held.__exit__(None, None, None)
 
 
-class BasePersistence(abc.ABC):
+class BasePersistence:
     """A persistence: one piece of text kept encrypted by one of this library's stores."""
 
     is_encrypted = True
@@ -122,14 +122,8 @@ class BasePersistence(abc.ABC):
         ensure_private_dir(os.path.dirname(self._location))  # as msal-extensions does (0700)
         self._store: Optional[Store] = None
 
-    @abc.abstractmethod
-    def _describe(self) -> str:
-        """What msal-extensions would have used (for messages)."""
-
     def build_store(self) -> Store:
         """A new store object on this persistence's data (each cache needs its own)."""
-        from .factory import build_store
-
         store, _ = build_store(self._settings)
         if _take_in_plaintext(self._location, store):
             store.close()  # it saw its own write: a fresh object loads the data
@@ -174,9 +168,6 @@ class FilePersistence(BasePersistence):
     def __init__(self, location: str) -> None:
         super().__init__(location, backend="file")
 
-    def _describe(self) -> str:
-        return "FilePersistence"
-
     def touch(self) -> None:
         """msal-extensions' ``touch()``: make sure the file exists (saves nothing if it does)."""
         store = self.store
@@ -190,9 +181,6 @@ class FilePersistenceWithDataProtection(FilePersistence):
 
     def __init__(self, location: str, entropy: str = "") -> None:
         super().__init__(location)
-
-    def _describe(self) -> str:
-        return "FilePersistenceWithDataProtection"
 
 
 class KeychainPersistence(BasePersistence):
@@ -209,9 +197,6 @@ class KeychainPersistence(BasePersistence):
             keyring_service=service_name or "msal-extensions",
             keyring_account=account_name or _hash(signal_location),
         )
-
-    def _describe(self) -> str:
-        return "KeychainPersistence"
 
 
 class LibsecretPersistence(BasePersistence):
@@ -235,16 +220,10 @@ class LibsecretPersistence(BasePersistence):
             keyring_account=account or "token-cache",
         )
 
-    def _describe(self) -> str:
-        return "LibsecretPersistence"
-
 
 class _EncryptedPersistence(BasePersistence):
     def __init__(self, location: str) -> None:
         super().__init__(location, keyring_account=_hash(location))
-
-    def _describe(self) -> str:
-        return "build_encrypted_persistence"
 
 
 def build_encrypted_persistence(location: str) -> BasePersistence:

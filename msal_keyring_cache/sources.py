@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, TypeVar
 from .cache import PersistentTokenCache
 from .config import DEFAULT_ENV_PREFIX, Settings
 from .errors import BackendUnavailableError, CorruptCacheError, LockTimeoutError, StoreError
+from .factory import build_store
 
 __all__ = [
     "Migration",
@@ -514,8 +515,6 @@ def migrate(
     back through a fresh store object; only when every entry arrived, and ``delete`` is
     set, is the source deleted — and only if it still holds exactly what was read.
     """
-    from .factory import build_store
-
     settings = settings or Settings.resolve(env_prefix)
     snapshot = read_source(
         source, timeout=settings.keyring_timeout, lock_timeout=settings.lock_timeout
@@ -543,8 +542,6 @@ def verify(
     doc: Mapping[str, Any], settings: Settings, *, env_prefix: str = DEFAULT_ENV_PREFIX
 ) -> None:
     """Read the store back through a fresh store object; raise unless every entry is there."""
-    from .factory import build_store
-
     store, info = build_store(settings, env_prefix=env_prefix)
     fresh = PersistentTokenCache(store, backend_info=info)
     try:
