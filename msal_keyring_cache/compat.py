@@ -203,7 +203,8 @@ class LibsecretPersistence(BasePersistence):
     """libsecret in msal-extensions; here the OS credential store or the encrypted file.
 
     Where msal-extensions raises (no libsecret, no display, SSH), this keeps working with
-    the encrypted file.
+    the encrypted file. The keyring entry's service is ``schema_name``, its account the
+    ``attributes`` as ``k=v,…``; ``label`` and other keywords are accepted and unused.
     """
 
     def __init__(
