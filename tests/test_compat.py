@@ -350,3 +350,20 @@ def test_cross_plat_lock_excludes_msal_extensions_processes(tmp_path: Path) -> N
             path.write_text(path.read_text() + "y")
     assert [w.wait(timeout=120) for w in theirs] == [0, 0]
     assert len(path.read_text()) == 90
+
+
+@pytest.mark.secret_service
+def test_a_locked_credential_store_is_an_error_not_an_empty_file(
+    location: str, use_secret_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from msal_keyring_cache.errors import BackendUnavailableError
+
+    monkeypatch.setenv(
+        "DBUS_SESSION_BUS_ADDRESS", use_secret_service.env["DBUS_SESSION_BUS_ADDRESS"]
+    )
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.SecretService.Keyring")
+    monkeypatch.setenv("MSAL_KEYRING_CACHE_KEYRING_TIMEOUT", "5")
+    use_secret_service.lock()
+    with pytest.raises(BackendUnavailableError):
+        LibsecretPersistence(location, f"locked-{os.getpid()}").load()
+    assert not os.path.exists(location)  # no empty file cache started in its place
