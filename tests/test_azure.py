@@ -19,9 +19,20 @@ from msal_keyring_cache import ConfigError
 from msal_keyring_cache.azure import TESTED, check_version, credential_kwargs
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 
-from .helpers import PYTHON, child_env
+from .helpers import PYTHON, child_env, require
 
-pytest.importorskip("azure.identity")
+try:
+    import azure.identity  # noqa: F401
+
+    HAVE_AZURE_IDENTITY = True
+except ImportError:  # pragma: no cover - the test extra installs it
+    HAVE_AZURE_IDENTITY = False
+
+
+@pytest.fixture(autouse=True)
+def _azure_identity() -> None:
+    require(HAVE_AZURE_IDENTITY, "azure-identity is not installed (the test extra brings it)")
+
 
 _PROCESS = textwrap.dedent(
     """
