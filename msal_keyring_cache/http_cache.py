@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -70,9 +71,9 @@ FORMAT = "msal-keyring-cache-http"
 VERSION = 1
 #: Entries kept on disk (msal itself keeps up to 1,024 in memory).
 MAX_ENTRIES = 128
-#: Bytes of one entry's key, headers and body.
+#: Bytes of one entry (its JSON form: key, times, status, headers and body).
 MAX_ENTRY_BYTES = 64 * 1024
-#: Bytes of the whole file; a larger file is refused unread.
+#: Bytes of the whole document (a larger one is refused unread).
 MAX_BYTES = 1024 * 1024
 #: Seconds an entry may live: msal caches discovery for 24 h, throttling for at most 1 h.
 MAX_LIFETIME = 24 * 3600
@@ -92,9 +93,10 @@ class Entry:
     headers: dict[str, str]
     text: str
 
+    @cached_property
     def size(self) -> int:
-        heads = sum(len(k) + len(v) for k, v in self.headers.items())
-        return len(self.key.encode()) + len(self.text.encode()) + heads
+        """Bytes of its JSON form, as written (escaping can make that 6× the text)."""
+        return len(json.dumps(self.to_json(), separators=(",", ":")))
 
     def fresh(self, now: int) -> bool:
         """msal's rule: usable while ``created_at <= now < expires_at``."""
@@ -144,7 +146,7 @@ def _entry(raw: Any) -> Optional[Entry]:
     if not 100 <= status <= 599 or not 0 < expires_at - created_at <= MAX_LIFETIME:
         return None
     entry = Entry(key, expires_at, created_at, status, dict(headers), text)
-    if entry.size() > MAX_ENTRY_BYTES or not persistable(entry):
+    if entry.size > MAX_ENTRY_BYTES or not persistable(entry):
         return None
     return entry
 
@@ -187,13 +189,12 @@ def parse(data: bytes, binding: str, now: int) -> tuple[dict[str, Entry], int]:
 def _bounded(entries: dict[str, Entry]) -> dict[str, Entry]:
     """At most MAX_ENTRIES entries and MAX_BYTES: the latest-expiring are kept."""
     kept: dict[str, Entry] = {}
-    total = 200  # the document's own framing
+    total = 4096  # the document's own framing (its binding names a path)
     for entry in sorted(entries.values(), key=lambda e: (-e.expires_at, e.key)):
-        cost = entry.size() + 120 + len(entry.headers) * 8  # JSON framing, roughly
-        if len(kept) >= MAX_ENTRIES or total + cost > MAX_BYTES // 2:
-            continue  # half of MAX_BYTES: JSON escaping can double the text
+        total += entry.size + 1
+        if len(kept) >= MAX_ENTRIES or total > MAX_BYTES:
+            break
         kept[entry.key] = entry
-        total += cost
     return kept
 
 
