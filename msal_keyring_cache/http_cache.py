@@ -34,6 +34,7 @@ would otherwise see a failed request, and everything here can be fetched again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -236,6 +237,8 @@ def _entry_of(key: str, value: Any, times: tuple[int, int]) -> Optional[Entry]:
         return None
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         return None
+    # Cookies (Entra sets a few on discovery) are of no use to msal: not stored.
+    headers = {k: v for k, v in headers.items() if k.lower() != "set-cookie"}
     raw = {"key": key, "expires_at": times[0], "created_at": times[1], "status": status}
     return _entry({**raw, "headers": headers, "text": text})
 
@@ -249,6 +252,7 @@ class SealedFile:
     :param lock_timeout: seconds a write waits for the lock.
     :param previous: returns a header whose KDF parameters a new file reuses (a
         passphrase is then derived once per process for both files).
+    :param forget_key: deletes the key, for :meth:`remove` (a key kept elsewhere).
     """
 
     def __init__(
@@ -258,12 +262,14 @@ class SealedFile:
         *,
         lock_timeout: float = LOCK_TIMEOUT,
         previous: Callable[[], Optional[crypto.Header]] = lambda: None,
+        forget_key: Optional[Callable[[], None]] = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self._keys = keys
         self._source: Optional[crypto.KeySource] = None
         self._failed: Optional[CacheError] = None  # the key could not be had: not again
         self._previous = previous
+        self._forget_key = forget_key
         self._header: Optional[crypto.Header] = None
         self.lock = CrossProcessLock(self.path + ".lock", lock_timeout)
         self._identity = FileIdentity(self.path)
@@ -315,6 +321,16 @@ class SealedFile:
         self._header, _ = crypto.parse_header(blob)
         self._seen = True
 
+    def remove(self) -> None:
+        """Delete the file and, if the key lives in the credential store, the key."""
+        with self.lock:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self._identity.forget()
+            self._seen = False
+            if self._forget_key is not None:
+                self._forget_key()
+
     def close(self) -> None:
         self._identity.forget()
 
@@ -361,6 +377,7 @@ class HttpCache(MutableMapping[str, Any]):
                     store.stamp_path[: -len(".stamp")] + ".http",
                     lambda: _keyring_key(keyring_store),
                     lock_timeout=min(store.lock().timeout, LOCK_TIMEOUT),
+                    forget_key=lambda: _key_store(keyring_store).clear(),
                 )
                 return cls(sealed, binding=f"keyring:{store.service}\0{store.account}")
         return cls(binding=f"memory:{store.backend}")
@@ -510,6 +527,15 @@ class HttpCache(MutableMapping[str, Any]):
                 except CacheError as exc:
                     self._refuse(exc)
 
+    def remove(self) -> None:
+        """Delete the file and, beside a credential-store cache, its key entry."""
+        with self._lock:
+            self._values.clear()
+            self._times.clear()
+            self._stored = {}
+            if self.file is not None:
+                self.file.remove()
+
     def close(self) -> None:
         """Close the file kept open for change detection."""
         if self.file is not None:
@@ -525,12 +551,12 @@ def _index_times(index: Any) -> dict[str, tuple[int, int]]:
         raise ValueError("not msal's ExpiringMapping index (sequence, timestamps)") from None
 
 
-def _keyring_key(store: KeyringStore) -> crypto.KeySource:
-    """The http file's Fernet key, kept in the entry ``(service, account.http-key)``."""
+def _key_store(store: KeyringStore) -> KeyringStore:
+    """The credential-store entry ``(service, account.http-key)`` beside ``store``'s."""
     from .stores.credential import KeyringStore
 
     base = store.stamp_path[: -len(".stamp")]
-    keys = KeyringStore(
+    return KeyringStore(
         store.service,
         store.account + ".http-key",
         lock_path=base + ".http-key.lock",
@@ -540,6 +566,11 @@ def _keyring_key(store: KeyringStore) -> crypto.KeySource:
         # one do the same (importing keyring costs ~35 ms).
         keyring=None if store.direct else store.keyring,
     )
+
+
+def _keyring_key(store: KeyringStore) -> crypto.KeySource:
+    """The http file's Fernet key, kept in the entry ``(service, account.http-key)``."""
+    keys = _key_store(store)
     keys.resolve()
     data = keys.load()
     if data is None:

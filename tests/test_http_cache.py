@@ -496,3 +496,24 @@ def test_parser_fuzz_documents(doc: dict[str, Any]) -> None:
 @given(st.binary(max_size=200) | values.map(lambda v: json.dumps(v).encode()))
 def test_parser_fuzz_bytes(data: bytes) -> None:
     _check(data)
+
+
+# -- the demo -------------------------------------------------------------------------------
+
+
+def test_the_demo_shows_a_second_process_making_no_request(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [PYTHON, "-m", "msal_keyring_cache", "demo", "--json"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True
+    assert doc["child"]["token_source"] == "cache"
+    assert doc["child"]["requests"] == 0
+    assert doc["child"]["other_paths"] == []
