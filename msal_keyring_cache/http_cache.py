@@ -390,8 +390,8 @@ class HttpCache(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         with self._lock:
+            self._refresh()
             if key == _INDEX:
-                self._refresh()
                 times = self._times
                 return sorted([e, c, k] for k, (e, c) in times.items()), {
                     k: [e, c] for k, (e, c) in times.items()

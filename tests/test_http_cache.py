@@ -517,3 +517,84 @@ def test_the_demo_shows_a_second_process_making_no_request(tmp_path: Path) -> No
     assert doc["child"]["token_source"] == "cache"
     assert doc["child"]["requests"] == 0
     assert doc["child"]["other_paths"] == []
+
+
+# -- failures around the file: busy lock, unusable key ---------------------------------------
+
+HOLD_LOCK = """
+import sys
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_busy_lock_costs_at_most_its_timeout_and_the_write_follows_later(
+    idp: LoopbackIdentityProvider, tmp_path: Path, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = {**file_options(tmp_path, key), "lock_timeout": 0.5}
+    lock_path = str(tmp_path / "c" / "token_cache.bin.http.lock")
+    (tmp_path / "c").mkdir()
+    holder = subprocess.Popen(
+        [PYTHON, "-c", HOLD_LOCK, lock_path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with caplog.at_level(logging.WARNING, logger="msal_keyring_cache"):
+            started = time.monotonic()
+            cache = sign_in(idp, options)
+            assert time.monotonic() - started < 30  # bounded by the lock timeouts
+        assert "Could not save the http cache" in caplog.text
+        assert "LockTimeoutError" in caplog.text
+        assert not Path(cache.http_cache.file.path).exists()
+    finally:
+        holder.communicate("", timeout=30)
+    # The entries stayed pending in memory; the next change writes them too.
+    now = int(time.time())
+    response = msal.throttled_http_client.NormalizedResponse(_Raw(200, "{}"))
+    expiring = msal.throttled_http_client.ExpiringMapping(mapping=cache.http_cache)
+    expiring.set("GET https://127.0.0.1/later hash=0 2xx", response, 3600)
+    stored = fresh(cache)["_index_"][1]
+    assert "GET https://127.0.0.1/later hash=0 2xx" in stored
+    assert any(DISCOVERY in k for k in stored)
+    assert all(c <= now + 1 for _e, c in stored.values())
+
+
+def test_set_cookie_headers_are_not_written(tmp_path: Path, key: str) -> None:
+    cache = build_cache("cookies", backend="file", path=str(tmp_path / "k.bin"), key=key)
+    mapping = HttpCache.beside(cache.store)
+    headers = {"Set-Cookie": "fpc=AsecretCookie; path=/", "Content-Type": "application/json"}
+    response = msal.throttled_http_client.NormalizedResponse(_Raw(200, "{}", headers))
+    expiring = msal.throttled_http_client.ExpiringMapping(mapping=mapping)
+    expiring.set("GET https://127.0.0.1/d hash=0 2xx", response, 3600)
+    assert mapping.file is not None
+    plaintext = mapping.file.read() or b""
+    assert b"AsecretCookie" not in plaintext
+    assert fresh(cache)["GET https://127.0.0.1/d hash=0 2xx"].headers == {
+        "content-type": "application/json"
+    }
+
+
+@pytest.mark.secret_service
+def test_a_locked_credential_store_leaves_the_http_cache_in_memory(
+    idp: LoopbackIdentityProvider,
+    tmp_path: Path,
+    use_secret_service: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    options = {"backend": "keyring", "path": str(tmp_path / "kl" / "token_cache.bin")}
+    cache = build_cache("http-cache-locked", http_cache=True, keyring_timeout=20, **options)
+    use_secret_service.lock()  # the http cache's key cannot be read now
+    with caplog.at_level(logging.WARNING, logger="msal_keyring_cache"):
+        app = idp.public_app(token_cache=cache, http_cache=cache.http_cache)
+        app.get_accounts()  # msal made its discovery request and went on
+    assert "Could not save the http cache" in caplog.text
+    assert "(BackendUnavailableError" in caplog.text
+    assert len(cache.http_cache) == 1
+    assert not any(p.name.endswith(".http") for p in (tmp_path / "kl").iterdir())
