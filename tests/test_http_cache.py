@@ -4,6 +4,7 @@ real processes, and never holding token text."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import subprocess
@@ -32,7 +33,7 @@ from msal_keyring_cache.http_cache import (
     parse,
 )
 from msal_keyring_cache.testing import LoopbackIdentityProvider
-from tests.helpers import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, child_env, require
 
 CLIENT_ID = "00000000-0000-0000-0000-00000000c11d"
 DISCOVERY = "/v2.0/.well-known/openid-configuration"
@@ -598,3 +599,56 @@ def test_a_locked_credential_store_leaves_the_http_cache_in_memory(
     assert "(BackendUnavailableError" in caplog.text
     assert len(cache.http_cache) == 1
     assert not any(p.name.endswith(".http") for p in (tmp_path / "kl").iterdir())
+
+
+# -- the reference: what a cold silent hit costs without this -------------------------------
+
+REFERENCE = """
+import json, os, sys
+import msal
+from msal_keyring_cache.testing import loopback_http_client
+
+port, kind, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+session = loopback_http_client(port)
+sent = []
+send = session.send
+session.send = lambda request, **kw: sent.append(request.method) or send(request, **kw)
+path = os.path.join(root, kind)
+if kind == "plain":  # msal's own SerializableTokenCache in a JSON file
+    cache = msal.SerializableTokenCache()
+    if os.path.exists(path):
+        cache.deserialize(open(path).read())
+else:  # msal-extensions
+    from msal_extensions import FilePersistence, PersistedTokenCache
+    cache = PersistedTokenCache(FilePersistence(path))
+app = msal.PublicClientApplication(
+    "00000000-0000-0000-0000-00000000c11d", authority="https://127.0.0.1/loopback-tenant",
+    http_client=session, instance_discovery=False, token_cache=cache,
+)
+accounts = app.get_accounts()
+result = app.acquire_token_silent(["User.Read"], account=accounts[0]) if accounts else None
+if not accounts:
+    result = app.acquire_token_by_username_password("alice@example.com", "pw", ["User.Read"])
+if kind == "plain":
+    open(path, "w").write(cache.serialize())
+print(json.dumps({"sent": len(sent), "source": (result or {}).get("token_source")}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["plain", "extensions"])
+def test_reference_caches_make_one_request_on_a_cold_silent_hit(
+    idp: LoopbackIdentityProvider, tmp_path: Path, kind: str
+) -> None:
+    if kind == "extensions":
+        require(importlib.util.find_spec("msal_extensions") is not None, "no msal-extensions")
+    argv = [PYTHON, "-c", REFERENCE, str(idp.port), kind, str(tmp_path)]
+    for expected in ("identity_provider", "cache"):
+        before = len(idp.requests)
+        proc = subprocess.run(
+            argv, cwd=ROOT, env=child_env(), capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["source"] == expected
+    assert report["sent"] == len(idp.requests) - before == 1  # the discovery document
+    assert idp.requests[-1].path.endswith(DISCOVERY)
