@@ -377,7 +377,7 @@ class HttpCache(MutableMapping[str, Any]):
                     store.stamp_path[: -len(".stamp")] + ".http",
                     lambda: _keyring_key(keyring_store),
                     lock_timeout=min(store.lock().timeout, LOCK_TIMEOUT),
-                    forget_key=lambda: _key_store(keyring_store).clear(),
+                    forget_key=lambda: _forget_key(keyring_store),
                 )
                 return cls(sealed, binding=f"keyring:{store.service}\0{store.account}")
         return cls(binding=f"memory:{store.backend}")
@@ -403,10 +403,12 @@ class HttpCache(MutableMapping[str, Any]):
             if key != _INDEX:
                 self._values[key] = value  # its expiry arrives with the index, next
                 return
-            times = _index_times(value)
-            self._times = {k: t for k, t in times.items() if k in self._values}
-            for gone in set(self._values) - set(self._times):
-                del self._values[gone]
+            # msal removes a key by popping its value (see __delitem__), so the index only
+            # adds or renews: entries taken in from the file since msal's peek stay.
+            for key_, times in _index_times(value).items():
+                mine = self._times.get(key_)
+                if key_ in self._values and (mine is None or times[1] >= mine[1]):
+                    self._times[key_] = times
             self._save()
 
     def __delitem__(self, key: str) -> None:
@@ -431,7 +433,7 @@ class HttpCache(MutableMapping[str, Any]):
         try:
             if self.file.changed():
                 self._take_in(self.file)
-        except CacheError as exc:
+        except (CacheError, OSError) as exc:
             self._refuse(exc)
 
     def _take_in(self, file: SealedFile) -> None:
@@ -439,7 +441,7 @@ class HttpCache(MutableMapping[str, Any]):
         self.stats["loads"] += 1
         try:
             data = file.read()
-        except CacheError as exc:
+        except (CacheError, OSError) as exc:
             self._stored = {}
             self._refuse(exc)
             return
@@ -504,7 +506,7 @@ class HttpCache(MutableMapping[str, Any]):
                     self._stored = wanted
                     logger.debug("Saved the http cache %s", self.file.path)
             self._pending = False
-        except CacheError as exc:
+        except (CacheError, OSError) as exc:
             self._pending = True
             logger.warning(
                 "Could not save the http cache %s (%s: %s); it stays in memory and is "
@@ -524,7 +526,7 @@ class HttpCache(MutableMapping[str, Any]):
                 try:
                     with self.file.lock:
                         self.file.write(dump({}, self.binding))
-                except CacheError as exc:
+                except (CacheError, OSError) as exc:
                     self._refuse(exc)
 
     def remove(self) -> None:
@@ -568,21 +570,39 @@ def _key_store(store: KeyringStore) -> KeyringStore:
     )
 
 
+def _forget_key(store: KeyringStore) -> None:
+    keys = _key_store(store)
+    try:
+        keys.clear()
+    finally:
+        keys.close()
+
+
 def _keyring_key(store: KeyringStore) -> crypto.KeySource:
     """The http file's Fernet key, kept in the entry ``(service, account.http-key)``."""
     keys = _key_store(store)
-    keys.resolve()
-    data = keys.load()
-    if data is None:
-        with keys.lock():
-            data = keys.load() if keys.changed() else None
-            if data is None:  # first use: make the key, once, under the lock
-                data = crypto.generate_key().encode()
-                keys.save(data)
-    keys.close()
-    key = data.decode("ascii", "replace").strip()
-    if not crypto.is_fernet_key(key):
-        raise CorruptCacheError("its key entry in the credential store is not a Fernet key")
+    try:
+        keys.resolve()
+        key = _text(keys.load())
+        if not crypto.is_fernet_key(key):
+            with keys.lock():
+                key = _text(keys.load() if keys.changed() else key.encode())
+                if not crypto.is_fernet_key(key):  # first use (or a damaged entry): a new key
+                    if key:
+                        logger.warning(
+                            "The http-cache key entry (service %r, account %r) does not hold "
+                            "a Fernet key; a new key replaces it.",
+                            keys.service,
+                            keys.account,
+                        )
+                    key = crypto.generate_key()
+                    keys.save(key.encode())
+    finally:
+        keys.close()
     return crypto.FernetKeys(
         (key,), label="the http-cache key in the credential store", tag="keyring"
     )
+
+
+def _text(data: Optional[bytes]) -> str:
+    return (data or b"").decode("ascii", "replace").strip()

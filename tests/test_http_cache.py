@@ -652,3 +652,43 @@ def test_reference_caches_make_one_request_on_a_cold_silent_hit(
         assert report["source"] == expected
     assert report["sent"] == len(idp.requests) - before == 1  # the discovery document
     assert idp.requests[-1].path.endswith(DISCOVERY)
+
+
+def test_entries_taken_in_while_msal_updates_its_index_are_kept(tmp_path: Path, key: str) -> None:
+    """msal peeks at its index, then sets it back; what another process wrote between stays."""
+    cache = build_cache("interleave", backend="file", path=str(tmp_path / "i.bin"), key=key)
+    mine, theirs = HttpCache.beside(cache.store), HttpCache.beside(cache.store)
+    response = msal.throttled_http_client.NormalizedResponse(_Raw(200, "{}"))
+    sequence, timestamps = mine["_index_"]  # msal's peek
+    msal.throttled_http_client.ExpiringMapping(mapping=theirs).set(
+        "GET https://o/ 2xx", response, 60
+    )
+    assert mine.get("GET https://o/ 2xx") is not None  # taken in (a read between peek and set)
+    now = int(time.time())
+    timestamps["GET https://m/ 2xx"] = [now + 60, now]
+    mine["GET https://m/ 2xx"] = response
+    mine["_index_"] = (sequence, timestamps)  # msal's set, from the older peek
+    assert sorted(fresh(cache)["_index_"][1]) == ["GET https://m/ 2xx", "GET https://o/ 2xx"]
+    assert sorted(mine) == ["GET https://m/ 2xx", "GET https://o/ 2xx"]
+
+
+@pytest.mark.secret_service
+def test_a_damaged_key_entry_is_replaced(
+    idp: LoopbackIdentityProvider,
+    tmp_path: Path,
+    use_secret_service: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import keyring
+
+    options = {"backend": "keyring", "path": str(tmp_path / "kd" / "token_cache.bin")}
+    sign_in(idp, options)
+    keyring.set_password("http-cache-tests", "token-cache.http-key", "not a key")
+    cache = build_cache("http-cache-tests", http_cache=True, **options)
+    with caplog.at_level(logging.WARNING, logger="msal_keyring_cache"):
+        idp.public_app(token_cache=cache, http_cache=cache.http_cache)
+    assert "does not hold a Fernet key; a new key replaces it" in caplog.text
+    assert "DecryptError" in caplog.text  # the old file, under the old key, is refused
+    assert "not a key" not in caplog.text
+    report = run_child(idp, options)  # the refetch was written under the new key
+    assert (report["source"], report["served"]) == ("cache", 0)
