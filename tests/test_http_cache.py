@@ -692,3 +692,34 @@ def test_a_damaged_key_entry_is_replaced(
     assert "not a key" not in caplog.text
     report = run_child(idp, options)  # the refetch was written under the new key
     assert (report["source"], report["served"]) == ("cache", 0)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.binary(max_size=300)
+    | st.builds(
+        lambda header, rest: header + b"\n" + rest,
+        st.sampled_from(
+            [
+                b'{"format":"msal-keyring-cache","version":1,"kdf":"none","fp":"x","gen":"1"}',
+                b'{"format":"msal-keyring-cache","version":1,"kdf":"scrypt","fp":"x","gen":"1"}',
+                b"{}",
+            ]
+        ),
+        st.binary(max_size=200),
+    )
+)
+def test_hostile_files_are_refused_without_an_exception(tmp_path: Path, blob: bytes) -> None:
+    path = tmp_path / "hostile.bin"
+    path.write_bytes(b"")
+    mapping = HttpCache(
+        SealedFile(str(path) + ".http", lambda: FernetKeys((KEY,))), binding=f"file:{path}"
+    )
+    Path(str(path) + ".http").write_bytes(blob)
+    assert mapping["_index_"] == ([], {})
+    assert mapping.stats["refused"] + mapping.stats["dropped"] >= (1 if blob else 0)
+
+
+KEY = generate_key()
