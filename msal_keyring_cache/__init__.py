@@ -11,7 +11,7 @@ from typing import Any
 
 from .cache import BackendInfo, PersistentTokenCache
 from .config import Settings
-from .crypto import generate_key
+from .crypto import Protection, generate_key
 from .errors import (
     BackendUnavailableError,
     CacheError,
@@ -25,7 +25,7 @@ from .errors import (
     UsageError,
 )
 from .factory import build_cache
-from .stores import EncryptedFileStore, MemoryStore, Store
+from .stores import Description, EncryptedFileStore, MemoryStore, Store
 
 __version__ = "0.1.0"
 
@@ -37,12 +37,14 @@ __all__ = [
     "ConfigError",
     "CorruptCacheError",
     "DecryptError",
+    "Description",
     "EncryptedFileStore",
     "KeyringStore",
     "KeyringTimeoutError",
     "LockTimeoutError",
     "MemoryStore",
     "PersistentTokenCache",
+    "Protection",
     "Settings",
     "Store",
     "StoreError",

@@ -23,12 +23,12 @@ import logging
 import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import msal
 
-from .stores.base import Store, apply_delta
+from .stores.base import Description, Store, apply_delta
 
 __all__ = ["BackendInfo", "PersistentTokenCache"]
 
@@ -40,9 +40,17 @@ _MISSING: Any = object()
 class BackendInfo:
     """Which store a cache uses and why (``cache.backend_info``). Holds no secret."""
 
+    #: Which store: ``file``, ``keyring``, ``memory`` …
     backend: str
+    #: Why that store, in plain words.
     reason: str
-    details: dict[str, Any] = field(default_factory=dict)
+    #: Where it lives and how it is protected, as the store described itself.
+    description: Optional[Description] = None
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """:attr:`description` as a flat dict (empty when there is none)."""
+        return self.description.as_dict() if self.description else {}
 
     def __str__(self) -> str:
         return f"{self.backend} ({self.reason})"

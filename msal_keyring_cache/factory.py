@@ -104,7 +104,12 @@ def key_source(settings: Settings, env_prefix: str = DEFAULT_ENV_PREFIX) -> cryp
     if settings.key_file:
         keys = crypto.read_key_file(settings.key_file)
         return crypto.FernetKeys(
-            keys, label=f"key file {settings.key_file}", tag="key_file", protection="key file"
+            keys,
+            label=f"key file {settings.key_file}",
+            tag="key_file",
+            protection="key file",
+            level=crypto.Protection.KEY_FILE,
+            path=settings.key_file,
         )
     if settings.key_in_keyring:
         return envelope_key(settings, env_prefix)
@@ -141,6 +146,8 @@ def generated_key(settings: Settings, env_prefix: str) -> crypto.KeySource:
         label=f"generated key file {path}",
         tag="generated",
         protection="generated key file (weak: protects only against the cache file leaking alone)",
+        level=crypto.Protection.WEAK,
+        path=path,
     )
 
 
@@ -231,7 +238,7 @@ def choose(settings: Settings, env_prefix: str) -> tuple[Store, BackendInfo]:
             "The OS credential store is not usable (%s); using the encrypted file %s "
             "because keyring_fallback is set.",
             type(error).__name__,
-            fallback.describe().get("location"),
+            fallback.describe().location,
         )
         reason = f"the credential store was not usable and keyring_fallback is set: {error}"
     else:
@@ -284,4 +291,5 @@ def envelope_key(settings: Settings, env_prefix: str) -> crypto.KeySource:
         f"account {account!r}, {store.keyring_name})",
         tag="keyring",
         protection="key in the OS credential store",
+        level=crypto.Protection.CREDENTIAL_STORE,
     )

@@ -224,7 +224,7 @@ def test_the_windows_backend_is_chunked_without_configuration(
     with store.lock():
         store.save(big_cache(3))
     assert store.load() == big_cache(3)
-    assert "1280" in store.describe()["chunking"]
+    assert "1280" in store.describe().extra["chunking"]
 
 
 def test_an_unchunked_value_too_large_for_the_backend_is_a_clear_store_error(

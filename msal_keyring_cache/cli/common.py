@@ -137,8 +137,8 @@ def _accounts(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _safe_describe(cache: PersistentTokenCache) -> dict[str, Any]:
     info: BackendInfo = cache.backend_info
-    described = dict(info.details)
-    described.update(cache.store.describe())
+    described: dict[str, Any] = dict(info.details)
+    described.update(cache.store.describe().as_dict())
     return {k: v for k, v in described.items() if _harmless(v)}
 
 

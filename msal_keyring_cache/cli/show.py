@@ -15,6 +15,7 @@ from .. import crypto
 from ..config import Settings
 from ..errors import CacheError, ConfigError, CorruptCacheError
 from ..files import loose_permissions, read_file
+from ..stores.base import Description
 from .common import (
     PROG,
     CommandError,
@@ -119,7 +120,7 @@ def _confirm(ctx: _Context, question: str) -> bool:
 
 def cmd_clear(ctx: _Context) -> int:
     cache = ctx.cache()
-    where = cache.store.describe().get("location") or cache.backend_info.backend
+    where = cache.store.describe().location or cache.backend_info.backend
     username: Optional[str] = ctx.args.account
     with cache.store.lock():
         cache.reload()
@@ -215,17 +216,15 @@ def _doctor_checks(ctx: _Context) -> Iterator[Check]:
         return
     yield Check("backend", "ok", f"{info.backend}: {info.reason}")
     described = store.describe()
-    protection = str(described.get("protection", ""))
-    weak = "weak" in protection or "none" in protection
     yield Check(
         "protection",
-        "warn" if weak else "ok",
-        protection or "unknown",
+        "warn" if described.protection.weak else "ok",
+        described.protection_text,
         f"Set {settings.env_var('key', ctx.env_prefix)}, "
         f"{settings.env_var('passphrase', ctx.env_prefix)}, a key file outside the data "
         f"directory or {settings.env_var('key_in_keyring', ctx.env_prefix)}=1.",
     )
-    for path in _private_paths(store, settings):
+    for path in _private_paths(described):
         yield _permission_check(path)
     lock = store.lock()
     try:
@@ -247,17 +246,12 @@ def _doctor_checks(ctx: _Context) -> Iterator[Check]:
     store.close()
 
 
-def _private_paths(store: Any, settings: Settings) -> list[str]:
+def _private_paths(described: Description) -> list[str]:
     paths = []
-    location = getattr(store, "path", None)
-    if location:
-        paths += [os.path.dirname(location), location]
-    key_source = getattr(store, "key_source", None)
-    label = str(getattr(key_source, "label", ""))
-    if settings.key_file:
-        paths.append(settings.key_file)
-    elif getattr(key_source, "tag", "") == "generated":
-        paths.append(label.replace("generated key file ", "", 1))
+    if described.backend == "file":
+        paths += [os.path.dirname(described.location), described.location]
+    if described.key_file:
+        paths.append(described.key_file)
     return paths
 
 

@@ -85,7 +85,7 @@ def cmd_migrate(ctx: _Context) -> int:
     text, doc = _read_plaintext(ctx.args.source)
     cache = ctx.cache(settings)
     changed = cache.merge(text)
-    where = cache.store.describe().get("location") or cache.backend_info.backend
+    where = cache.store.describe().location or cache.backend_info.backend
     _verify(ctx, settings, doc)
     deleted = False
     if ctx.args.delete_source:
@@ -298,8 +298,8 @@ def cmd_move(ctx: _Context) -> int:
     source = ctx.cache(settings)
     target_settings = dataclasses.replace(settings, backend=ctx.args.to)
     target = ctx.cache(target_settings)
-    s_where = source.store.describe().get("location") or source.backend_info.backend
-    t_where = target.store.describe().get("location") or target.backend_info.backend
+    s_where = source.store.describe().location or source.backend_info.backend
+    t_where = target.store.describe().location or target.backend_info.backend
     if source.store.backend == target.store.backend and s_where == t_where:
         raise CommandError(
             f"The cache already lives in the {source.store.backend} store ({s_where})."

@@ -35,10 +35,11 @@ import os
 import secrets
 from typing import Any, Callable, Optional, TypeVar
 
+from ..crypto import Protection
 from ..errors import ConfigError, KeyringTimeoutError, StoreError
 from ..files import atomic_write, read_file_keep_open
 from ..locking import CrossProcessLock, FileIdentity
-from .base import Store
+from .base import Description, Store
 from .keyring_backend import REMEMBERED, bounded, qualname, resolve_backend, translate
 from .secret_service import SECRET_SERVICE, DirectSecretService, direct_reads_allowed
 
@@ -367,25 +368,28 @@ class KeyringStore(Store):
         self._primed = data
         return data
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Description:
         if self._backend is not None:
             name = qualname(self._backend)
         else:
             name = SECRET_SERVICE if self._direct is not None else "not resolved yet"
         limit = self.max_value_length or _KNOWN_LIMITS.get(name)
-        return {
-            "backend": self.backend,
-            "location": f"service {self.service!r}, account {self.account!r}",
-            "service": self.service,
-            "account": self.account,
-            "keyring_backend": name,
-            "resolved_by": self.resolved_by,
-            "protection": _PROTECTION.get(name, f"OS credential store ({name})"),
-            "chunking": f"values over {limit} characters are split" if limit else "none",
-            "direct_reads": self._direct is not None,
-            "lock_file": self._lock.path,
-            "stamp_file": self.stamp_path,
-        }
+        return Description(
+            backend=self.backend,
+            location=f"service {self.service!r}, account {self.account!r}",
+            protection=Protection.CREDENTIAL_STORE,
+            protection_text=_PROTECTION.get(name, f"OS credential store ({name})"),
+            lock_file=self._lock.path,
+            extra={
+                "service": self.service,
+                "account": self.account,
+                "keyring_backend": name,
+                "resolved_by": self.resolved_by,
+                "chunking": f"values over {limit} characters are split" if limit else "none",
+                "direct_reads": self._direct is not None,
+                "stamp_file": self.stamp_path,
+            },
+        )
 
     def close(self) -> None:
         self._identity.forget()

@@ -19,7 +19,7 @@ from ..errors import CorruptCacheError, StoreError
 from ..files import atomic_write, check_not_symlink, loose_permissions, move_aside
 from ..files import read_file_keep_open as _read_keep_open
 from ..locking import CrossProcessLock, FileIdentity
-from .base import Store, apply_delta
+from .base import Description, Store, apply_delta
 
 __all__ = ["EncryptedFileStore"]
 
@@ -236,26 +236,30 @@ class EncryptedFileStore(Store):
         )
         return True
 
-    def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "backend": self.backend,
-            "location": self.path,
-            "protection": self.key_source.protection,
-            "key_source": self.key_source.label,
-            "lock_file": self._lock.path,
-            "exists": False,
-        }
+    def describe(self) -> Description:
+        source = self.key_source
+        facts: dict[str, Any] = {"exists": False}
         try:
             st = os.stat(self.path)
         except OSError:
-            return info
-        info.update(
-            exists=True,
-            size=st.st_size,
-            last_write=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
-            permissions=loose_permissions(self.path) or "0o600",
+            pass
+        else:
+            facts = {
+                "exists": True,
+                "size": st.st_size,
+                "last_write": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+                "permissions": loose_permissions(self.path) or "0o600",
+            }
+        return Description(
+            backend=self.backend,
+            location=self.path,
+            protection=source.level,
+            protection_text=source.protection,
+            lock_file=self._lock.path,
+            key_file=source.path,
+            extra={"key_source": source.label},
+            **facts,
         )
-        return info
 
 
 def _apply(data: bytes, changes: list[bytes]) -> bytes:
