@@ -8,26 +8,27 @@ token cache makes no request at all. :class:`HttpCache` is that mapping::
     cache = build_cache("my-tool", http_cache=True)
     app = msal.PublicClientApplication(CLIENT_ID, token_cache=cache, http_cache=cache.http_cache)
 
-Where it lives (see :meth:`HttpCache.beside`): one Fernet-encrypted file beside the
-token cache. Beside an encrypted file cache it is ``<path>.http`` under the *same* key
-source; beside a credential-store cache it is ``<stamp>.http`` next to the stamp file,
-under a key kept in a sibling credential-store entry (account ``<account>.http-key``).
+Where it lives (see :meth:`HttpCache.beside`): beside an encrypted file cache, in
+``<path>.http``, Fernet-encrypted under the *same* key source; beside a credential-store
+cache, in a sibling entry (same service, account ``<account>.http``).
 
 Why it is sealed: a discovery document names the token endpoint, so a forged one
-could send refresh tokens elsewhere. Fernet authenticates the whole file, and the
-file names the token cache it belongs to; a file that fails either check — changed,
-written under another key, or copied from another cache — is refused (WARNING, no
-secret), msal fetches again, and the next write replaces it. The content is JSON,
-never pickle; values are rebuilt as msal's own response objects.
+could send refresh tokens elsewhere. The document names the token cache it belongs to;
+in the file, Fernet also authenticates every byte. A document that fails a check —
+changed, written under another key, copied from another cache, malformed or too large —
+is refused (WARNING, no secret), msal fetches again, and the next write replaces it. In
+the credential store it has the protection of the tokens beside it: whoever can change
+the entry can read the refresh tokens anyway. The content is JSON, never pickle; values
+are rebuilt as msal's own response objects.
 
-What it keeps on disk: GET answers with a 2xx status (discovery) and POST answers with
+What it keeps: GET answers with a 2xx status (discovery) and POST answers with
 an error status (throttling). A POST answer with a success status could carry tokens;
 it stays in memory. At most :data:`MAX_ENTRIES` entries and :data:`MAX_BYTES` bytes;
 when over, the soonest-expiring go first (as msal does). An entry is kept only while
 ``created_at <= now < expires_at`` (msal's rule) and for at most :data:`MAX_LIFETIME`.
 
-Sharing: a write takes the file's own cross-process lock, takes in what other
-processes wrote (newest entry per key wins), and replaces the file atomically. A
+Sharing: a write takes the http cache's own cross-process lock, takes in what other
+processes wrote (newest entry per key wins), and replaces the whole document. A
 failed write (disk full, lock busy) is logged and retried with the next change: msal
 would otherwise see a failed request, and everything here can be fetched again.
 """
@@ -41,10 +42,11 @@ import os
 import threading
 import time
 from collections.abc import Iterator, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 
 from . import crypto
 from .errors import CacheError, CorruptCacheError
@@ -62,6 +64,8 @@ __all__ = [
     "MAX_LIFETIME",
     "Entry",
     "HttpCache",
+    "CredentialEntry",
+    "Place",
     "SealedFile",
     "parse",
 ]
@@ -80,6 +84,7 @@ MAX_BYTES = 1024 * 1024
 MAX_LIFETIME = 24 * 3600
 #: How long a write waits for the file's lock before leaving it to the next write.
 LOCK_TIMEOUT = 10.0
+T = TypeVar("T")
 _INDEX = "_index_"  # msal's ExpiringMapping keeps its expiry index under this key
 
 
@@ -252,7 +257,6 @@ class SealedFile:
     :param lock_timeout: seconds a write waits for the lock.
     :param previous: returns a header whose KDF parameters a new file reuses (a
         passphrase is then derived once per process for both files).
-    :param forget_key: deletes the key, for :meth:`remove` (a key kept elsewhere).
     """
 
     def __init__(
@@ -262,14 +266,12 @@ class SealedFile:
         *,
         lock_timeout: float = LOCK_TIMEOUT,
         previous: Callable[[], Optional[crypto.Header]] = lambda: None,
-        forget_key: Optional[Callable[[], None]] = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self._keys = keys
         self._source: Optional[crypto.KeySource] = None
         self._failed: Optional[CacheError] = None  # the key could not be had: not again
         self._previous = previous
-        self._forget_key = forget_key
         self._header: Optional[crypto.Header] = None
         self.lock = CrossProcessLock(self.path + ".lock", lock_timeout)
         self._identity = FileIdentity(self.path)
@@ -321,31 +323,112 @@ class SealedFile:
         self._header, _ = crypto.parse_header(blob)
         self._seen = True
 
+    @property
+    def where(self) -> str:
+        return self.path
+
     def remove(self) -> None:
-        """Delete the file and, if the key lives in the credential store, the key."""
+        """Delete the file."""
         with self.lock:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             self._identity.forget()
             self._seen = False
-            if self._forget_key is not None:
-                self._forget_key()
 
     def close(self) -> None:
         self._identity.forget()
 
 
-class HttpCache(MutableMapping[str, Any]):
-    """The mapping to pass as msal's ``http_cache=``; persisted in ``file`` if given.
+class CredentialEntry:
+    """A sibling entry ``(service, <account>.http)`` in the credential store.
 
-    Without ``file`` it is kept in memory only (the memory store, or a store it cannot
-    be kept beside). ``binding`` names the token cache the file belongs to; a file
-    naming another is refused. Usually made by :meth:`beside` (``build_cache(...,
+    It has the protection of the token cache beside it: whoever can change it can read
+    the refresh tokens anyway. Its lock and stamp are ``keyring-<hash>.http.lock`` and
+    ``.http.stamp``; change detection costs no credential-store round trip.
+    """
+
+    def __init__(self, store: KeyringStore) -> None:
+        from .stores.credential import KeyringStore
+
+        base = store.stamp_path[: -len(".stamp")]
+        account = store.account + ".http"
+        self._entry = KeyringStore(
+            store.service,
+            account,
+            lock_path=base + ".http.lock",
+            keyring_timeout=store.keyring_timeout,
+            lock_timeout=min(store.lock().timeout, LOCK_TIMEOUT),
+            # Reuse the resolved backend; a store reading Secret Service directly lets
+            # this one do the same (importing keyring costs ~35 ms).
+            keyring=None if store.direct else store.keyring,
+        )
+        self.lock = self._entry.lock()
+        self.where = f"in the credential store (service {store.service!r}, account {account!r})"
+        self._resolved = False
+        # A store that failed (locked, not answering) is not asked again by this process:
+        # each msal request would otherwise wait up to keyring_timeout.
+        self._failed: Optional[CacheError] = None
+
+    def _call(self, what: Callable[[KeyringStore], T]) -> T:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            if not self._resolved:
+                self._entry.resolve()
+                self._resolved = True
+            return what(self._entry)
+        except CacheError as exc:
+            self._failed = exc
+            raise
+
+    def changed(self) -> bool:
+        return self._failed is None and self._entry.changed()
+
+    def read(self) -> Optional[bytes]:
+        return self._call(lambda entry: entry.load())
+
+    def write(self, data: bytes) -> None:
+        self._call(lambda entry: entry.save(data))
+
+    def remove(self) -> None:
+        self._failed = None
+        self._call(lambda entry: entry.clear())
+
+    def close(self) -> None:
+        self._entry.close()
+
+
+class Place(Protocol):
+    """Where an http cache is kept: :class:`SealedFile` or :class:`CredentialEntry`."""
+
+    @property
+    def lock(self) -> AbstractContextManager[Any]: ...
+
+    @property
+    def where(self) -> str: ...
+
+    def changed(self) -> bool: ...
+
+    def read(self) -> Optional[bytes]: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def remove(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class HttpCache(MutableMapping[str, Any]):
+    """The mapping to pass as msal's ``http_cache=``; persisted in ``place`` if given.
+
+    Without ``place`` it is kept in memory only (the memory store, or a store it cannot
+    be kept beside). ``binding`` names the token cache it belongs to; a document naming
+    another is refused. Usually made by :meth:`beside` (``build_cache(...,
     http_cache=True)``). Thread-safe; share one per token cache.
     """
 
-    def __init__(self, file: Optional[SealedFile] = None, *, binding: str = "") -> None:
-        self.file = file
+    def __init__(self, place: Optional[Place] = None, *, binding: str = "") -> None:
+        self.place = place
         self.binding = binding
         self._lock = threading.RLock()
         self._values: dict[str, Any] = {}  # what msal put, by key
@@ -372,18 +455,12 @@ class HttpCache(MutableMapping[str, Any]):
             from .stores.credential import KeyringStore
 
             if isinstance(store, KeyringStore):
-                keyring_store = store
-                sealed = SealedFile(
-                    store.stamp_path[: -len(".stamp")] + ".http",
-                    lambda: _keyring_key(keyring_store),
-                    lock_timeout=min(store.lock().timeout, LOCK_TIMEOUT),
-                    forget_key=lambda: _forget_key(keyring_store),
-                )
-                return cls(sealed, binding=f"keyring:{store.service}\0{store.account}")
+                entry = CredentialEntry(store)
+                return cls(entry, binding=f"keyring:{store.service}\0{store.account}")
         return cls(binding=f"memory:{store.backend}")
 
     def __repr__(self) -> str:
-        where = self.file.path if self.file else "memory"
+        where = self.place.where if self.place else "in memory"
         return f"<HttpCache {where} entries={len(self._values)}>"
 
     # -- the mapping msal's ExpiringMapping uses -----------------------------------------
@@ -428,19 +505,19 @@ class HttpCache(MutableMapping[str, Any]):
     # -- persistence ------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        if self.file is None:
+        if self.place is None:
             return
         try:
-            if self.file.changed():
-                self._take_in(self.file)
+            if self.place.changed():
+                self._take_in(self.place)
         except (CacheError, OSError) as exc:
             self._refuse(exc)
 
-    def _take_in(self, file: SealedFile) -> None:
-        """Read the file and adopt its entries where they are newer than ours."""
+    def _take_in(self, place: Place) -> None:
+        """Read the stored document and adopt its entries where they are newer than ours."""
         self.stats["loads"] += 1
         try:
-            data = file.read()
+            data = place.read()
         except (CacheError, OSError) as exc:
             self._stored = {}
             self._refuse(exc)
@@ -459,7 +536,7 @@ class HttpCache(MutableMapping[str, Any]):
             logger.warning(
                 "The http cache %s held %d entries that are malformed, too large or of a "
                 "kind never stored; they were not used.",
-                file.path,
+                place.where,
                 dropped,
             )
         self._stored = entries
@@ -468,11 +545,11 @@ class HttpCache(MutableMapping[str, Any]):
             if mine is None or entry.created_at > mine[1]:
                 self._values[key] = _response(entry)
                 self._times[key] = (entry.expires_at, entry.created_at)
-        logger.debug("Loaded the http cache %s (%d entries)", file.path, len(entries))
+        logger.debug("Loaded the http cache %s (%d entries)", place.where, len(entries))
 
     def _refuse(self, exc: Exception) -> None:
         self.stats["refused"] += 1
-        where = self.file.path if self.file else "memory"
+        where = self.place.where if self.place else "in memory"
         logger.warning(
             "The http cache %s was not used (%s: %s); msal fetches discovery again and the "
             "next write replaces it.",
@@ -491,57 +568,57 @@ class HttpCache(MutableMapping[str, Any]):
         return _bounded(wanted)
 
     def _save(self) -> None:
-        if self.file is None:
+        if self.place is None:
             return
         if self._wanted() == self._stored and not self._pending:
             return
         try:
-            with self.file.lock:
-                if self.file.changed():
-                    self._take_in(self.file)
+            with self.place.lock:
+                if self.place.changed():
+                    self._take_in(self.place)
                 wanted = self._wanted()
                 if wanted != self._stored or self._pending:
-                    self.file.write(dump(wanted, self.binding))
+                    self.place.write(dump(wanted, self.binding))
                     self.stats["saves"] += 1
                     self._stored = wanted
-                    logger.debug("Saved the http cache %s", self.file.path)
+                    logger.debug("Saved the http cache %s", self.place.where)
             self._pending = False
         except (CacheError, OSError) as exc:
             self._pending = True
             logger.warning(
                 "Could not save the http cache %s (%s: %s); it stays in memory and is "
                 "written with the next change.",
-                self.file.path,
+                self.place.where,
                 type(exc).__name__,
                 str(exc).split(". ")[0],
             )
 
     def clear(self) -> None:
-        """Forget every entry, here and in the file."""
+        """Forget every entry, here and where it is kept."""
         with self._lock:
             self._values.clear()
             self._times.clear()
             self._stored = {}
-            if self.file is not None:
+            if self.place is not None:
                 try:
-                    with self.file.lock:
-                        self.file.write(dump({}, self.binding))
+                    with self.place.lock:
+                        self.place.write(dump({}, self.binding))
                 except (CacheError, OSError) as exc:
                     self._refuse(exc)
 
     def remove(self) -> None:
-        """Delete the file and, beside a credential-store cache, its key entry."""
+        """Delete what is kept: the file, or the credential-store entry."""
         with self._lock:
             self._values.clear()
             self._times.clear()
             self._stored = {}
-            if self.file is not None:
-                self.file.remove()
+            if self.place is not None:
+                self.place.remove()
 
     def close(self) -> None:
-        """Close the file kept open for change detection."""
-        if self.file is not None:
-            self.file.close()
+        """Close what is kept open for change detection."""
+        if self.place is not None:
+            self.place.close()
 
 
 def _index_times(index: Any) -> dict[str, tuple[int, int]]:
@@ -551,58 +628,3 @@ def _index_times(index: Any) -> dict[str, tuple[int, int]]:
         return {str(k): (int(v[0]), int(v[1])) for k, v in timestamps.items()}
     except (TypeError, ValueError, IndexError, AttributeError):
         raise ValueError("not msal's ExpiringMapping index (sequence, timestamps)") from None
-
-
-def _key_store(store: KeyringStore) -> KeyringStore:
-    """The credential-store entry ``(service, account.http-key)`` beside ``store``'s."""
-    from .stores.credential import KeyringStore
-
-    base = store.stamp_path[: -len(".stamp")]
-    return KeyringStore(
-        store.service,
-        store.account + ".http-key",
-        lock_path=base + ".http-key.lock",
-        keyring_timeout=store.keyring_timeout,
-        lock_timeout=min(store.lock().timeout, LOCK_TIMEOUT),
-        # Reuse the resolved backend; a store reading Secret Service directly lets this
-        # one do the same (importing keyring costs ~35 ms).
-        keyring=None if store.direct else store.keyring,
-    )
-
-
-def _forget_key(store: KeyringStore) -> None:
-    keys = _key_store(store)
-    try:
-        keys.clear()
-    finally:
-        keys.close()
-
-
-def _keyring_key(store: KeyringStore) -> crypto.KeySource:
-    """The http file's Fernet key, kept in the entry ``(service, account.http-key)``."""
-    keys = _key_store(store)
-    try:
-        keys.resolve()
-        key = _text(keys.load())
-        if not crypto.is_fernet_key(key):
-            with keys.lock():
-                key = _text(keys.load() if keys.changed() else key.encode())
-                if not crypto.is_fernet_key(key):  # first use (or a damaged entry): a new key
-                    if key:
-                        logger.warning(
-                            "The http-cache key entry (service %r, account %r) does not hold "
-                            "a Fernet key; a new key replaces it.",
-                            keys.service,
-                            keys.account,
-                        )
-                    key = crypto.generate_key()
-                    keys.save(key.encode())
-    finally:
-        keys.close()
-    return crypto.FernetKeys(
-        (key,), label="the http-cache key in the credential store", tag="keyring"
-    )
-
-
-def _text(data: Optional[bytes]) -> str:
-    return (data or b"").decode("ascii", "replace").strip()

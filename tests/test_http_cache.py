@@ -37,6 +37,7 @@ from tests.helpers import PYTHON, ROOT, child_env, require
 
 CLIENT_ID = "00000000-0000-0000-0000-00000000c11d"
 DISCOVERY = "/v2.0/.well-known/openid-configuration"
+SERVICE = "http-cache-tests"  # the app name CHILD uses: its credential-store service
 
 # A fresh process with a fresh msal app: a silent acquisition, counting every request its
 # http client sends (the provider's log counts what arrives; both must be 0).
@@ -158,12 +159,17 @@ def test_second_process_makes_no_request_with_the_real_secret_service(
     assert first["source"] == "identity_provider"
     again = run_child(idp, options)
     assert (again["source"], again["sent"], again["served"]) == ("cache", 0, 0)
-    # The file beside the stamp is sealed under a key kept in a sibling entry.
-    services = [a for a, _ in use_secret_service.items() if a.get("service") == "http-cache-tests"]
-    assert sorted(a["username"] for a in services) == ["token-cache", "token-cache.http-key"]
-    sealed = [p for p in (tmp_path / "kr").iterdir() if p.name.endswith(".http")]
-    assert len(sealed) == 1
-    assert b"openid" not in sealed[0].read_bytes()
+    # A sibling entry in the credential store, naming the cache it belongs to; no file.
+    import keyring
+
+    names = [a["username"] for a, _ in use_secret_service.items() if a["service"] == SERVICE]
+    assert sorted(names) == ["token-cache", "token-cache.http"]
+    value = keyring.get_password(SERVICE, "token-cache.http")
+    doc = json.loads(value)
+    assert doc["cache"] == "keyring:http-cache-tests\0token-cache"
+    assert any(DISCOVERY in e["key"] for e in doc["entries"])
+    assert not any(t[:40] in value for t in idp.issued)
+    assert not [p for p in (tmp_path / "kr").iterdir() if p.name.endswith(".http")]
     assert_no_token_text(idp, tmp_path)
 
 
@@ -228,7 +234,7 @@ def test_a_file_under_another_key_is_refused(
     idp: LoopbackIdentityProvider, tmp_path: Path, key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = sign_in(idp, file_options(tmp_path, key))
-    path = cache.http_cache.file.path
+    path = cache.http_cache.place.where
     evil = discovery_entry(idp, token_endpoint="https://127.0.0.1/evil/oauth2/v2.0/token")
     other = SealedFile(path, lambda: FernetKeys((generate_key(),)))
     with other.lock:
@@ -247,7 +253,7 @@ def test_a_file_copied_from_another_cache_is_refused(
     # Same key (one key configured for two apps), but the file names the other cache.
     mine = sign_in(idp, file_options(tmp_path / "mine", key))
     theirs = sign_in(idp, file_options(tmp_path / "theirs", key))
-    Path(mine.http_cache.file.path).write_bytes(Path(theirs.http_cache.file.path).read_bytes())
+    Path(mine.http_cache.place.where).write_bytes(Path(theirs.http_cache.place.where).read_bytes())
     mapping = fresh(mine)
     with caplog.at_level(logging.WARNING, logger="msal_keyring_cache"):
         assert mapping["_index_"] == ([], {})
@@ -265,7 +271,7 @@ def test_a_forged_discovery_document_is_never_used(
 ) -> None:
     """Written under the right key and binding but by hand: still only what msal stores."""
     cache = sign_in(idp, file_options(tmp_path, key))
-    file = cache.http_cache.file
+    file = cache.http_cache.place
     binding = f"file:{cache.store.path}"
     evil = discovery_entry(idp, token_endpoint="https://127.0.0.1/evil/oauth2/v2.0/token")
     # Without the key, no forgery passes: a plaintext document in the file is refused.
@@ -277,7 +283,7 @@ def test_a_forged_discovery_document_is_never_used(
 
 def _write(cache: Any, entries: list[Entry]) -> None:
     """Write entries as a process holding the key would (bypassing the mapping's checks)."""
-    file = SealedFile(cache.http_cache.file.path, lambda: cache.store.key_source)
+    file = SealedFile(cache.http_cache.place.where, lambda: cache.store.key_source)
     doc = json.loads(dump({}, f"file:{cache.store.path}"))
     doc["entries"] = [e.to_json() for e in entries]
     with file.lock:
@@ -315,7 +321,7 @@ def test_an_oversized_file_is_refused_unread(
     idp: LoopbackIdentityProvider, tmp_path: Path, key: str
 ) -> None:
     cache = sign_in(idp, file_options(tmp_path, key))
-    Path(cache.http_cache.file.path).write_bytes(b"{" + b" " * (MAX_BYTES * 2) + b"\n")
+    Path(cache.http_cache.place.where).write_bytes(b"{" + b" " * (MAX_BYTES * 2) + b"\n")
     mapping = fresh(cache)
     assert mapping["_index_"] == ([], {})
     assert mapping.stats["refused"] == 1
@@ -331,8 +337,8 @@ def test_entries_are_bounded_by_count_and_size(tmp_path: Path, key: str) -> None
         )
         expiring.set(f"GET https://127.0.0.1/{i:04d} hash=0 2xx", response, 3600 + i)
     assert len(mapping) == MAX_ENTRIES + 40  # msal keeps them all in memory
-    assert mapping.file is not None
-    assert MAX_BYTES // 2 < len(mapping.file.read() or b"") <= MAX_BYTES  # the document
+    assert mapping.place is not None
+    assert MAX_BYTES // 2 < len(mapping.place.read() or b"") <= MAX_BYTES  # the document
     again = HttpCache.beside(cache.store)
     _sequence, timestamps = again["_index_"]
     assert 0 < len(timestamps) <= MAX_ENTRIES
@@ -432,7 +438,7 @@ def test_no_token_text_in_the_http_cache_or_the_logs(
         index = fresh(cache)["_index_"]
     assert any(k.startswith("POST ") for k in index[1])  # the 429 was stored
     assert not any("hash=2" in k for k in index[1])  # the token answer was not
-    plaintext = cache.http_cache.file.read()
+    plaintext = cache.http_cache.place.read()
     for token in idp.issued:
         assert token[:40] not in plaintext.decode()
         assert token[:40] not in caplog.text
@@ -553,7 +559,7 @@ def test_a_busy_lock_costs_at_most_its_timeout_and_the_write_follows_later(
             assert time.monotonic() - started < 30  # bounded by the lock timeouts
         assert "Could not save the http cache" in caplog.text
         assert "LockTimeoutError" in caplog.text
-        assert not Path(cache.http_cache.file.path).exists()
+        assert not Path(cache.http_cache.place.where).exists()
     finally:
         holder.communicate("", timeout=30)
     # The entries stayed pending in memory; the next change writes them too.
@@ -574,8 +580,8 @@ def test_set_cookie_headers_are_not_written(tmp_path: Path, key: str) -> None:
     response = msal.throttled_http_client.NormalizedResponse(_Raw(200, "{}", headers))
     expiring = msal.throttled_http_client.ExpiringMapping(mapping=mapping)
     expiring.set("GET https://127.0.0.1/d hash=0 2xx", response, 3600)
-    assert mapping.file is not None
-    plaintext = mapping.file.read() or b""
+    assert mapping.place is not None
+    plaintext = mapping.place.read() or b""
     assert b"AsecretCookie" not in plaintext
     assert fresh(cache)["GET https://127.0.0.1/d hash=0 2xx"].headers == {
         "content-type": "application/json"
@@ -591,14 +597,22 @@ def test_a_locked_credential_store_leaves_the_http_cache_in_memory(
 ) -> None:
     options = {"backend": "keyring", "path": str(tmp_path / "kl" / "token_cache.bin")}
     cache = build_cache("http-cache-locked", http_cache=True, keyring_timeout=20, **options)
-    use_secret_service.lock()  # the http cache's key cannot be read now
+    use_secret_service.lock()  # the http cache's entry cannot be read now
     with caplog.at_level(logging.WARNING, logger="msal_keyring_cache"):
-        app = idp.public_app(token_cache=cache, http_cache=cache.http_cache)
-        app.get_accounts()  # msal made its discovery request and went on
+        for _ in range(3):
+            app = idp.public_app(token_cache=cache, http_cache=cache.http_cache)
+            app.get_accounts()  # msal made its discovery request and went on
+    assert "was not used (BackendUnavailableError" in caplog.text
     assert "Could not save the http cache" in caplog.text
-    assert "(BackendUnavailableError" in caplog.text
+    assert caplog.text.count("BackendUnavailableError") == 2  # asked once, then left alone
     assert len(cache.http_cache) == 1
-    assert not any(p.name.endswith(".http") for p in (tmp_path / "kl").iterdir())
+    use_secret_service.unlock()
+    names = [
+        a["username"]
+        for a, _ in use_secret_service.items()
+        if a.get("service") == "http-cache-locked"
+    ]
+    assert "token-cache.http" not in names
 
 
 # -- the reference: what a cold silent hit costs without this -------------------------------
@@ -673,25 +687,22 @@ def test_entries_taken_in_while_msal_updates_its_index_are_kept(tmp_path: Path, 
 
 
 @pytest.mark.secret_service
-def test_a_damaged_key_entry_is_replaced(
-    idp: LoopbackIdentityProvider,
-    tmp_path: Path,
-    use_secret_service: Any,
-    caplog: pytest.LogCaptureFixture,
+def test_foreign_and_damaged_credential_store_entries_are_refused_and_replaced(
+    idp: LoopbackIdentityProvider, tmp_path: Path, use_secret_service: Any
 ) -> None:
     import keyring
 
     options = {"backend": "keyring", "path": str(tmp_path / "kd" / "token_cache.bin")}
     sign_in(idp, options)
-    keyring.set_password("http-cache-tests", "token-cache.http-key", "not a key")
-    cache = build_cache("http-cache-tests", http_cache=True, **options)
-    with caplog.at_level(logging.WARNING, logger="msal_keyring_cache"):
-        idp.public_app(token_cache=cache, http_cache=cache.http_cache)
-    assert "does not hold a Fernet key; a new key replaces it" in caplog.text
-    assert "DecryptError" in caplog.text  # the old file, under the old key, is refused
-    assert "not a key" not in caplog.text
-    report = run_child(idp, options)  # the refetch was written under the new key
-    assert (report["source"], report["served"]) == ("cache", 0)
+    evil = discovery_entry(idp, token_endpoint="https://127.0.0.1/evil/oauth2/v2.0/token")
+    foreign = dump({evil.key: evil}, "keyring:another-app\0token-cache").decode()
+    for value, why in [(foreign, "belongs to another token cache"), ("{not json", "not JSON")]:
+        keyring.set_password("http-cache-tests", "token-cache.http", value)
+        report = run_child(idp, options)
+        assert (report["source"], report["served"]) == ("cache", 1), why
+        assert why in report["stderr"]
+        assert idp.requests[-1].path.endswith(DISCOVERY)
+        assert run_child(idp, options)["served"] == 0  # the refetch replaced the entry
 
 
 @settings(
