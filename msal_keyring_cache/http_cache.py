@@ -22,10 +22,11 @@ the entry can read the refresh tokens anyway. The content is JSON, never pickle;
 are rebuilt as msal's own response objects.
 
 What it keeps: GET answers with a 2xx status (discovery) and POST answers with
-an error status (throttling). A POST answer with a success status could carry tokens;
-it stays in memory. At most :data:`MAX_ENTRIES` entries and :data:`MAX_BYTES` bytes;
-when over, the soonest-expiring go first (as msal does). An entry is kept only while
-``created_at <= now < expires_at`` (msal's rule) and for at most :data:`MAX_LIFETIME`.
+an error status (throttling), without ``Set-Cookie`` headers. A POST answer with a
+success status could carry tokens; it stays in memory. At most :data:`MAX_ENTRIES`
+entries and :data:`MAX_BYTES` bytes; when over, the soonest-expiring go first (as msal
+does). An entry is kept only while ``created_at <= now < expires_at`` (msal's rule) and
+for at most :data:`MAX_LIFETIME`.
 
 Sharing: a write takes the http cache's own cross-process lock, takes in what other
 processes wrote (newest entry per key wins), and replaces the whole document. A
