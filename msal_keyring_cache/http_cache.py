@@ -63,11 +63,12 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_ENTRY_BYTES",
     "MAX_LIFETIME",
+    "CredentialEntry",
     "Entry",
     "HttpCache",
-    "CredentialEntry",
     "Place",
     "SealedFile",
+    "dump",
     "parse",
 ]
 
@@ -253,8 +254,8 @@ class SealedFile:
     """One Fernet-encrypted file with its own lock and exact change detection.
 
     :param path: the file; its lock is ``path + ".lock"``.
-    :param keys: returns the key source (called once, on first use: a key kept in the
-        credential store is only fetched when msal first asks).
+    :param keys: returns the key source (called on first use; a failure is remembered,
+        so a key that cannot be had is not asked for again by this process).
     :param lock_timeout: seconds a write waits for the lock.
     :param previous: returns a header whose KDF parameters a new file reuses (a
         passphrase is then derived once per process for both files).
