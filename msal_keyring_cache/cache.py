@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -79,6 +79,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # the next write stores those that differ now. Kept in memory only.
         self._before: dict[tuple[str, str], Any] = {}
         self._rewrite = False  # a change not expressible per entry (deserialize)
+        #: msal's ``http_cache=`` mapping, persisted beside this cache (discovery answers:
+        #: a new process then makes no request on a silent hit), or ``None``, the default.
+        #: ``build_cache(..., http_cache=True)`` sets it; see :mod:`~msal_keyring_cache.http_cache`.
+        self.http_cache: Optional[MutableMapping[str, Any]] = None
 
     def __repr__(self) -> str:
         return f"<PersistentTokenCache backend={self.backend_info}>"
