@@ -149,12 +149,39 @@ def upward(edges: dict[str, set[str]]) -> list[str]:
     )
 
 
+# Upward imports found on main and reported to their owners; each has an xfail below that
+# turns into a failure (strict) once the import is gone, so the entry gets removed.
+KNOWN: dict[tuple[str, str], str] = {
+    ("msal_keyring_cache.factory", "msal_keyring_cache.http_cache"): (
+        "build_cache(http_cache=True) makes the http cache inside the factory; the http "
+        "cache is a feature over the factory (last layer): the factory should not know it"
+    ),
+}
+
+
+def _edge(text: str) -> tuple[str, str]:
+    src, _, rest = text.partition(" (layer ")
+    return src, rest.split(" imports ", 1)[1].split(" (layer ", 1)[0]
+
+
 def test_no_import_cycle() -> None:
     assert cycles(graph()) == []
 
 
 def test_no_upward_import() -> None:
-    assert upward(graph()) == []
+    assert [e for e in upward(graph()) if _edge(e) not in KNOWN] == []
+
+
+@pytest.mark.parametrize(
+    "edge",
+    [
+        pytest.param(edge, marks=pytest.mark.xfail(strict=True, reason=why))
+        for edge, why in KNOWN.items()
+    ],
+    ids=[f"{a}->{b}" for a, b in KNOWN],
+)
+def test_known_upward_import_is_gone(edge: tuple[str, str]) -> None:
+    assert edge not in {_edge(e) for e in upward(graph())}
 
 
 def test_the_walker_sees_what_it_must() -> None:
