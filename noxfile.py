@@ -65,7 +65,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def mutants(session: nox.Session) -> None:
-    """Mutation testing of the core with mutmut 3 (not part of CI: ~15 min on 2 cores).
+    """Mutation testing of the core with mutmut 3 (not part of CI; ~35 min on 2 busy cores).
 
     What is mutated and which tests run: ``[tool.mutmut]`` in pyproject.toml. Prints the
     score and every surviving mutant; ``mutmut show NAME`` in the session shows one.
