@@ -310,6 +310,17 @@ class StoreContract:
         description = store.describe()
         text = json.dumps(description.as_dict(), default=str) + repr(description) + repr(store)
         assert description.backend == store.backend
+        assert description.location
+        assert description.protection_text
+        doc = description.as_dict()  # the flat form status --json prints
+        assert doc["protection"] == description.protection_text
+        assert doc["protection_level"] == description.protection.value
+        for name in ("backend", "location", "lock_file", "key_file", "exists", "size"):
+            assert doc[name] == getattr(description, name), name
+        for name in ("last_write", "permissions"):
+            assert doc[name] == getattr(description, name), name
+        for name, value in description.extra.items():
+            assert doc[name] == value, name
         for secret in [SECRET, *self.secrets()]:
             assert secret not in text
 
