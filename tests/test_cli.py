@@ -31,9 +31,15 @@ class Run:
         return json.loads(self.out)
 
 
+#: The installed console script (``pip install -e .`` puts it beside the interpreter).
+SCRIPT = Path(PYTHON).with_name("msal-keyring-cache")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [PYTHON, "-m", "msal_keyring_cache"]
+
+
 def cli(*args: str, env: Optional[dict[str, str]] = None, stdin: str = "") -> Run:
+    """Run the real console script in a subprocess (HOME: the test's own, fresh)."""
     proc = subprocess.run(
-        [PYTHON, "-m", "msal_keyring_cache", *args],
+        [*COMMAND, *args],
         capture_output=True,
         text=True,
         input=stdin,
@@ -439,8 +445,12 @@ def test_rotate_key_file(key_file_env: dict[str, str], idp: LoopbackIdentityProv
     before = cli("export", "--plaintext", env=key_file_env).out
     run = cli("rotate-key", "--json", env=key_file_env)
     assert run.code == 0, run.err
-    [new] = _keys(key_file_env)
+    # The old key stays after the new one: another cache may use the same key file.
+    new, kept = _keys(key_file_env)
+    assert kept == old
     assert new != old
+    assert run.json()["old_keys_kept"] is True
+    assert "--drop-old" in run.json()["next"]
     assert run.json()["fingerprint"] == crypto.fingerprint(new) == _file_fp(key_file_env)
     assert old not in run.out + run.err
     assert new not in run.out + run.err
@@ -464,22 +474,70 @@ def test_rotate_key_from_environment(signed_in: dict[str, str], key: str) -> Non
     assert len(rows.json()["accounts"]) == 2
 
 
+ROTATE_CHILD = """
+import os, sys, time
+from msal_keyring_cache import Settings, manage
+wanted, fd = sys.argv[1], int(sys.argv[2])
+def progress(step):
+    if step == wanted:
+        os.write(fd, step.encode() + b"\\n")
+        time.sleep(600)  # the parent kills us here
+manage.rotate_key(Settings.resolve(), progress=progress)
+"""
+
+
+def kill_rotation_at(step: str, env: dict[str, str]) -> int:
+    """Run :func:`manage.rotate_key` in a child; SIGKILL it when it reports ``step``."""
+    import signal
+
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter
+        [PYTHON, "-c", ROTATE_CHILD, step, str(write_end)],
+        env=child_env(**env),
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        reported = pipe.readline().strip().decode()
+        assert reported == step
+        child.send_signal(signal.SIGKILL)
+    return child.wait(timeout=60)
+
+
 @pytest.mark.parametrize("step", ["keys-added", "reencrypted"])
 def test_interrupted_rotate_key_loses_nothing(key_file_env: dict[str, str], step: str) -> None:
     [old] = _keys(key_file_env)
     before = cli("export", "--plaintext", env=key_file_env).out
-    killed = cli("rotate-key", env={**key_file_env, "_MSAL_KEYRING_CACHE_CRASH_AFTER": step})
-    assert killed.code == -9  # SIGKILL mid-way
+    assert kill_rotation_at(step, key_file_env) == -9  # SIGKILL mid-way, from outside
     keys = _keys(key_file_env)
     assert len(keys) == 2
     assert keys[1] == old
     expected_fp = crypto.fingerprint(keys[0] if step == "reencrypted" else old)
     assert _file_fp(key_file_env) == expected_fp
     assert cli("export", "--plaintext", env=key_file_env).out == before  # nothing lost
-    again = cli("rotate-key", env=key_file_env)
+    again = cli("rotate-key", "--drop-old", env=key_file_env)
     assert again.code == 0, again.err
     assert len(_keys(key_file_env)) == 1
     assert cli("export", "--plaintext", env=key_file_env).out == before
+
+
+def test_rotate_key_drop_old(key_file_env: dict[str, str]) -> None:
+    [old] = _keys(key_file_env)
+    run = cli("rotate-key", "--drop-old", env=key_file_env)
+    assert run.code == 0, run.err
+    [new] = _keys(key_file_env)
+    assert new != old
+    assert "holds only the new key" in run.out
+
+
+def test_no_crash_hook_in_production_code() -> None:
+    import msal_keyring_cache
+
+    root = Path(msal_keyring_cache.__file__).parent
+    for source in root.rglob("*.py"):
+        text = source.read_text()
+        assert "os.kill(" not in text, source
+        assert "CRASH_AFTER" not in text, source
 
 
 def test_rotate_key_refuses_a_passphrase_without_the_new_one(tmp_path: Path) -> None:
