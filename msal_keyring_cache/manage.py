@@ -311,13 +311,21 @@ def advice(exc: CacheError, settings: Settings, described: Optional[Description]
             "Nothing was changed."
         )
     if isinstance(exc, CorruptCacheError):
-        if described is not None and described.backend == "file" and location:
-            if _is_plaintext_msal(location):
-                return (
-                    f"{location} is a plaintext msal token cache, not an encrypted one. Keep "
-                    f"its tokens: mv {location} {location}.json && msal-keyring-cache "
-                    f"migrate --from {location}.json --delete-source"
-                )
+        if described is None and settings.backend != "keyring":
+            from .factory import default_path
+
+            location = settings.path or default_path(settings.app_name)
+        elif described is not None and described.backend == "file":
+            location = described.location
+        else:
+            location = None
+        if location and _is_plaintext_msal(location):
+            return (
+                f"{location} is a plaintext msal token cache, not an encrypted one. Keep "
+                f"its tokens: mv {location} {location}.json && msal-keyring-cache "
+                f"migrate --from {location}.json --delete-source"
+            )
+        if location:
             return (
                 f"Nothing was changed. Restore {location} from a backup, or let the next "
                 "sign-in (or clear) set it aside as a .corrupt-* copy and start empty."

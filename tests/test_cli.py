@@ -603,3 +603,301 @@ def test_demo_text(tmp_path: Path) -> None:
     assert "Token-endpoint requests by the second process: 0." in run.out
     assert "OpenID discovery" in run.out
     assert "access_token" not in run.out
+
+
+# -- read-only looks (issue 16) ------------------------------------------------------------
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (to prove nothing moved or was created)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("command", ["status", "accounts", "doctor", "export"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"garbage that is not ours",
+        b'{"AccessToken": {}, "RefreshToken": {"k": {"secret": "rt"}}, "Account": {}}',
+        b'{"format":"msal-keyring-cache","version":1,"kdf":"none","fp":"x","gen":"y"}\ntrunc',
+    ],
+    ids=["garbage", "plaintext-msal", "truncated"],
+)
+def test_looking_at_a_damaged_cache_changes_nothing(
+    file_env: dict[str, str], tmp_path: Path, command: str, content: bytes
+) -> None:
+    path = Path(file_env["MSAL_KEYRING_CACHE_PATH"])
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(content)
+    path.chmod(0o600)
+    before = tree(tmp_path)
+    args = [command, "--plaintext"] if command == "export" else [command, "--json"]
+    run = cli(*args, env=file_env)
+    assert run.code == 1, (run.out, run.err)
+    assert tree(tmp_path) == before  # nothing moved aside, rewritten or created
+    if command != "export":
+        doc = run.json()  # exactly one JSON document, also on error
+        problem = doc.get("problem") or " ".join(
+            c["detail"] + c["fix"] for c in doc.get("checks", []) if c["status"] == "fail"
+        )
+        assert problem
+        if b"RefreshToken" in content:
+            text = json.dumps(doc)
+            assert "migrate --from" in text
+            assert '"rt"' not in text
+
+
+def test_status_with_no_key_creates_no_key(tmp_path: Path) -> None:
+    home = Path(os.environ["HOME"])
+    before = tree(home)
+    env = {"MSAL_KEYRING_CACHE_BACKEND": "file"}
+    run = cli("status", "--json", env=env)
+    assert run.code == 0, run.err
+    assert run.json()["problem"] is None
+    assert tree(home) == before  # no key file, no directory, no lock
+    assert "generated key file" in run.json()["protection"]
+    # A cache whose generated key was lost: reported, and no new key is made.
+    data = home / ".local" / "share" / "msal-keyring-cache"
+    assert cli("clear", "--yes", env=env).code == 0
+    from msal_keyring_cache import build_cache as build
+
+    cache = build(backend="file", path=str(data / "token_cache.bin"))
+    cache.deserialize('{"Account": {}}')
+    cache.close()
+    key_file = home / ".config" / "msal-keyring-cache" / "cache.key"
+    key_file.unlink()
+    before = tree(home)
+    lost = cli("status", "--json", env=env)
+    assert lost.code == 1
+    assert "does not exist" in lost.json()["problem"]
+    assert tree(home) == before
+    assert not key_file.exists()
+
+
+def test_doctor_runs_every_check_when_the_path_is_a_directory(
+    file_env: dict[str, str], tmp_path: Path
+) -> None:
+    target = tmp_path / "a-directory"
+    target.mkdir()
+    env = {**file_env, "MSAL_KEYRING_CACHE_PATH": str(target)}
+    run = cli("doctor", "--json", env=env)
+    assert run.code == 1
+    checks = run.json()["checks"]
+    names = [c["name"] for c in checks]
+    assert f"cache file {target}" in names
+    assert {"backend", "protection", "lock", "decrypt"} <= set(names) or "backend" in names
+    assert len(checks) >= 5
+    [bad] = [c for c in checks if c["name"] == f"cache file {target}"]
+    assert bad["status"] == "fail"
+    assert "directory" in bad["detail"]
+    assert list(target.iterdir()) == []
+
+
+def test_a_path_with_a_trailing_slash_is_refused(tmp_path: Path) -> None:
+    run = cli("status", "--path", str(tmp_path / "newdir") + "/")
+    assert_one_line_error(run, 2)
+    assert "directory" in run.err
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_a_mistyped_variable_is_named_with_the_closest_one(signed_in: dict[str, str]) -> None:
+    run = cli("status", env={**signed_in, "MSAL_KEYRING_CACHE_BAKEND": "file"})
+    assert run.code == 0, run.err
+    warnings_ = [line for line in run.err.splitlines() if "BAKEND" in line]
+    assert len(warnings_) == 1
+    assert "MSAL_KEYRING_CACHE_BACKEND" in warnings_[0]
+
+
+def test_the_weak_key_warning_comes_once_per_key_file() -> None:
+    env = {"MSAL_KEYRING_CACHE_BACKEND": "file"}
+    first = cli("import", "--from", "-", env=env, stdin='{"Account": {}}')
+    assert first.code == 0, first.err
+    assert first.err.count("generated the key file") == 1
+    again = cli("import", "--from", "-", env=env, stdin='{"Account": {}}')
+    assert again.code == 0, again.err
+    assert "key file" not in again.err
+    assert "weak" in cli("status", env=env).out  # status still says so
+
+
+def test_export_output_is_private(signed_in: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "dump.json"
+    run = cli("export", "--plaintext", "--output", str(out), env=signed_in)
+    assert run.code == 0, run.err
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    assert len(json.loads(out.read_text())["RefreshToken"]) == 2
+    assert run.out == ""
+    # stdout redirected to a file: a warning
+    with open(tmp_path / "redirected.json", "w") as fh:
+        proc = subprocess.run(
+            [*COMMAND, "export", "--plaintext"],
+            stdout=fh,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(**signed_in),
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 0
+    assert "--output" in proc.stderr
+
+
+def test_subcommand_help_is_short_and_points_to_settings() -> None:
+    for command in ("status", "generate-key", "rotate-key"):
+        run = cli(command, "--help")
+        assert run.code == 0
+        assert "--app-name" not in run.out
+        assert "msal-keyring-cache settings" in run.out
+        assert len(run.out.splitlines()) < 30
+    listed = cli("settings")
+    assert listed.code == 0
+    assert "--app-name" in listed.out
+    assert "MSAL_KEYRING_CACHE_KEY " in listed.out or "MSAL_KEYRING_CACHE_KEY\n" in listed.out
+    doc = cli("settings", "--json").json()
+    assert {r["name"] for r in doc["settings"]} >= {"app_name", "backend", "key", "lock_timeout"}
+
+
+def test_import_takes_from_like_migrate(signed_in: dict[str, str], tmp_path: Path) -> None:
+    dump = cli("export", "--plaintext", env=signed_in).out
+    plain = tmp_path / "dump.json"
+    plain.write_text(dump)
+    for args in (["--from", str(plain)], [str(plain)]):
+        env = {
+            "MSAL_KEYRING_CACHE_BACKEND": "file",
+            "MSAL_KEYRING_CACHE_PATH": str(tmp_path / f"c{len(args)}.bin"),
+            "MSAL_KEYRING_CACHE_KEY": generate_key(),
+        }
+        run = cli("import", *args, "--json", env=env)
+        assert run.code == 0, run.err
+        assert run.json()["entries"] > 0
+    missing = cli("import", "--json")
+    assert missing.code == 2
+    assert missing.json()["ok"] is False
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["accounts", "--json"],
+        ["status", "--json"],
+        ["doctor", "--json"],
+        ["clear", "--account", "x", "--yes", "--json"],
+        ["move", "--to", "keyring", "--json"],
+        ["rotate-key", "--json"],
+        ["status", "--json", "--lock-timeout", "0"],
+        ["status", "--json", "--bogus"],
+    ],
+)
+def test_every_json_command_prints_one_document_on_error(
+    args: list[str], file_env: dict[str, str]
+) -> None:
+    env = {**file_env, "MSAL_KEYRING_CACHE_KEY": generate_key()}
+    path = Path(file_env["MSAL_KEYRING_CACHE_PATH"])
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(b"not ours")
+    env["MSAL_KEYRING_CACHE_KEYRING_TIMEOUT"] = "1"
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+    run = cli(*args, env=env)
+    assert run.code != 0
+    doc = json.loads(run.out)  # one document, nothing else on stdout
+    assert isinstance(doc, dict)
+
+
+def test_verbose_shows_what_the_cache_did(
+    signed_in: dict[str, str], idp: LoopbackIdentityProvider, key: str
+) -> None:
+    run = cli("-v", "accounts", env=signed_in)
+    assert run.code == 0, run.err
+    assert "backend=file was configured" in run.err
+    assert "Read" in run.err
+    assert_no_secret(run, idp, key)
+
+
+# -- refused deletes (issue 10) --------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_keyring(tmp_path: Path) -> dict[str, str]:
+    return {
+        "PYTHON_KEYRING_BACKEND": "tests.fake_keyring.FileKeyring",
+        "FAKE_KEYRING_FILE": str(tmp_path / "keyring.json"),
+        "MSAL_KEYRING_CACHE_PATH": str(tmp_path / "data" / "token_cache.bin"),
+        "MSAL_KEYRING_CACHE_KEY": generate_key(),
+    }
+
+
+def _fill(env: dict[str, str]) -> None:
+    run = cli("import", "--from", "-", env=env, stdin=SAMPLE_CACHE)
+    assert run.code == 0, run.err
+
+
+SAMPLE_CACHE = json.dumps(
+    {
+        "Account": {
+            "h-e-r": {
+                "home_account_id": "h",
+                "environment": "e",
+                "realm": "r",
+                "username": "carol@example.com",
+                "local_account_id": "l",
+                "authority_type": "MSSTS",
+            }
+        },
+        "RefreshToken": {
+            "h-e-refreshtoken-c--": {
+                "home_account_id": "h",
+                "environment": "e",
+                "credential_type": "RefreshToken",
+                "client_id": "c",
+                "secret": "sample-refresh-token",
+            }
+        },
+    }
+)
+
+
+def test_a_refused_delete_is_never_reported_as_a_sign_out(fake_keyring: dict[str, str]) -> None:
+    env = {**fake_keyring, "MSAL_KEYRING_CACHE_BACKEND": "keyring"}
+    _fill(env)
+    refused = {**env, "FAKE_KEYRING_REFUSE_DELETE": "1"}
+    run = cli("clear", "--yes", env=refused)
+    assert_one_line_error(run, 1)
+    assert "Nobody was signed out" in run.err
+    assert "sample-refresh-token" not in run.err
+    assert cli("accounts", "--json", env=env).json()["accounts"][0]["username"] == (
+        "carol@example.com"
+    )
+    moved = cli("move", "--to", "file", env=refused)
+    assert_one_line_error(moved, 1)
+    assert "delete" in moved.err
+    # Without the refusal, clear works and says so.
+    done = cli("clear", "--yes", env=env)
+    assert done.code == 0, done.err
+    assert "signed out" in done.out
+
+
+def test_after_move_status_shows_where_the_tokens_are(fake_keyring: dict[str, str]) -> None:
+    env = dict(fake_keyring)  # backend auto: the fake keyring answers
+    _fill(env)
+    assert cli("status", "--json", env=env).json()["backend"] == "keyring"
+    moved = cli("move", "--to", "file", env=env)
+    assert moved.code == 0, moved.err
+    status = cli("status", "--json", env=env).json()
+    assert status["backend"] == "file"
+    assert status["accounts"] == ["carol@example.com"]
+    assert "configured" not in status["reason"]
+    back = cli("move", "--to", "keyring", env=env)
+    assert back.code == 0, back.err
+    status = cli("status", "--json", env=env).json()
+    assert status["backend"] == "keyring"
+    assert status["accounts"] == ["carol@example.com"]
+
+
+def test_demo_explains_the_protection_in_plain_words() -> None:
+    run = cli("demo", env={"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
+    assert run.code == 0, run.err
+    assert "keyring.backends" not in run.out
+    protection = [line for line in run.out.splitlines() if "Protection:" in line][0]
+    assert "weak" in protection
+    assert "MSAL_KEYRING_CACHE_KEY" in protection

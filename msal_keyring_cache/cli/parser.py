@@ -18,8 +18,8 @@ from .show import cmd_accounts, cmd_clear, cmd_doctor, cmd_status
 from .transfer import cmd_export, cmd_generate_key, cmd_move, cmd_rotate_key
 
 SETTINGS_HINT = (
-    "Every setting is also a flag of every command (--backend, --path, --app-name …) and "
-    "a MSAL_KEYRING_CACHE_* variable; list them with: msal-keyring-cache settings"
+    "Settings (backend, path, key file, timeouts …) are flags of every command and "
+    "MSAL_KEYRING_CACHE_* variables; list them with: msal-keyring-cache settings"
 )
 
 logger = logging.getLogger("msal_keyring_cache")
