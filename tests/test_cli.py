@@ -491,7 +491,7 @@ def kill_rotation_at(step: str, env: dict[str, str]) -> int:
     import signal
 
     read_end, write_end = os.pipe()
-    child = subprocess.Popen(  # noqa: S603 - our own interpreter
+    child = subprocess.Popen(
         [PYTHON, "-c", ROTATE_CHILD, step, str(write_end)],
         env=child_env(**env),
         pass_fds=(write_end,),
@@ -898,6 +898,6 @@ def test_demo_explains_the_protection_in_plain_words() -> None:
     run = cli("demo", env={"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
     assert run.code == 0, run.err
     assert "keyring.backends" not in run.out
-    protection = [line for line in run.out.splitlines() if "Protection:" in line][0]
+    protection = next(line for line in run.out.splitlines() if "Protection:" in line)
     assert "weak" in protection
     assert "MSAL_KEYRING_CACHE_KEY" in protection
