@@ -276,8 +276,8 @@ def status(settings: Settings) -> Status:
         problem = "the stored cache decrypts, but is not JSON"
         fix = advice(CorruptCacheError(problem), settings, store.describe())
     finally:
+        described = store.describe()  # before close: a direct reader forgets its backend
         cache.close()
-    described = store.describe()
     if described.size is None and doc:
         # A credential-store entry has no file size: its JSON text is what it holds.
         size = len(json.dumps(doc, separators=(",", ":")))
