@@ -183,8 +183,8 @@ def generated_key(
     if created and path not in _warned:
         _warned.add(path)
         logger.warning(
-            "No key configured for the token cache file; generated the key file %s. It "
-            "protects only against the cache file leaking alone. Stronger: %s.",
+            "No key configured for the token cache file; made the generated key file %s "
+            "(weak: it protects only against the cache file leaking alone). Stronger: %s.",
             path,
             stronger,
         )

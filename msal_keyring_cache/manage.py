@@ -246,10 +246,10 @@ def read(settings: Settings) -> tuple[dict[str, Any], PersistentTokenCache]:
     try:
         text = cache.serialize()
     except CacheError:
-        cache.close()
+        _close(cache)
         raise
     except ValueError:  # the store's bytes decrypted, but msal could not parse them
-        cache.close()
+        _close(cache)
         raise CorruptCacheError("the stored cache decrypts, but is not JSON") from None
     logger.debug("Read %d characters of cache JSON", len(text))
     return parse_cache(text, "the stored cache"), cache
@@ -277,7 +277,7 @@ def status(settings: Settings) -> Status:
         fix = advice(CorruptCacheError(problem), settings, store.describe())
     finally:
         described = store.describe()  # before close: a direct reader forgets its backend
-        cache.close()
+        _close(cache)
     if described.size is None and doc:
         # A credential-store entry has no file size: its JSON text is what it holds.
         size = len(json.dumps(doc, separators=(",", ":")))
@@ -354,14 +354,14 @@ def _is_plaintext_msal(path: str) -> bool:
 def accounts(settings: Settings) -> list[Account]:
     """The signed-in accounts (never a token); read-only. Raises on a problem."""
     doc, cache = read(settings)
-    cache.close()
+    _close(cache)
     return _accounts_of(doc)
 
 
 def export(settings: Settings) -> str:
     """The whole cache as msal's plaintext JSON, **with refresh tokens**; read-only."""
     doc, cache = read(settings)
-    cache.close()
+    _close(cache)
     return json.dumps(doc, indent=2)
 
 
@@ -390,7 +390,7 @@ def _check_cleared(settings: Settings, where: str) -> None:
             f"The cache in {where} could not be deleted: something is still stored there. "
             "Nobody was signed out."
         ) from None
-    fresh.close()
+    _close(fresh)
     if count_entries(doc):
         raise StoreError(
             f"The cache in {where} could not be deleted ({count_entries(doc)} entries are still "
@@ -419,7 +419,7 @@ def clear(settings: Settings) -> str:
                 f"The cache in {where} could not be deleted: {exc} Nobody was signed out."
             ) from None
     finally:
-        cache.close()
+        _close(cache)
     _check_cleared(cleared, where)
     logger.debug("Cleared the cache in %s", where)
     return where
@@ -432,7 +432,7 @@ def remove_account(settings: Settings, username: str) -> int:
     """
     cache = open_cache(settings)
     try:
-        with cache.store.lock():
+        with _locked(cache):
             cache.reload()
             doc = parse_cache(cache.serialize())
             wanted = username.lower()
@@ -458,7 +458,7 @@ def remove_account(settings: Settings, username: str) -> int:
                         removed += 1
             cache.deserialize(json.dumps(doc))
     finally:
-        cache.close()
+        _close(cache)
     logger.debug("Removed %d entries of one account", removed)
     return removed
 
@@ -480,7 +480,7 @@ class Moved:
 def verify(settings: Settings, expected: dict[str, Any]) -> None:
     """Read the store back through a new object; :class:`StoreError` if an entry is missing."""
     doc, fresh = read(settings)
-    fresh.close()
+    _close(fresh)
     missing = sum(
         1 for kind, entries in expected.items() for key in entries if key not in doc.get(kind, {})
     )
@@ -505,7 +505,7 @@ def move(settings: Settings, to: str) -> Moved:
     try:
         target = open_cache(target_settings)
     except CacheError:
-        source.close()
+        _close(source)
         raise
     try:
         s_where, t_where = _where(source), _where(target)
@@ -514,8 +514,8 @@ def move(settings: Settings, to: str) -> Moved:
                 f"The cache already lives in the {source.store.backend} store ({s_where})."
             )
         with ExitStack() as locks:
-            locks.enter_context(source.store.lock())
-            locks.enter_context(target.store.lock())
+            locks.enter_context(_locked(source))
+            locks.enter_context(_locked(target))
             doc = parse_cache(source.serialize())
             entries = count_entries(doc)
             if entries:
@@ -532,8 +532,8 @@ def move(settings: Settings, to: str) -> Moved:
                 ) from None
         result = Moved(source.store.backend, s_where, target.store.backend, t_where, entries)
     finally:
-        source.close()
-        target.close()
+        _close(source)
+        _close(target)
     _check_cleared(dataclasses.replace(settings, backend=result.source), s_where)
     return result
 
@@ -599,7 +599,7 @@ def rotate_key(
                 "rotate-key does not rotate a key kept in the credential store yet; "
                 "move the cache (move --to file) and rotate there."
             )
-        with store.lock():
+        with _locked(cache):
             # Read everything with the current key: a wrong key fails before anything changes.
             before = parse_cache(cache.serialize())
             empty = not os.path.exists(store.path)
@@ -674,10 +674,10 @@ def rotate_key(
                         "still decrypts it. Run rotate-key again."
                     )
             finally:
-                check.close()
+                _close(check)
             step("verified")
     finally:
-        cache.close()
+        _close(cache)
     fp = (
         new_source.fingerprints[0]
         if isinstance(new_source, crypto.FernetKeys)
@@ -686,23 +686,31 @@ def rotate_key(
     return Rotation(store.path, fp, empty, key_file, kept, after)
 
 
-# -- logging what a command did ------------------------------------------------------------
+# -- what a command did, for -v ----------------------------------------------------------------
 
 
 @contextmanager
-def timed(what: str) -> Iterator[None]:
-    """Log at DEBUG how long ``what`` took (``-v`` shows lock waits and store calls)."""
+def _locked(cache: PersistentTokenCache) -> Iterator[None]:
+    """The store's cross-process lock, with the wait logged at DEBUG."""
     started = time.perf_counter()
-    try:
+    with cache.store.lock():
+        logger.debug(
+            "Got the lock %s after %.1f ms",
+            cache.store.describe().lock_file or "(in-process)",
+            (time.perf_counter() - started) * 1000,
+        )
         yield
-    finally:
-        logger.debug("%s took %.1f ms", what, (time.perf_counter() - started) * 1000)
 
 
-def describe_stats(cache: PersistentTokenCache) -> str:
-    """What the cache's store did in this process, for ``-v`` (counts only)."""
+def _close(cache: PersistentTokenCache) -> None:
+    """Close, logging at DEBUG what the store did in this process (counts only)."""
     stats = cache.store.stats
-    return (
-        f"{stats.loads} full loads, {stats.saves} writes ({stats.appends} journal appends), "
-        f"{stats.checks} change checks"
+    logger.debug(
+        "The %s store did %d full loads, %d writes (%d journal appends), %d change checks",
+        cache.store.backend,
+        stats.loads,
+        stats.saves,
+        stats.appends,
+        stats.checks,
     )
+    cache.close()

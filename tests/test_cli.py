@@ -714,7 +714,7 @@ def test_the_weak_key_warning_comes_once_per_key_file() -> None:
     env = {"MSAL_KEYRING_CACHE_BACKEND": "file"}
     first = cli("import", "--from", "-", env=env, stdin='{"Account": {}}')
     assert first.code == 0, first.err
-    assert first.err.count("generated the key file") == 1
+    assert first.err.count("made the generated key file") == 1
     again = cli("import", "--from", "-", env=env, stdin='{"Account": {}}')
     assert again.code == 0, again.err
     assert "key file" not in again.err
