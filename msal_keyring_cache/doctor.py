@@ -63,7 +63,12 @@ def doctor(settings: Settings) -> list[Check]:
     checks = [Check("settings", Level.OK, f"app {settings.app_name!r}, backend {settings.backend}")]
     for section in (_path_checks, _keyring_checks, _store_checks):
         checks.extend(_guarded(section, settings))
-    return checks
+    # Messages from below name variables as "…_BACKEND": name the ones actually read.
+    real = f"{settings.env_prefix}_"
+    return [
+        dataclasses.replace(c, detail=c.detail.replace("…_", real), fix=c.fix.replace("…_", real))
+        for c in checks
+    ]
 
 
 def _guarded(section: Callable[[Settings], Iterator[Check]], settings: Settings) -> Iterator[Check]:

@@ -105,7 +105,7 @@ def key_source(
     """
     env_prefix = env_prefix or settings.env_prefix
     if settings.key:
-        label = f"the configured key (key= or {settings.env_var('key', env_prefix)})"
+        label = f"the key from {settings.env_var('key', env_prefix)} (or key=)"
         return crypto.FernetKeys(settings.key, label=label)
     if settings.passphrase:
         return crypto.Passphrase(settings.passphrase)
@@ -297,10 +297,16 @@ def choose(
             f"Service), or set {backend_var}=file for the encrypted file."
         )
     if error is not None and not settings.keyring_fallback:
+        said = str(error).replace("…_", f"{settings.env_prefix}_")  # name the real variables
+        advice = (
+            ""
+            if fallback_var in said  # the error already said what to do: once is enough
+            else f" To use the encrypted file whenever this happens, set {fallback_var}=1; "
+            f"to always use it, set {backend_var}=file."
+        )
         raise BackendUnavailableError(
-            f"{error} The token cache may be kept there, so no empty file cache was started "
-            f"in its place. To use the encrypted file whenever this happens, set "
-            f"{fallback_var}=1; to always use it, set {backend_var}=file."
+            f"{said} The token cache may be kept there, so no empty file cache was started "
+            f"in its place.{advice}"
         ) from None
     fallback = file_store(settings, env_prefix, read_only=read_only)
     if error is not None:
