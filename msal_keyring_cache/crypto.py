@@ -236,8 +236,8 @@ class FernetKeys(KeySource):
     def keys_for(self, header: Header) -> list[str]:
         if header.kdf != "none":
             raise DecryptError(
-                "The cache file is protected by a passphrase, but a Fernet key is configured "
-                f"({self.label}). Set the passphrase (…_PASSPHRASE) instead."
+                "The cache file is protected by a passphrase, but a Fernet key is configured: "
+                f"{self.label}. Set the passphrase (…_PASSPHRASE) instead."
             )
         matching = [k for k, fp in zip(self.keys, self._fps) if fp == header.fp]
         if not matching:

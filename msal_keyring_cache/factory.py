@@ -105,7 +105,7 @@ def key_source(
     """
     env_prefix = env_prefix or settings.env_prefix
     if settings.key:
-        label = f"the key from {settings.env_var('key', env_prefix)} (or key=)"
+        label = f"the configured key from {settings.env_var('key', env_prefix)} (or key=)"
         return crypto.FernetKeys(settings.key, label=label)
     if settings.passphrase:
         return crypto.Passphrase(settings.passphrase)
@@ -134,11 +134,18 @@ def generated_key_path(settings: Settings) -> str:
 class MissingKey(crypto.KeySource):
     """The key a read-only look needs does not exist: nothing can be decrypted with it."""
 
-    def __init__(self, label: str, why: str, level: crypto.Protection, path: Optional[str]):
+    def __init__(
+        self,
+        label: str,
+        why: str,
+        level: crypto.Protection,
+        path: Optional[str],
+        protection: Optional[str] = None,
+    ):
         self.label = label
         self.why = why
         self.tag = "missing"
-        self.protection = f"{label} (does not exist yet)"
+        self.protection = protection or f"{label} (does not exist yet)"
         self.level = level
         self.path = path
 
@@ -178,6 +185,8 @@ def generated_key(
             f"Configure the key the cache was written with ({stronger}).",
             crypto.Protection.WEAK,
             path,
+            f"generated key file {path}, made at the first sign-in (weak: it protects only "
+            "against the cache file leaking alone)",
         )
     keys = crypto.default_key_file(path)
     if created and path not in _warned:

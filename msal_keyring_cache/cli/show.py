@@ -43,6 +43,8 @@ def cmd_status(ctx: _Context) -> int:
         "permissions",
     }
     store = report["store"]
+    if store.get("key_file"):
+        shown.add("key_source")  # the same file again, in other words
     lines += [(k.replace("_", " "), v) for k, v in store.items() if k not in shown]
     for name, value in lines:
         if value is not None:
@@ -51,10 +53,7 @@ def cmd_status(ctx: _Context) -> int:
         ctx.print(f"{'problem:':<13} {_one_line(found.problem)}")
         ctx.print(f"{'fix:':<13} {found.fix}")
     if found.description.protection.weak:
-        ctx.print(
-            f"{'note:':<13} the generated key file protects only against the cache file "
-            "leaking alone; see: msal-keyring-cache doctor"
-        )
+        ctx.print(f"{'note:':<13} weak protection; msal-keyring-cache doctor says how to fix it")
     return 1 if found.problem else 0
 
 
