@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import os
 import secrets
 import stat
@@ -248,8 +249,8 @@ def _store_checks(settings: Settings) -> Iterator[Check]:
     described = store.describe()
     yield _protection_check(settings, described)
     for path in _private_paths(described):
-        yield _permission_check(path)
-    yield _lock_check(settings, described)
+        yield _one(f"permissions of {path}", functools.partial(_permission_check, path))
+    yield _one("lock", lambda: _lock_check(settings, described))
     cache = PersistentTokenCache(store, backend_info=info)
     name = "decrypt" if info.backend == "file" else "read"
     try:
@@ -270,6 +271,16 @@ def _store_checks(settings: Settings) -> Iterator[Check]:
             )
     finally:
         cache.close()
+
+
+def _one(name: str, check: Callable[[], Check]) -> Check:
+    """One check; an error it meets is its own failure, and the next check still runs."""
+    try:
+        return check()
+    except CacheError as exc:
+        return Check(name, Level.FAIL, _line(str(exc)), "See the message.")
+    except OSError as exc:
+        return Check(name, Level.FAIL, exc.strerror or type(exc).__name__, "See the message.")
 
 
 def _protection_check(settings: Settings, described: Description) -> Check:
@@ -317,6 +328,13 @@ def _lock_check(settings: Settings, described: Description) -> Check:
         return Check("lock", Level.OK, f"no lock file yet ({path} is made at the first write)")
     if not os.path.isfile(path) or os.path.islink(path):
         return Check("lock", Level.FAIL, f"{path} is not a regular file", f"Remove {path}.")
+    if _read_only_fs(os.path.dirname(path)):
+        return Check(
+            "lock",
+            Level.WARN,
+            f"{path} is on a read-only file system: readers need no lock, writers fail",
+            "Choose a path on a writable file system.",
+        )
     lock = CrossProcessLock(path, min(settings.lock_timeout, 5.0))
     started = time.perf_counter()
     try:

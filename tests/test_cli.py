@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -901,3 +902,46 @@ def test_demo_explains_the_protection_in_plain_words() -> None:
     protection = next(line for line in run.out.splitlines() if "Protection:" in line)
     assert "weak" in protection
     assert "MSAL_KEYRING_CACHE_KEY" in protection
+
+
+@pytest.fixture
+def read_only_fs(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs the test mounts (root only), remounted read-only by the test."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_doctor_and_status_on_a_read_only_file_system(
+    read_only_fs: Path, idp: LoopbackIdentityProvider, key: str
+) -> None:
+    env = {
+        "MSAL_KEYRING_CACHE_BACKEND": "file",
+        "MSAL_KEYRING_CACHE_PATH": str(read_only_fs / "data" / "token_cache.bin"),
+        "MSAL_KEYRING_CACHE_KEY": key,
+    }
+    cache = build_cache(backend="file", path=env["MSAL_KEYRING_CACHE_PATH"], key=key)
+    sign_in(idp.public_app(token_cache=cache), USERS[0])
+    cache.close()
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_fs)], check=True)
+    status = cli("status", "--json", env=env)
+    assert status.code == 0, status.err  # reading keeps working
+    assert status.json()["accounts"] == [USERS[0]]
+    run = cli("doctor", "--json", env=env)
+    checks = {c["name"]: c for c in run.json()["checks"]}
+    directory = checks[f"directory {read_only_fs / 'data'}"]
+    assert directory["status"] == "warn"
+    assert "read-only file system" in directory["detail"]
+    assert checks["decrypt"]["status"] == "ok"  # every other check still ran
+    assert {"backend", "protection", "lock"} <= set(checks)
+    assert run.code == 0, run.out
