@@ -65,12 +65,14 @@ def _settings_flags(
     namespace, so a flag given before the subcommand is not reset by the subcommand.
     ``shown=False`` keeps them out of ``--help`` (``msal-keyring-cache settings`` lists them).
     """
-    group = parser.add_argument_group(
-        "settings",
-        "Each flag wins over its MSAL_KEYRING_CACHE_* variable, which wins over the default. "
-        "Keys and passphrases are read only from the environment (MSAL_KEYRING_CACHE_KEY, "
-        "MSAL_KEYRING_CACHE_PASSPHRASE), never from flags.",
-    )
+    group: Any = parser  # hidden flags need no group heading in --help
+    if shown:
+        group = parser.add_argument_group(
+            "settings",
+            "Each flag wins over its MSAL_KEYRING_CACHE_* variable, which wins over the "
+            "default. Keys and passphrases are read only from the environment "
+            "(MSAL_KEYRING_CACHE_KEY, MSAL_KEYRING_CACHE_PASSPHRASE), never from flags.",
+        )
     unset: Any = None if defaults else argparse.SUPPRESS
 
     def text(words: str) -> str:
@@ -159,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Show where the cache lives, how it is protected, what it holds.",
         "Show the backend in use and why, where it lives (credential-store service/account or "
         "file path), its protection in plain words, size, entry counts by credential type, "
-        "last write and lock file. Exit status 1 if the cache cannot be read.",
+        "last write and lock file. It changes nothing: a damaged cache, a file that is not "
+        "ours or a wrong key is reported as a problem (with what to do), exit status 1.",
     )
 
     _add(
@@ -168,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_accounts,
         "List the signed-in accounts (never a token).",
         "One row per account: username, home account id, environment, realm, the token "
-        "types held, access-token expiries and whether a refresh token exists.",
+        "types held, access-token expiries and whether a refresh token exists. It changes "
+        "nothing; exit status 1 if the cache cannot be read.",
     )
 
     clear = _add(
@@ -193,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Check everything the cache depends on; suggest fixes.",
         "Run every check (settings, backend choice, credential store reachable and secure, "
         "D-Bus, probe round trip, file and directory permissions, lock, decryption with the "
-        "configured key) and print each as ok/warn/fail with the fix. Exit status 1 if any "
+        "configured key) and print each as ok/warn/fail with the fix, also when some fail. "
+        "It changes nothing (the probe entry is deleted at once). Exit status 1 if any "
         "check fails.",
     )
 
@@ -204,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         cmd_export,
         "Print the cache as plaintext JSON (needs --plaintext).",
-        "Print the whole cache as msal's plaintext JSON on stdout. It contains "
-        "refresh tokens: only with --plaintext, and keep the output safe.",
+        "Print the whole cache as msal's plaintext JSON on stdout, or with --output into a "
+        "new private file. It contains refresh tokens: only with --plaintext, and keep the "
+        "output safe. It changes nothing in the cache.",
         json_output=False,
     )
     export.add_argument(
