@@ -638,7 +638,11 @@ def test_looking_at_a_damaged_cache_changes_nothing(
     run = cli(*args, env=file_env)
     assert run.code == 1, (run.out, run.err)
     assert tree(tmp_path) == before  # nothing moved aside, rewritten or created
-    if command != "export":
+    if command == "export":
+        assert run.out == ""
+        if b"RefreshToken" in content:
+            assert "migrate --from" in run.err  # says what to do
+    else:
         doc = run.json()  # exactly one JSON document, also on error
         problem = doc.get("problem") or " ".join(
             c["detail"] + c["fix"] for c in doc.get("checks", []) if c["status"] == "fail"
@@ -813,6 +817,11 @@ def test_verbose_shows_what_the_cache_did(
     assert "backend=file was configured" in run.err
     assert "Read" in run.err
     assert_no_secret(run, idp, key)
+    write = cli("-v", "clear", "--account", USERS[1], "--yes", env=signed_in)
+    assert write.code == 0, write.err
+    assert "Got the lock" in write.err  # lock waits
+    assert "writes" in write.err  # what the store did
+    assert_no_secret(write, idp, key)
 
 
 # -- refused deletes (issue 10) --------------------------------------------------------------

@@ -10,7 +10,7 @@ import sys
 
 from .. import manage
 from ..doctor import Check, Level, doctor
-from ..errors import CacheError, ConfigError
+from ..errors import CacheError, CommandError, ConfigError
 from .common import PROG, _Context, _one_line
 
 
@@ -62,9 +62,12 @@ def cmd_accounts(ctx: _Context) -> int:
     try:
         rows = manage.accounts(settings)
     except CacheError as exc:
-        if not ctx.json or isinstance(exc, ConfigError):
+        if isinstance(exc, ConfigError):
             raise
-        ctx.dump({"accounts": [], "problem": str(exc), "fix": manage.advice(exc, settings)})
+        fix = manage.advice(exc, settings)
+        if not ctx.json:
+            raise CommandError(f"{_one_line(str(exc))} {fix}") from None
+        ctx.dump({"accounts": [], "problem": str(exc), "fix": fix})
         return 1
     if ctx.json:
         ctx.dump({"accounts": [r.as_dict() for r in rows]})

@@ -10,7 +10,7 @@ import sys
 from typing import Any, Optional
 
 from .. import crypto, manage
-from ..errors import ConfigError, CorruptCacheError, StoreError
+from ..errors import CacheError, ConfigError, CorruptCacheError, StoreError
 from ..files import read_file
 from .common import CommandError, UsageError, _Context
 
@@ -23,7 +23,13 @@ def cmd_export(ctx: _Context) -> int:
             "export prints refresh tokens in plaintext; add --plaintext to confirm "
             "(and keep the output safe)"
         )
-    text = manage.export(ctx.settings())
+    settings = ctx.settings()
+    try:
+        text = manage.export(settings)
+    except CacheError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise CommandError(f"{exc} {manage.advice(exc, settings)}") from None
     if ctx.args.output:
         path = manage.write_private(ctx.args.output, text + "\n")
         ctx.err.write(f"Wrote the plaintext cache to {path} (mode 0600). Keep it safe.\n")
