@@ -22,7 +22,14 @@ from typing import Any, Callable, Optional
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_ENV_PREFIX", "EXTRA_VARIABLES", "Settings", "describe_settings"]
+__all__ = [
+    "DEFAULT_ENV_PREFIX",
+    "EXTRA_VARIABLES",
+    "Settings",
+    "check_path",
+    "check_secret",
+    "describe_settings",
+]
 
 logger = logging.getLogger("msal_keyring_cache")
 
@@ -433,6 +440,29 @@ def _warn_unknown(prefix: str, env: Mapping[str, str]) -> None:
         close = difflib.get_close_matches(suffix, suffixes, n=1, cutoff=0.6)
         hint = f"; did you mean {head}{close[0]}?" if close else ""
         logger.warning("%s is not a setting of msal-keyring-cache and is ignored%s", var, hint)
+
+
+def check_path(value: Any, what: str) -> str:
+    """A file path argument checked as the ``path`` setting is (absolute, ``~`` expanded);
+    :class:`~msal_keyring_cache.ConfigError` naming ``what`` otherwise."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a file path, not {type(value).__name__}.")
+    try:
+        return _path(value)
+    except _Invalid as exc:
+        raise ConfigError(f"{what}={redact(value)!r} is not valid: {exc}.") from None
+
+
+def check_secret(value: Any, what: str) -> str:
+    """A passphrase-like argument checked as the ``passphrase`` setting is (never echoed)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be text, not {type(value).__name__}.")
+    try:
+        return _secret(value)
+    except _Invalid as exc:
+        raise ConfigError(f"{what} is not valid: {exc}.") from None
 
 
 def redact(text: str) -> str:

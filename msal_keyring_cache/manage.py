@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 from . import crypto
 from .cache import PersistentTokenCache
-from .config import Settings
+from .config import Settings, check_path, check_secret
 from .errors import (
     CacheError,
     CommandError,
@@ -367,8 +367,8 @@ def export(settings: Settings) -> str:
 
 def write_private(path: str, text: str) -> str:
     """Write ``text`` to ``path`` atomically, mode 0600 (e.g. an export); the absolute path."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if path.endswith(os.sep) or os.path.isdir(path):
+    path = check_path(path, "output")
+    if os.path.isdir(path):
         raise ConfigError(f"{path} is a directory; name a file to write.")
     os.close(atomic_write(path, text.encode("utf-8")))
     return path
@@ -613,7 +613,8 @@ def rotate_key(
                         f"{settings.env_var('new_passphrase')} (the old one stays in "
                         f"{settings.env_var('passphrase')})."
                     )
-                new_source: crypto.KeySource = crypto.Passphrase(new_passphrase)
+                new_pass = check_secret(new_passphrase, settings.env_var("new_passphrase"))
+                new_source: crypto.KeySource = crypto.Passphrase(new_pass)
                 store.rekey(new_source)
                 after = f"now set {settings.env_var('passphrase')} to the new passphrase"
             else:

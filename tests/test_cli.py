@@ -160,6 +160,12 @@ def test_console_script_matches_module() -> None:
         (["--env-prefix", "1bad", "status"], {}),
         (["export"], {"MSAL_KEYRING_CACHE_BACKEND": "file"}),
         (["move", "--to", "cloud"], {}),
+        (["--keyring-timeout", "0", "status"], {}),
+        (["--lock-timeout", "nan", "status"], {}),
+        (["--app-name", "../x", "status"], {}),
+        (["status"], {"MSAL_KEYRING_CACHE_PATH": "cache/"}),
+        (["export", "--plaintext", "--output", "out/"], {}),
+        (["rotate-key", "--new-key-file", "keys/"], {"MSAL_KEYRING_CACHE_BACKEND": "file"}),
     ],
 )
 def test_bad_flags_and_values_are_one_line_exit_2(args: list[str], env: dict[str, str]) -> None:

@@ -155,3 +155,14 @@ def test_text_settings_only_ever_raise_config_error(name: str, raw: str) -> None
     if name == "app_name":
         assert "/" not in value
         assert value not in {".", ".."}
+
+
+def test_public_path_and_secret_arguments_are_checked(tmp_path: object) -> None:
+    from msal_keyring_cache import manage
+
+    for bad in ("a\0b", "dir/", 42):
+        with pytest.raises(ConfigError, match="output"):
+            manage.write_private(bad, "x")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as caught:
+        config_module.check_secret("p\0secret-text", "NEW_PASSPHRASE")
+    assert "secret-text" not in str(caught.value)

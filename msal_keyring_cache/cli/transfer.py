@@ -10,6 +10,7 @@ import sys
 from typing import Any, Optional
 
 from .. import crypto, manage
+from ..config import check_path
 from ..errors import CacheError, ConfigError, CorruptCacheError, StoreError
 from ..files import read_file
 from .common import CommandError, UsageError, _Context
@@ -60,7 +61,7 @@ def cmd_generate_key(ctx: _Context) -> int:
 
 def _new_key(ctx: _Context, var: str) -> Optional[str]:
     if ctx.args.new_key_file:
-        return crypto.read_key_file(os.path.abspath(os.path.expanduser(ctx.args.new_key_file)))[0]
+        return crypto.read_key_file(check_path(ctx.args.new_key_file, "--new-key-file"))[0]
     raw = os.environ.get(var, "").strip()
     if raw and not crypto.is_fernet_key(raw):
         raise ConfigError(
