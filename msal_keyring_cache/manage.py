@@ -421,8 +421,32 @@ def clear(settings: Settings) -> str:
     finally:
         _close(cache)
     _check_cleared(cleared, where)
+    if cleared.backend == "file":
+        _remove_leftovers(where)
     logger.debug("Cleared the cache in %s", where)
     return where
+
+
+def _remove_leftovers(path: str) -> None:
+    """Damaged copies set aside (``<path>.corrupt-*``) and temporary files of killed writers
+    still decrypt to tokens: a sign-out removes them too."""
+    import glob
+
+    directory, name = os.path.split(path)
+    found = glob.glob(glob.escape(path) + ".corrupt-*")
+    found += glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp"))
+    for leftover in found:
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StoreError(
+                f"The cache in {path} was deleted, but an old copy {leftover} could not be: "
+                f"{exc.strerror}. Delete it by hand."
+            ) from None
+    if found:
+        logger.debug("Removed %d set-aside or temporary copies", len(found))
 
 
 def remove_account(settings: Settings, username: str) -> int:

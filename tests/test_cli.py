@@ -291,6 +291,24 @@ def test_clear_one_account(
     assert not app.get_accounts(username="bob@example.com")
 
 
+def test_clear_removes_set_aside_and_temporary_copies(signed_in: dict[str, str]) -> None:
+    path = Path(signed_in["MSAL_KEYRING_CACHE_PATH"])
+    blob = path.read_bytes()
+    leftovers = [
+        path.with_name(path.name + ".corrupt-20260101T000000-abcdef"),
+        path.with_name(f".{path.name}.0123456789ab.tmp"),
+    ]
+    for leftover in leftovers:
+        leftover.write_bytes(blob)  # both would still decrypt to every refresh token
+    unrelated = path.with_name("notes.txt")
+    unrelated.write_text("mine")
+    run = cli("clear", "--yes", env=signed_in)
+    assert run.code == 0, run.err
+    assert not path.exists()
+    assert not any(p.exists() for p in leftovers)
+    assert unrelated.read_text() == "mine"
+
+
 def test_clear_unknown_account(signed_in: dict[str, str]) -> None:
     run = cli("clear", "--account", "carol@example.com", "--yes", env=signed_in)
     assert_one_line_error(run, 1)

@@ -105,6 +105,7 @@ def cmd_clear(ctx: _Context) -> int:
         raise CacheError(f"{found.problem} {found.fix}")
     if username is None:
         if not found.problem and not any(found.counts.values()):
+            manage.clear(settings)  # nothing to confirm; old copies set aside still go
             return _done(ctx, f"The cache in {where} is already empty.", cleared=where, removed=0)
         n = found.counts.get("Account", 0)
         what = (
