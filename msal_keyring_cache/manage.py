@@ -321,9 +321,11 @@ def advice(exc: CacheError, settings: Settings, described: Optional[Description]
             location = None
         if location and _is_plaintext_msal(location):
             return (
-                f"{location} is a plaintext msal token cache, not an encrypted one. Keep "
-                f"its tokens: mv {location} {location}.json && msal-keyring-cache "
-                f"migrate --from {location}.json --delete-source"
+                f"It holds a plaintext msal token cache (another tool's, such as the Azure "
+                f"CLI's), not one of this library; nothing was changed. To bring its tokens "
+                f"into the secure cache, point --path (or {settings.env_var('path')}) at a "
+                f"new file or leave it unset, and run: msal-keyring-cache migrate --from "
+                f"{location}"
             )
         if location:
             return (

@@ -87,7 +87,7 @@ class EncryptedFileStore(Store):
                 os.close(fd)
                 if self.read_only:
                     raise CorruptCacheError(
-                        f"The token cache {self.path} is damaged: {exc}."
+                        f"{self.path} is not a readable encrypted token cache: {exc}."
                     ) from None
                 self._set_aside(blob, str(exc))
                 continue
