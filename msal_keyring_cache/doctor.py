@@ -251,8 +251,13 @@ def _store_checks(settings: Settings) -> Iterator[Check]:
     for path in _private_paths(described):
         yield _one(f"permissions of {path}", functools.partial(_permission_check, path))
     yield _one("lock", lambda: _lock_check(settings, described))
-    cache = PersistentTokenCache(store, backend_info=info)
     name = "decrypt" if info.backend == "file" else "read"
+    odd = manage.not_regular(described)
+    if odd:  # reading would block (a FIFO) or fail: say so without trying
+        yield Check(name, Level.FAIL, odd, f"Point {settings.env_var('path')} at a file.")
+        store.close()
+        return
+    cache = PersistentTokenCache(store, backend_info=info)
     try:
         doc = manage.parse_cache(cache.serialize(), "the stored cache")
     except CacheError as exc:

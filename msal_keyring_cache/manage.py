@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -53,6 +54,7 @@ __all__ = [
     "count_entries",
     "export",
     "move",
+    "not_regular",
     "open_cache",
     "parse_cache",
     "read",
@@ -236,6 +238,23 @@ class Status:
         }
 
 
+def not_regular(described: Description) -> Optional[str]:
+    """Why a file store's path cannot hold a cache (a directory, a FIFO …), else ``None``."""
+    if described.backend != "file":
+        return None
+    try:
+        mode = os.lstat(described.location).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+    return (
+        f"{described.location} is {kind}, so it cannot hold the cache; point the path "
+        "setting at a file"
+    )
+
+
 def read(settings: Settings) -> tuple[dict[str, Any], PersistentTokenCache]:
     """Read the cache without changing anything; the parsed JSON and the (read-only) cache.
 
@@ -244,6 +263,9 @@ def read(settings: Settings) -> tuple[dict[str, Any], PersistentTokenCache]:
     """
     cache = open_cache(settings, read_only=True)
     try:
+        odd = not_regular(cache.store.describe())
+        if odd:
+            raise StoreError(odd)
         text = cache.serialize()
     except CacheError:
         _close(cache)
@@ -269,6 +291,9 @@ def status(settings: Settings) -> Status:
     doc: dict[str, Any] = {}
     problem = fix = None
     try:
+        odd = not_regular(store.describe())
+        if odd:  # a FIFO would block the read, a directory cannot be read: do not try
+            raise StoreError(odd)
         doc = parse_cache(cache.serialize(), "the stored cache")
     except CacheError as exc:
         problem, fix = str(exc), advice(exc, settings, store.describe())

@@ -724,6 +724,17 @@ def test_doctor_runs_every_check_when_the_path_is_a_directory(
     assert list(target.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["status", "accounts", "doctor", "export"])
+def test_looking_at_a_fifo_never_blocks(file_env: dict[str, str], command: str) -> None:
+    path = Path(file_env["MSAL_KEYRING_CACHE_PATH"])
+    path.parent.mkdir(mode=0o700)
+    os.mkfifo(path)
+    args = [command, "--plaintext"] if command == "export" else [command, "--json"]
+    run = cli(*args, env=file_env)  # returns (cli() has a timeout), does not hang
+    assert run.code == 1
+    assert "not a regular file" in (run.out + run.err)
+
+
 def test_a_path_with_a_trailing_slash_is_refused(tmp_path: Path) -> None:
     run = cli("status", "--path", str(tmp_path / "newdir") + "/")
     assert_one_line_error(run, 2)
