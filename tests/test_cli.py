@@ -752,10 +752,10 @@ def test_a_mistyped_variable_is_named_with_the_closest_one(signed_in: dict[str, 
 
 def test_the_weak_key_warning_comes_once_per_key_file() -> None:
     env = {"MSAL_KEYRING_CACHE_BACKEND": "file"}
-    first = cli("import", "--from", "-", env=env, stdin='{"Account": {}}')
+    first = cli("import", "--from", "-", env=env, stdin=SAMPLE_CACHE)
     assert first.code == 0, first.err
     assert first.err.count("made the generated key file") == 1
-    again = cli("import", "--from", "-", env=env, stdin='{"Account": {}}')
+    again = cli("import", "--from", "-", env=env, stdin=SAMPLE_CACHE)
     assert again.code == 0, again.err
     assert "key file" not in again.err
     assert "weak" in cli("status", env=env).out  # status still says so

@@ -14,6 +14,7 @@ from ..config import BACKENDS, describe_settings
 from ..errors import CacheError, ConfigError
 from .common import PROG, _Context, _one_line
 from .demo import cmd_demo
+from .migrate import add_import_arguments, add_migrate_arguments, cmd_import, cmd_migrate
 from .show import cmd_accounts, cmd_clear, cmd_doctor, cmd_status
 from .transfer import cmd_export, cmd_generate_key, cmd_move, cmd_rotate_key
 
@@ -300,19 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_adoption(sub: Any) -> None:
-    """``migrate`` and ``import``: their arguments and handlers live in one module."""
-    from .transfer import add_import_arguments, add_migrate_arguments, cmd_import, cmd_migrate
-
+    """``migrate`` and ``import``: their arguments and handlers live in :mod:`.migrate`."""
     migrate = _add(
         sub,
         "migrate",
         cmd_migrate,
-        "Import a plaintext MSAL cache file, securely.",
-        "Merge a plaintext MSAL JSON token cache (msal-extensions FilePersistence, "
-        "Azure CLI's msal_token_cache.json, any SerializableTokenCache.serialize() "
-        "output) into the configured store, keeping the newer of two equal entries. "
-        "--delete-source removes the plaintext file only after the secure copy is "
-        "verified.",
+        "Bring existing MSAL caches (Azure CLI, azure-identity, msal-extensions) in securely.",
+        "Merge an existing MSAL token cache into the configured store, keeping the newer "
+        "of two equal entries: Azure CLI's msal_token_cache.json or its encrypted Secret "
+        "Service entry, azure-identity's ~/.IdentityService caches, any msal-extensions "
+        "cache, or any SerializableTokenCache.serialize() output. --list shows what was "
+        "found; --delete-source removes the source only after the secure copy is verified.",
     )
     add_migrate_arguments(migrate)
     imp = _add(

@@ -1,18 +1,15 @@
-"""Move tokens and keys: ``export``, ``move``, ``rotate-key``, ``generate-key``; and, until
-:mod:`.migrate` takes them over, ``migrate`` and ``import``."""
+"""Move tokens and keys: ``export``, ``move``, ``rotate-key``, ``generate-key``
+(``migrate`` and ``import`` are in :mod:`.migrate`)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
-import sys
-from typing import Any, Optional
+from typing import Optional
 
 from .. import crypto, manage
 from ..config import check_path
-from ..errors import CacheError, ConfigError, CorruptCacheError, StoreError
-from ..files import read_file
+from ..errors import CacheError, ConfigError
 from .common import CommandError, UsageError, _Context
 
 # -- export, generate-key ---------------------------------------------------------------------
@@ -124,140 +121,4 @@ def cmd_move(ctx: _Context) -> int:
         "now empty."
     )
     ctx.print(f"To say so for good: set {var}={done.target} (or pass --backend {done.target}).")
-    return 0
-
-
-# -- migrate, import (cli/migrate.py takes these over) ---------------------------------------------
-
-
-def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``migrate`` subcommand's own arguments."""
-    parser.add_argument(
-        "--from", dest="source", metavar="PATH", required=True, help="The plaintext cache file."
-    )
-    parser.add_argument(
-        "--delete-source",
-        action="store_true",
-        help="Delete PATH once every entry is verified in the secure store.",
-    )
-
-
-def add_import_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``import`` subcommand's own arguments: ``--from PATH`` (or, as before, ``PATH``)."""
-    parser.add_argument(
-        "--from", dest="source", metavar="PATH", help="JSON cache file, or - for stdin."
-    )
-    parser.add_argument("path_arg", nargs="?", metavar="PATH", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--replace", action="store_true", help="Replace the whole cache instead of merging."
-    )
-
-
-def _source(ctx: _Context) -> str:
-    source = getattr(ctx.args, "source", None) or getattr(ctx.args, "path_arg", None)
-    if not source:
-        raise UsageError("import needs --from PATH (or - for standard input)")
-    return str(source)
-
-
-def _read_plaintext(source: str) -> tuple[str, dict[str, Any]]:
-    if source == "-":
-        text = sys.stdin.read()
-        where = "standard input"
-    else:
-        where = os.path.abspath(os.path.expanduser(source))
-        blob = read_file(where)
-        if blob is None:
-            raise CommandError(f"{where} does not exist.")
-        if blob.startswith(b'{"format":"msal-keyring-cache"'):
-            raise CommandError(
-                f"{where} is already an encrypted msal-keyring-cache file; "
-                "point --path at it instead of importing it."
-            )
-        try:
-            text = blob.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CommandError(
-                f"{where} is not a plaintext JSON token cache (it may be encrypted, e.g. with "
-                "DPAPI on Windows or by the macOS keychain): export it as plaintext first."
-            ) from None
-    try:
-        return text, manage.parse_cache(text, where)
-    except CorruptCacheError as exc:
-        raise CommandError(f"{exc}.") from None
-
-
-def cmd_migrate(ctx: _Context) -> int:
-    settings = ctx.settings()
-    text, doc = _read_plaintext(ctx.args.source)
-    cache = ctx.cache(settings)
-    try:
-        changed = cache.merge(text)
-        where = cache.store.describe().location
-        backend = cache.backend_info.backend
-    finally:
-        cache.close()
-    manage.verify(settings, doc)
-    source = os.path.abspath(os.path.expanduser(ctx.args.source))
-    if ctx.args.delete_source:
-        try:
-            os.unlink(source)
-        except OSError as exc:
-            raise StoreError(f"Cannot delete {source}: {exc.strerror}.") from None
-    names = manage.usernames(doc)
-    report = {
-        "source": source,
-        "backend": backend,
-        "location": where,
-        "entries": manage.count_entries(doc),
-        "added_or_updated": changed,
-        "accounts": names,
-        "verified": True,
-        "source_deleted": bool(ctx.args.delete_source),
-    }
-    if ctx.json:
-        ctx.dump(report)
-        return 0
-    ctx.print(
-        f"Imported {report['entries']} entries ({changed} added or updated) for "
-        f"{', '.join(names) or 'no accounts'} into {backend} {where}; verified."
-    )
-    if ctx.args.delete_source:
-        ctx.print(f"Deleted the plaintext source {source}.")
-    else:
-        ctx.print(
-            f"The plaintext source {source} still holds tokens: delete it "
-            "(or rerun with --delete-source) once your tools use the secure cache."
-        )
-    return 0
-
-
-def cmd_import(ctx: _Context) -> int:
-    settings = ctx.settings()
-    text, doc = _read_plaintext(_source(ctx))
-    cache = ctx.cache(settings)
-    try:
-        if ctx.args.replace:
-            cache.deserialize(text)
-            changed = manage.count_entries(doc)
-        else:
-            changed = cache.merge(text)
-        backend = cache.backend_info.backend
-    finally:
-        cache.close()
-    manage.verify(settings, doc)
-    report = {
-        "backend": backend,
-        "entries": manage.count_entries(doc),
-        "added_or_updated": changed,
-        "replaced": bool(ctx.args.replace),
-    }
-    if ctx.json:
-        ctx.dump(report)
-    else:
-        verb = "Replaced the cache with" if ctx.args.replace else "Merged"
-        ctx.print(
-            f"{verb} {report['entries']} entries ({changed} added or updated) into "
-            f"the {backend} store; verified."
-        )
     return 0
