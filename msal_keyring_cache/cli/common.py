@@ -9,6 +9,7 @@ from typing import Any, Optional, TextIO
 
 from ..cache import PersistentTokenCache
 from ..config import DEFAULT_ENV_PREFIX, Settings, describe_settings
+from ..errors import CacheError
 from ..errors import CommandError as CommandError
 from ..errors import UsageError as UsageError
 
@@ -48,6 +49,13 @@ class _Context:
         json.dump(doc, self.out, indent=2, sort_keys=False)
         self.out.write("\n")
         self.dumped = True
+
+
+def _explained(exc: CacheError, settings: Settings) -> CommandError:
+    """A problem met while reading, with what to do about it, as one error to raise."""
+    from ..manage import advice
+
+    return CommandError(f"{_one_line(str(exc))} {advice(exc, settings)}")
 
 
 def _one_line(text: str) -> str:

@@ -10,8 +10,8 @@ import sys
 
 from .. import manage
 from ..doctor import Check, Level, doctor
-from ..errors import CacheError, CommandError, ConfigError
-from .common import PROG, _Context, _one_line
+from ..errors import CacheError, ConfigError
+from .common import PROG, _Context, _explained, _one_line
 
 
 def cmd_status(ctx: _Context) -> int:
@@ -61,13 +61,12 @@ def cmd_accounts(ctx: _Context) -> int:
     settings = ctx.settings()
     try:
         rows = manage.accounts(settings)
+    except ConfigError:
+        raise
     except CacheError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        fix = manage.advice(exc, settings)
         if not ctx.json:
-            raise CommandError(f"{_one_line(str(exc))} {fix}") from None
-        ctx.dump({"accounts": [], "problem": str(exc), "fix": fix})
+            raise _explained(exc, settings) from None
+        ctx.dump({"accounts": [], "problem": str(exc), "fix": manage.advice(exc, settings)})
         return 1
     if ctx.json:
         ctx.dump({"accounts": [r.as_dict() for r in rows]})

@@ -10,7 +10,7 @@ from typing import Optional
 from .. import crypto, manage
 from ..config import check_path
 from ..errors import CacheError, ConfigError
-from .common import CommandError, UsageError, _Context
+from .common import UsageError, _Context, _explained
 
 # -- export, generate-key ---------------------------------------------------------------------
 
@@ -24,10 +24,10 @@ def cmd_export(ctx: _Context) -> int:
     settings = ctx.settings()
     try:
         text = manage.export(settings)
+    except ConfigError:
+        raise
     except CacheError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise CommandError(f"{exc} {manage.advice(exc, settings)}") from None
+        raise _explained(exc, settings) from None
     if ctx.args.output:
         path = manage.write_private(ctx.args.output, text + "\n")
         ctx.err.write(f"Wrote the plaintext cache to {path} (mode 0600). Keep it safe.\n")
