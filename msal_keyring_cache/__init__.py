@@ -53,7 +53,9 @@ __all__ = [
     "UsageError",
     "__version__",
     "build_cache",
+    "doctor",
     "generate_key",
+    "manage",
 ]
 
 
@@ -91,11 +93,13 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in ("manage", "doctor"):  # maintenance modules: loaded on first use
+        return importlib.import_module(f"{__name__}.{name}")
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(home, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
