@@ -90,6 +90,25 @@ def _whole_seconds(raw: str) -> int:
     return value
 
 
+MAX_TTL = 10 * 365 * 24 * 3600
+
+
+def _ttl(raw: str) -> int:
+    """whole number of seconds (1 to 10 years)"""
+    value = _whole_seconds(raw)
+    if value > MAX_TTL:
+        raise _Invalid(f"expected at most {MAX_TTL} seconds (10 years)")
+    return value
+
+
+def _timeout(raw: str) -> float:
+    """number of seconds (> 0, at most 600)"""
+    value = _seconds(raw)
+    if not 0 < value <= 600:
+        raise _Invalid("expected a number of seconds > 0 and at most 600")
+    return value
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -233,34 +252,48 @@ class Settings:
         _flag,
         "Refuse weak protection: no generated key file beside the user's data.",
     )
-    redis_url: Optional[str] = _setting(
+    web_url: Optional[str] = _setting(
         None,
-        "REDIS_URL",
+        "WEB_URL",
         _text,
-        "Redis URL for per-user web caches (``redis://host:6379/0``, ``rediss://`` for TLS).",
+        "Store of the per-user web caches: ``redis://host:6379/0`` (``rediss://`` for TLS), "
+        "``sqlite:///PATH``, ``postgresql://user:password@host/db`` or another SQLAlchemy URL.",
+        secret=True,  # may hold a password: never shown
         cli=False,
     )
-    redis_prefix: str = _setting(
+    web_prefix: str = _setting(
         "msal-keyring-cache",
-        "REDIS_PREFIX",
+        "WEB_PREFIX",
         _text,
-        "Key prefix for per-user web caches in Redis.",
+        "Start of every record name of the per-user web caches; bound into every value.",
         cli=False,
     )
-    redis_ttl: int = _setting(
+    web_ttl: int = _setting(
         90 * 24 * 3600,
-        "REDIS_TTL",
-        _whole_seconds,
-        "Seconds a user's cache lives in Redis after its last write (default 90 days, "
-        "the lifetime of an idle refresh token).",
+        "WEB_TTL",
+        _ttl,
+        "Seconds a user's web cache lives after its last write (default 90 days, "
+        "the lifetime of an idle refresh token; at most 10 years).",
         cli=False,
     )
-    redis_timeout: float = _setting(
+    web_timeout: float = _setting(
         5.0,
-        "REDIS_TIMEOUT",
-        _seconds,
-        "Seconds to wait for Redis before raising ``StoreError``.",
+        "WEB_TIMEOUT",
+        _timeout,
+        "Seconds to wait for the web caches' store before raising ``StoreError``.",
         cli=False,
+    )
+    redis_url: Optional[str] = _setting(
+        None, "REDIS_URL", _text, "Old name of ``web_url``.", secret=True, cli=False
+    )
+    redis_prefix: Optional[str] = _setting(
+        None, "REDIS_PREFIX", _text, "Old name of ``web_prefix``.", cli=False
+    )
+    redis_ttl: Optional[int] = _setting(
+        None, "REDIS_TTL", _ttl, "Old name of ``web_ttl``.", cli=False
+    )
+    redis_timeout: Optional[float] = _setting(
+        None, "REDIS_TIMEOUT", _timeout, "Old name of ``web_timeout``.", cli=False
     )
 
     def __post_init__(self) -> None:
@@ -269,6 +302,10 @@ class Settings:
                 "Set only one of key, passphrase and key_file (environment: *_KEY, "
                 "*_PASSPHRASE, *_KEY_FILE): they are alternative ways to protect the file."
             )
+        for old, new in _ALIASES.items():  # redis_* are the old names of web_*
+            value = getattr(self, old)
+            if value is not None and getattr(self, new) == _DEFAULT_OF[new]:
+                object.__setattr__(self, new, value)
 
     @classmethod
     def resolve(
@@ -316,6 +353,11 @@ class Settings:
     def service(self) -> str:
         """The keyring service name in effect."""
         return self.keyring_service or self.app_name
+
+
+_ALIASES = {"redis_url": "web_url", "redis_prefix": "web_prefix", "redis_ttl": "web_ttl",
+            "redis_timeout": "web_timeout"}  # fmt: skip
+_DEFAULT_OF = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 
 def _check_prefix(prefix: str) -> str:
