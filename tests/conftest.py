@@ -13,7 +13,12 @@ import pytest
 from msal_keyring_cache import generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 
-pytest_plugins = ["tests.services_secret_service", "tests.services_redis"]
+pytest_plugins = [
+    "tests.services_secret_service",
+    "tests.services_redis",
+    "tests.services_postgres",
+    "tests.services_web",
+]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 ROOT = Path(__file__).resolve().parent.parent
