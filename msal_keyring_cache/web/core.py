@@ -90,7 +90,7 @@ class UserTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
 
     def __init__(self, state: Optional[dict[str, Any]] = None) -> None:
         super().__init__()
-        self._cache = _copy(state) if state else {}
+        self._cache = state if state is not None else {}  # owned from now on: not copied
         self.changed = False
 
     def add(self, event: Any, **kwargs: Any) -> None:
@@ -132,9 +132,15 @@ def _copy(state: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass
 class _Loaded:
     version: str  # of the primary name ("" when absent)
-    cache: dict[str, Any]
+    cache: dict[str, Any]  # handed to msal, which changes it
+    plain: bytes = b""  # the decrypted value: parsed again only for a merge
     legacy: Optional[str] = None  # name under an older key, to delete once saved
     rewrite: bool = False  # decrypted with an older key or found under an older name
+
+    def base(self) -> dict[str, Any]:
+        """What was loaded, as it was (msal has changed ``cache`` since)."""
+        payload = _payload(self.plain) if self.plain else None
+        return payload["c"] if payload else {}
 
 
 @dataclass(frozen=True)
@@ -412,7 +418,7 @@ class UserCaches:
         self.stats.add("loads")
         raw = session.get(slot)
         base = self._open_text(slot, raw, binding)
-        cache = UserTokenCache(base)
+        cache = UserTokenCache(_copy(base))  # msal changes its copy; base stays for a merge
         try:
             yield cache
         except BaseException:
@@ -487,19 +493,26 @@ class UserCaches:
                 if index:
                     continue
                 return _Loaded(record.version, {})
-            cache, old_key = self._open(name, record.value, user.binding)
+            cache, old_key, plain = self._decrypt(name, record.value, user.binding)
             if index:
-                return _Loaded("", cache or {}, legacy=name, rewrite=cache is not None)
-            return _Loaded(record.version, cache or {}, rewrite=old_key)
+                return _Loaded("", cache or {}, plain, legacy=name, rewrite=cache is not None)
+            return _Loaded(record.version, cache or {}, plain, rewrite=old_key)
         return _Loaded("", {})
 
     def _open(
         self, name: str, data: bytes, binding: str
     ) -> tuple[Optional[dict[str, Any]], bool]:
         """Decrypt and check a value: (cache or None if unusable, decrypted by an old key)."""
+        cache, old_key, _ = self._decrypt(name, data, binding)
+        return cache, old_key
+
+    def _decrypt(
+        self, name: str, data: bytes, binding: str
+    ) -> tuple[Optional[dict[str, Any]], bool, bytes]:
+        """(cache or None if unusable, decrypted by an old key, the plain text)."""
         if not data:
             self._unusable(name, "has no encrypted data")
-            return None, False
+            return None, False, b""
         plain, old_key = None, False
         for index, key in enumerate(self._keys.keys):
             try:
@@ -509,14 +522,11 @@ class UserCaches:
                 continue
         if plain is None:
             self._unusable(name, "does not decrypt with any configured key")
-            return None, False
-        try:
-            payload = json.loads(plain)
-        except (ValueError, RecursionError):
-            payload = None
-        if not isinstance(payload, dict) or not isinstance(payload.get("c"), dict):
+            return None, False, b""
+        payload = _payload(plain)
+        if payload is None:
             self._unusable(name, "does not hold a token cache")
-            return None, False
+            return None, False, b""
         if not hmac.compare_digest(str(payload.get("u", "")).encode(), binding.encode()):
             self.stats.add("refused")
             logger.warning(
@@ -524,8 +534,8 @@ class UserCaches:
                 "Treating this user's cache as empty; it is replaced on the next save.",
                 name,
             )
-            return None, False
-        return payload["c"], old_key
+            return None, False, b""
+        return payload["c"], old_key, plain
 
     def _open_text(self, slot: str, raw: Any, binding: str) -> dict[str, Any]:
         if raw is None:
@@ -551,6 +561,7 @@ class UserCaches:
 
     def _save(self, user: _User, loaded: _Loaded, mine: dict[str, Any]) -> None:
         name, version, target = user.names[0], loaded.version, mine
+        base: Optional[dict[str, Any]] = None
         for attempt in range(self.max_attempts):
             if self.backend.save(name, version, self._seal(user.binding, target), self.ttl):
                 self.stats.add("saves")
@@ -562,11 +573,13 @@ class UserCaches:
             # Another request of this user saved first: put our changes on top of theirs.
             self.stats.add("conflicts")
             time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # noqa: S311 - jitter
+            if base is None:
+                base = loaded.base()
             record = self.backend.load(name)
             version, theirs = _version(record), {}
             if record is not None and record.value is not None:
                 theirs = self._open(name, record.value, user.binding)[0] or {}
-            target = three_way_merge(loaded.cache, mine, theirs)
+            target = three_way_merge(base, mine, theirs)
         raise StoreError(
             f"Could not save a user's token cache after {self.max_attempts} attempts: other "
             "requests of the same user kept changing it at the same time. Retry the request; "
@@ -597,6 +610,17 @@ _KEY_HELP = (
     "UserCaches needs one or more Fernet keys (32 url-safe base64-encoded bytes each); "
     "make one with: msal-keyring-cache generate-key"
 )
+
+
+def _payload(plain: bytes) -> Optional[dict[str, Any]]:
+    """The ``{"u": …, "c": {…}}`` document in a decrypted value, or None."""
+    try:
+        payload = json.loads(plain)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("c"), dict):
+        return None
+    return payload
 
 
 def _version(record: Optional[Record]) -> str:

@@ -109,6 +109,11 @@ class SqlBackend(Backend):
         self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, OSError)
         self._created = False
         self._create_lock = threading.Lock()
+        # SQLite has one writer at a time: threads of this process queue here, in order,
+        # instead of in SQLite's busy handler, which sleeps up to 100 ms between tries.
+        self._write_lock: Optional[threading.Lock] = (
+            threading.Lock() if self.dialect == "sqlite" else None
+        )
         t, c = self.table, self.table.c
         self._select = sa.select(c.version, c.value, c.expires_at).where(
             c.name == sa.bindparam("n")
@@ -240,7 +245,10 @@ class SqlBackend(Backend):
         for attempt in (0, 1):
             try:
                 with self._auto.connect() as conn:
-                    return conn.execute(statement, params)
+                    if self._write_lock is None or statement is self._select:
+                        return conn.execute(statement, params)
+                    with self._write_lock:
+                        return conn.execute(statement, params)
             except self._errors as exc:
                 if integrity and type(exc).__name__ == "IntegrityError":
                     raise
