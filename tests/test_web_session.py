@@ -15,21 +15,9 @@ from msal_keyring_cache.web import UserCaches
 AT = msal.TokenCache.CredentialType.ACCESS_TOKEN
 
 
-class NoStore:
-    """for_session() never touches the store: any call here is a failure."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the store was used: {name}")
-
-
 @pytest.fixture
 def caches(key: str) -> UserCaches:
-    from msal_keyring_cache.web.base import Backend
-
-    class Nothing(Backend, NoStore):  # type: ignore[misc]
-        pass
-
-    return UserCaches(Nothing(), key=key, prefix="sess")
+    return UserCaches.in_sessions(key=key, prefix="sess")  # any use of a store: ConfigError
 
 
 def _sign_in(idp: LoopbackIdentityProvider, cache: Any, user: str, scope: str) -> None:
@@ -122,6 +110,13 @@ def test_signed_cookie_sessions_are_refused(caches: UserCaches) -> None:
         pass
     with pytest.raises(ConfigError, match="dict-like"), caches.for_session(42):  # type: ignore[arg-type]
         pass
+
+
+def test_session_only_caches_refuse_store_calls(caches: UserCaches) -> None:
+    with pytest.raises(ConfigError, match="in_sessions"), caches.for_user("x"):
+        pass
+    with pytest.raises(ConfigError, match="in_sessions"):
+        caches.delete_user("x")
 
 
 def test_server_side_session_classes_are_accepted(caches: UserCaches) -> None:

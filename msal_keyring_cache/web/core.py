@@ -319,6 +319,23 @@ class UserCaches:
         )
 
     @classmethod
+    def in_sessions(
+        cls, *, key: Keys, prefix: Optional[str] = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ) -> UserCaches:
+        """Caches kept only in server-side sessions (:meth:`for_session`); no store.
+
+        :meth:`for_user`, :meth:`delete_user` and the like then raise ``ConfigError``.
+        """
+        from .session import NoStore
+
+        return cls(
+            NoStore(),
+            key=key,
+            prefix=_DEFAULTS.web_prefix if prefix is None else prefix,
+            max_attempts=max_attempts,
+        )
+
+    @classmethod
     def from_env(
         cls,
         env_prefix: str = DEFAULT_ENV_PREFIX,

@@ -9,11 +9,12 @@ importing the web framework.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import ConfigError
+from .base import Backend, Record
 
-__all__ = ["check_server_side"]
+__all__ = ["NoStore", "check_server_side"]
 
 #: (module, class) of the session classes that live in a signed cookie.
 COOKIE_SESSIONS = {
@@ -25,6 +26,8 @@ COOKIE_SESSIONS = {
 
 def check_server_side(session: Any) -> None:
     """Raise :class:`~msal_keyring_cache.ConfigError` unless ``session`` can hold a cache."""
+    if type(session).__name__ == "LocalProxy":  # flask.session: check what it stands for
+        session = session._get_current_object()
     for cls in type(session).__mro__:
         if (cls.__module__, cls.__qualname__) in COOKIE_SESSIONS:
             raise ConfigError(
@@ -40,3 +43,30 @@ def check_server_side(session: Any) -> None:
         raise ConfigError(
             f"for_session() needs a dict-like session, not {type(session).__name__}"
         )
+
+
+class NoStore(Backend):
+    """The "store" of caches kept only in sessions: every use is a clear error."""
+
+    kind = "session"
+
+    def __repr__(self) -> str:
+        return "NoStore()"
+
+    def _refuse(self) -> ConfigError:
+        return ConfigError(
+            "These caches live in server-side sessions only (UserCaches.in_sessions): use "
+            "for_session(session, user_id); for for_user() build them with from_url()."
+        )
+
+    def load(self, name: str) -> Optional[Record]:
+        raise self._refuse()
+
+    def save(self, name: str, seen: str, value: bytes, ttl: int) -> bool:
+        raise self._refuse()
+
+    def delete(self, name: str) -> bool:
+        raise self._refuse()
+
+    def close(self) -> None:
+        pass
