@@ -260,3 +260,46 @@ def test_purge_runs_while_requests_run(tmp_path: Path, key: str) -> None:
     for i in range(20):  # every user ends with the entry of the last request, whatever ran first
         with caches.for_user(f"u{i}") as cache:
             assert "k2" in cache.state().get("AppMetadata", {})
+
+
+def test_web_purge_command(tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import io
+
+    from msal_keyring_cache.cli.web import add_web_purge
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    caches = UserCaches.from_url(url, key=key)
+    for user in ("a", "b", "c"):
+        caches.merge(user, '{"AppMetadata": {"k": {"client_id": "c"}}}')
+    conn = sqlite3.connect(tmp_path / "c.db")
+    conn.execute("UPDATE msal_keyring_cache SET expires_at = 0 WHERE name != ?",
+                 (caches.key_name("a"),))  # fmt: skip
+    conn.commit()
+    conn.close()
+    parser = argparse.ArgumentParser()
+    add_web_purge(parser.add_subparsers())
+    args = parser.parse_args(["web-purge", "--json"])
+    out = io.StringIO()
+
+    class Ctx:  # what the CLI's context gives a command
+        env_prefix = "MSAL_KEYRING_CACHE"
+        json = True
+
+        def dump(self, doc: Any) -> None:
+            import json
+
+            out.write(json.dumps(doc))
+
+        def print(self, text: str) -> None:
+            out.write(text)
+
+    monkeypatch.setenv("MSAL_KEYRING_CACHE_WEB_URL", url)
+    monkeypatch.setenv("MSAL_KEYRING_CACHE_KEY", key)
+    assert args.handler(Ctx()) == 0
+    import json
+
+    assert json.loads(out.getvalue())["purged"] == 2
+    assert {r[0] for r in sqlite3.connect(tmp_path / "c.db").execute(
+        "SELECT name FROM msal_keyring_cache")} == {caches.key_name("a")}  # fmt: skip
+    assert caches.purge_expired() == 0
