@@ -27,7 +27,7 @@ import secrets
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import msal
 
@@ -41,7 +41,7 @@ STATE: dict[str, Any] = {}
 class URLCONF:
     """The URL configuration (ROOT_URLCONF may be any object with ``urlpatterns``)."""
 
-    urlpatterns: list[Any] = []
+    urlpatterns: ClassVar[list[Any]] = []
 
 
 def _settings(secret_key: str) -> None:
@@ -135,7 +135,9 @@ def index(request: Any) -> Any:
     with _user_cache(request, user["id"]) as cache:
         client = _msal_app(cache)
         accounts = client.get_accounts()
-        result = client.acquire_token_silent(STATE["scopes"], account=accounts[0]) if accounts else None
+        result = (
+            client.acquire_token_silent(STATE["scopes"], account=accounts[0]) if accounts else None
+        )
     if not result or "access_token" not in result:
         request.session.pop("user", None)
         return JsonResponse({"signed_in": False, "error": "Sign in again", "login": "/login"},

@@ -84,6 +84,7 @@ def create_app(
         else:
             with caches.for_user(user_id) as cache:
                 yield cache
+
     if response_mode == "form_post":
         app.config.update(SESSION_COOKIE_SAMESITE="None", SESSION_COOKIE_SECURE=True)
     # msal caches discovery documents here, so a new msal app per request is cheap.

@@ -100,7 +100,8 @@ class PostgresServer:
         for _ in range(5):  # the free port may be taken between the check and the bind
             self.port = _free_port()
             args = [os.path.join(where, "postgres"), "-D", data, "-p", str(self.port),
-                    "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.workdir}",
+                    "-c", "listen_addresses=127.0.0.1",
+                    "-c", f"unix_socket_directories={self.workdir}",
                     "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200",
                     "-c", "logging_collector=off"]  # fmt: skip
             options: dict[str, Any] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import threading
 import uuid
@@ -13,10 +12,10 @@ from typing import Any
 import msal
 import pytest
 
-from msal_keyring_cache import ConfigError, StoreError, generate_key
+from msal_keyring_cache import ConfigError, StoreError
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches, three_way_merge
-from tests.conftest import PYTHON, ROOT, child_env
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.redis
 
@@ -47,8 +46,6 @@ def _stored(backend: Any, prefix: str) -> dict[str, dict[bytes, bytes]]:
         }
     finally:
         client.close()
-
-
 
 
 @pytest.mark.parametrize("damage", ["wrong-type", "no-data"])
@@ -183,7 +180,9 @@ def test_from_env_with_the_new_and_the_old_names(redis_server: Any, key: str, na
     with caches.for_user("x"):
         pass
     with pytest.raises(ConfigError) as caught:
-        UserCaches.from_env("MYAPP", environ={**env, f"MYAPP_{names}_URL": url.rsplit(":", 1)[0] + ":port/0"})
+        UserCaches.from_env(
+            "MYAPP", environ={**env, f"MYAPP_{names}_URL": url.rsplit(":", 1)[0] + ":port/0"}
+        )
     from msal_keyring_cache import Settings
 
     for shown in (repr(caches), str(caught.value), repr(Settings.resolve("MYAPP", env))):

@@ -109,8 +109,9 @@ def test_concurrent_processes_of_one_user_keep_every_token(
     prefix = _prefix()
     args = [web_store.url, "1" if web_store.cluster else "0", key, prefix, str(idp.port)]
     procs = [
-        subprocess.Popen([PYTHON, "-c", CHILD, *args, str(n)], env=child_env(), cwd=ROOT,
-                         stdout=subprocess.PIPE)  # fmt: skip
+        subprocess.Popen(
+            [PYTHON, "-c", CHILD, *args, str(n)], env=child_env(), cwd=ROOT, stdout=subprocess.PIPE
+        )
         for n in range(4)
     ]
     saves = 0
@@ -201,14 +202,20 @@ def test_a_value_copied_between_two_apps_sharing_a_key_is_refused(
 def test_a_token_acquired_in_a_block_that_raises_is_saved(
     caches: UserCaches, idp: LoopbackIdentityProvider
 ) -> None:
-    with pytest.raises(RuntimeError, match="after the token"), caches.for_user("dan") as cache:
-        _sign_in(idp, cache, "dan@example.com", "api://loopback/rotated")
-        raise RuntimeError("the request failed after the token was acquired")
+    def request() -> None:
+        with caches.for_user("dan") as cache:
+            _sign_in(idp, cache, "dan@example.com", "api://loopback/rotated")
+            raise RuntimeError("the request failed after the token was acquired")
+
+    with pytest.raises(RuntimeError, match="after the token"):
+        request()
     assert _scopes(caches, "dan") == {"api://loopback/rotated"}
     assert caches.stats.saves == 1
 
 
-def test_a_read_only_request_does_not_write(caches: UserCaches, idp: LoopbackIdentityProvider) -> None:
+def test_a_read_only_request_does_not_write(
+    caches: UserCaches, idp: LoopbackIdentityProvider
+) -> None:
     with caches.for_user("erin") as cache:
         _sign_in(idp, cache, "erin@example.com", "api://loopback/one")
     for _ in range(3):

@@ -93,9 +93,10 @@ def _user_id(client: Any) -> str:
 def _expire_access_tokens(web: Any, client: Any) -> None:
     user_id = _user_id(client)
     if web.store is None:
-        with client.session_transaction() as session, web.caches.for_session(
-            session, user_id
-        ) as cache:
+        with (
+            client.session_transaction() as session,
+            web.caches.for_session(session, user_id) as cache,
+        ):
             for at in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
                 cache.remove_at(at)
         return
@@ -166,7 +167,9 @@ def test_callback_with_wrong_state_is_refused(web: Any, idp: LoopbackIdentityPro
 
 
 @pytest.mark.parametrize("store", ["sqlite"], indirect=True)
-def test_form_post_sign_in(store: Any, idp: LoopbackIdentityProvider, key: str, tmp_path: Any) -> None:
+def test_form_post_sign_in(
+    store: Any, idp: LoopbackIdentityProvider, key: str, tmp_path: Any
+) -> None:
     web = _web(store, idp, key, tmp_path, response_mode="form_post")
     client = web.test_client()
     response = client.get("/login?user=zoe@example.com", base_url="https://localhost")
@@ -188,6 +191,6 @@ def test_signed_cookie_session_is_refused(key: str) -> None:
     app = Flask(__name__)
     app.secret_key = "k"
     caches = UserCaches.in_sessions(key=key)
-    with app.test_request_context("/"), pytest.raises(ConfigError, match="signed-cookie"):
-        with caches.for_session(session, "user"):
-            pass
+    refused = pytest.raises(ConfigError, match="signed-cookie")
+    with app.test_request_context("/"), refused, caches.for_session(session, "user"):
+        pass

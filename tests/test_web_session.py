@@ -84,9 +84,14 @@ def test_a_token_acquired_in_a_block_that_raises_is_kept(
     caches: UserCaches, idp: LoopbackIdentityProvider
 ) -> None:
     session: dict[str, Any] = {}
-    with pytest.raises(KeyError), caches.for_session(session) as cache:
-        _sign_in(idp, cache, "ned@example.com", "api://loopback/kept")
-        raise KeyError("later")
+
+    def request() -> None:
+        with caches.for_session(session) as cache:
+            _sign_in(idp, cache, "ned@example.com", "api://loopback/kept")
+            raise KeyError("later")
+
+    with pytest.raises(KeyError):
+        request()
     assert _scopes(caches, session) == {"api://loopback/kept"}
 
 

@@ -186,9 +186,8 @@ def test_postgres_row_lock_is_bounded_by_the_timeout(
                    (caches.key_name("lou"),))  # fmt: skip
     try:
         started = time.monotonic()
-        with pytest.raises(StoreError, match="timeout"):
-            with caches.for_user("lou") as cache:
-                _sign_in(idp, cache, "lou@example.com", "api://loopback/second")
+        with pytest.raises(StoreError, match="timeout"), caches.for_user("lou") as cache:
+            _sign_in(idp, cache, "lou@example.com", "api://loopback/second")
         assert time.monotonic() - started < 15  # lock_timeout = 1 s, plus slack
     finally:
         holder.rollback()
@@ -205,9 +204,9 @@ def test_postgres_password_never_shown(
 
     wrong = postgres_server.url.replace(PASSWORD, "hunter2-wrong")
     caches = UserCaches.from_url(wrong, key=key, timeout=2)
-    with caplog.at_level(logging.DEBUG), pytest.raises(StoreError) as caught:
-        with caches.for_user("x"):
-            pass
+    refused = pytest.raises(StoreError)
+    with caplog.at_level(logging.DEBUG), refused as caught, caches.for_user("x"):
+        pass
     assert "password authentication failed" in str(caught.value)
     good = UserCaches.from_url(postgres_server.url, key=key)
     for text in (str(caught.value), repr(caches), repr(good), caplog.text):

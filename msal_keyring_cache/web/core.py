@@ -516,9 +516,7 @@ class UserCaches:
             return _Loaded(record.version, cache or {}, plain, rewrite=old_key)
         return _Loaded("", {})
 
-    def _open(
-        self, name: str, data: bytes, binding: str
-    ) -> tuple[Optional[dict[str, Any]], bool]:
+    def _open(self, name: str, data: bytes, binding: str) -> tuple[Optional[dict[str, Any]], bool]:
         """Decrypt and check a value: (cache or None if unusable, decrypted by an old key)."""
         cache, old_key, _ = self._decrypt(name, data, binding)
         return cache, old_key
@@ -560,7 +558,9 @@ class UserCaches:
         if not isinstance(raw, str):
             self._unusable(f"session entry {slot!r}", "is not a token cache")
             return {}
-        return self._open(f"session entry {slot!r}", raw.encode("ascii", "replace"), binding)[0] or {}
+        return (
+            self._open(f"session entry {slot!r}", raw.encode("ascii", "replace"), binding)[0] or {}
+        )
 
     def _unusable(self, name: str, why: str) -> None:
         self.stats.add("corrupt")

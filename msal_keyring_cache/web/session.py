@@ -40,9 +40,7 @@ def check_server_side(session: Any) -> None:
     if not isinstance(session, MutableMapping) and not all(
         hasattr(session, name) for name in ("get", "__getitem__", "__setitem__")
     ):
-        raise ConfigError(
-            f"for_session() needs a dict-like session, not {type(session).__name__}"
-        )
+        raise ConfigError(f"for_session() needs a dict-like session, not {type(session).__name__}")
 
 
 class NoStore(Backend):

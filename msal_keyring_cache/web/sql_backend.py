@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Callable, ClassVar, Optional, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
 from ..errors import ConfigError, StoreError
 from .base import Backend, Record, redact
@@ -84,10 +84,10 @@ def ddl(dialect: str = "postgresql", table: Optional[str] = None) -> str:
 
     try:
         dialect_cls = sa.dialects.registry.load(dialect)
-    except Exception:  # noqa: BLE001 - any failure: an unknown dialect name
+    except Exception:
         raise ConfigError(f"Unknown SQL dialect {dialect!r}") from None
     t = define_table(sa.MetaData(), table)
-    statements = [CreateTable(t), *(CreateIndex(i) for i in t.indexes)]
+    statements: list[Any] = [CreateTable(t), *(CreateIndex(i) for i in t.indexes)]
     return "".join(f"{str(s.compile(dialect=dialect_cls())).strip()};\n" for s in statements)
 
 
@@ -134,7 +134,7 @@ class SqlBackend(Backend):
         _check_table(table)
         try:
             parsed = sa.engine.make_url(url)
-        except Exception:  # noqa: BLE001 - ArgumentError, ValueError: the message may quote it
+        except Exception:
             raise ConfigError(
                 "The SQL URL is not valid: expected dialect://user:password@host:port/db "
                 "(e.g. postgresql://…, sqlite:///PATH)"
@@ -168,7 +168,7 @@ class SqlBackend(Backend):
                 f"The database driver for {backend} is not installed ({exc.name or 'a module'}); "
                 'for PostgreSQL: pip install "msal-keyring-cache[postgres]"'
             ) from None
-        except Exception as exc:  # noqa: BLE001 - ArgumentError and the like
+        except Exception as exc:
             raise ConfigError(
                 f"The SQL URL cannot be used: {type(exc).__name__}: {_short(exc)}"
             ) from None
@@ -197,7 +197,7 @@ class SqlBackend(Backend):
         if not seen:
             params = {"name": name, "version": 1, "value": value, "expires_at": expires}
             if self._insert_ignores:
-                return self._run(what, self._insert, params).rowcount == 1
+                return bool(self._run(what, self._insert, params).rowcount == 1)
             sa = _sa()
             try:
                 self._run(what, self._insert, params, integrity=True)
@@ -209,10 +209,11 @@ class SqlBackend(Backend):
         except ValueError:
             return False  # not a version of ours: reload
         params = {"n": name, "seen": seen_number, "v": value, "e": expires}
-        return self._run(what, self._update, params).rowcount == 1
+        return bool(self._run(what, self._update, params).rowcount == 1)
 
     def delete(self, name: str) -> bool:
-        return self._run("deleting a user's token cache", self._delete, {"n": name}).rowcount > 0
+        result = self._run("deleting a user's token cache", self._delete, {"n": name})
+        return bool(result.rowcount > 0)
 
     def purge_expired(self) -> int:
         result = self._run("purging expired token caches", self._purge, {"now": int(time.time())})
