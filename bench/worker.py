@@ -38,7 +38,7 @@ def http_client(port: int) -> Any:
 
     name = "_bench_loopback"
     if name not in sys.modules:
-        path = os.path.join(ROOT, "msal_keyring_cache", "testing.py")
+        path = os.path.join(ROOT, "msal_keyring_cache", "testing", "idp.py")
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None
         assert spec.loader is not None

@@ -167,7 +167,7 @@ def require_sql(*modules: str) -> None:
     """SQLAlchemy (and ``modules``) importable, else skip — or fail under CI=true."""
     import importlib
 
-    from tests.conftest import require
+    from tests.helpers import require
 
     for module in ("sqlalchemy", *modules):
         try:
@@ -177,7 +177,7 @@ def require_sql(*modules: str) -> None:
 
 
 def require_postgres() -> None:
-    from tests.conftest import require
+    from tests.helpers import require
 
     require(bin_dir() is not None, "PostgreSQL (initdb) is not installed")
     require_sql("psycopg")

@@ -15,7 +15,7 @@ import pytest
 from msal_keyring_cache import ConfigError, StoreError
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches, three_way_merge
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.redis
 

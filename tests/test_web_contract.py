@@ -22,7 +22,7 @@ import pytest
 from msal_keyring_cache import StoreError, generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches
-from tests.conftest import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, child_env
 from tests.services_web import WebStore
 
 AT = msal.TokenCache.CredentialType.ACCESS_TOKEN

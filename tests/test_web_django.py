@@ -12,7 +12,7 @@ import pytest
 
 from msal_keyring_cache.testing import DEFAULT_CLIENT_ID, LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches
-from tests.conftest import ROOT, require
+from tests.helpers import ROOT, require
 
 STORES = [pytest.param("redis", marks=pytest.mark.redis), "sqlite", "session"]
 

@@ -10,7 +10,7 @@ import msal
 import pytest
 
 from msal_keyring_cache.testing import DEFAULT_CLIENT_ID, LoopbackIdentityProvider
-from tests.conftest import ROOT, require
+from tests.helpers import ROOT, require
 
 STORES = [
     pytest.param("redis", marks=pytest.mark.redis),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, child_env
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from msal_keyring_cache import ConfigError, StoreError
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches
 from msal_keyring_cache.web.sql_backend import ddl, define_table
-from tests.conftest import PYTHON, child_env
+from tests.helpers import PYTHON, child_env
 from tests.services_postgres import require_sql
 
 AT = msal.TokenCache.CredentialType.ACCESS_TOKEN

@@ -42,8 +42,8 @@ from typing import Any, Optional, Union
 import msal
 
 from ..config import DEFAULT_ENV_PREFIX, Settings
-from ..crypto import CorruptCacheError, FernetKeys, decrypt_record, encrypt_record
-from ..errors import CacheError, ConfigError, StoreError
+from ..crypto import FernetKeys, decrypt_record, encrypt_record
+from ..errors import CacheError, ConfigError, CorruptCacheError, StoreError
 from .base import Backend, Record
 from .session import check_server_side
 
