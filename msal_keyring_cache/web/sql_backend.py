@@ -88,7 +88,8 @@ def ddl(dialect: str = "postgresql", table: Optional[str] = None) -> str:
         raise ConfigError(f"Unknown SQL dialect {dialect!r}") from None
     t = define_table(sa.MetaData(), table)
     statements: list[Any] = [CreateTable(t), *(CreateIndex(i) for i in t.indexes)]
-    return "".join(f"{str(s.compile(dialect=dialect_cls())).strip()};\n" for s in statements)
+    text = (str(s.compile(dialect=dialect_cls())).strip() for s in statements)
+    return "".join("\n".join(line.rstrip() for line in t.splitlines()) + ";\n" for t in text)
 
 
 class SqlBackend(Backend):
