@@ -127,6 +127,14 @@ class SqlBackend(Backend):
         self._delete = t.delete().where(c.name == sa.bindparam("n"))
         self._purge = t.delete().where(c.expires_at <= sa.bindparam("now"))
         self._insert, self._insert_ignores = _insert(t, self.dialect)
+        self._fast: dict[int, _Fast] = {}
+        if own:  # our engine, autocommit on every connection: skip SQLAlchemy's execute path
+            self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
+            columns = ["name", "version", "value", "expires_at"]
+            for stmt in (self._select, self._update, self._delete, self._purge):
+                self._fast[id(stmt)] = _Fast(stmt, engine.dialect)
+            if self._insert_ignores:
+                self._fast[id(self._insert)] = _Fast(self._insert, engine.dialect, columns)
 
     @classmethod
     def connect(cls, url: str, timeout: float, table: Optional[str]) -> SqlBackend:
@@ -140,7 +148,11 @@ class SqlBackend(Backend):
                 "The SQL URL is not valid: expected dialect://user:password@host:port/db "
                 "(e.g. postgresql://…, sqlite:///PATH)"
             ) from None
-        options: dict[str, Any] = {"pool_pre_ping": False, "pool_reset_on_return": None}
+        options: dict[str, Any] = {
+            "pool_pre_ping": False,
+            "pool_reset_on_return": None,
+            "isolation_level": "AUTOCOMMIT",  # each statement is atomic on its own
+        }
         backend = parsed.get_backend_name()
         if backend == "postgresql":
             if parsed.drivername in ("postgresql", "postgres"):
@@ -184,7 +196,7 @@ class SqlBackend(Backend):
     # -- the protocol ----------------------------------------------------------------------
 
     def load(self, name: str) -> Optional[Record]:
-        row = self._run("loading a user's token cache", self._select, {"n": name}).first()
+        row = self._run("loading a user's token cache", self._select, {"n": name}, fetch=True)
         if row is None:
             return None
         version, value, expires = row
@@ -198,7 +210,7 @@ class SqlBackend(Backend):
         if not seen:
             params = {"name": name, "version": 1, "value": value, "expires_at": expires}
             if self._insert_ignores:
-                return bool(self._run(what, self._insert, params).rowcount == 1)
+                return bool(self._run(what, self._insert, params) == 1)
             sa = _sa()
             try:
                 self._run(what, self._insert, params, integrity=True)
@@ -210,15 +222,14 @@ class SqlBackend(Backend):
         except ValueError:
             return False  # not a version of ours: reload
         params = {"n": name, "seen": seen_number, "v": value, "e": expires}
-        return bool(self._run(what, self._update, params).rowcount == 1)
+        return bool(self._run(what, self._update, params) == 1)
 
     def delete(self, name: str) -> bool:
-        result = self._run("deleting a user's token cache", self._delete, {"n": name})
-        return bool(result.rowcount > 0)
+        return bool(self._run("deleting a user's token cache", self._delete, {"n": name}) > 0)
 
     def purge_expired(self) -> int:
-        result = self._run("purging expired token caches", self._purge, {"now": int(time.time())})
-        return int(result.rowcount or 0)
+        count = self._run("purging expired token caches", self._purge, {"now": int(time.time())})
+        return int(count or 0)
 
     def close(self) -> None:
         if self._own:
@@ -241,16 +252,18 @@ class SqlBackend(Backend):
             self._created = True
 
     def _run(self, what: str, statement: Any, params: dict[str, Any], *,
-             integrity: bool = False) -> Any:  # fmt: skip
+             fetch: bool = False, integrity: bool = False) -> Any:  # fmt: skip
+        """The first row (``fetch``) or the row count of ``statement``; StoreError on failure."""
         if not self._created:
             self._ensure_table()
+        lock = None if statement is self._select else self._write_lock
+        fast = self._fast.get(id(statement))
         for attempt in (0, 1):
             try:
-                with self._auto.connect() as conn:
-                    if self._write_lock is None or statement is self._select:
-                        return conn.execute(statement, params)
-                    with self._write_lock:
-                        return conn.execute(statement, params)
+                if lock is not None:
+                    with lock:
+                        return self._execute(statement, fast, params, fetch)
+                return self._execute(statement, fast, params, fetch)
             except self._errors as exc:
                 if integrity and type(exc).__name__ == "IntegrityError":
                     raise
@@ -262,6 +275,13 @@ class SqlBackend(Backend):
                 raise self._error(what, exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _execute(self, statement: Any, fast: Any, params: dict[str, Any], fetch: bool) -> Any:
+        if fast is None:  # an app's engine: through SQLAlchemy, with its settings
+            with self._auto.connect() as conn:
+                result = conn.execute(statement, params)
+                return result.first() if fetch else result.rowcount
+        return fast.run(self.engine, params, fetch)
+
     def _error(self, what: str, exc: BaseException) -> StoreError:
         cause = getattr(exc, "orig", None) or exc
         logger.debug("SQL call failed while %s: %s", what, type(cause).__name__)
@@ -270,6 +290,40 @@ class SqlBackend(Backend):
             f"{_short(cause)}. Check that the database is running and reachable; the request "
             "was not served from a stale or empty cache."
         )
+
+
+class _Fast:
+    """A statement compiled once, run on a pooled DBAPI connection directly.
+
+    The profile of a load+save showed SQLAlchemy's execute path (events, result objects)
+    costing more CPU than SQLite itself; the pool, the dialect's SQL and its disconnect
+    detection are still SQLAlchemy's.
+    """
+
+    def __init__(self, statement: Any, dialect: Any, keys: Optional[list[str]] = None) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=keys)
+        self.sql = str(compiled)
+        self.order = list(compiled.positiontup or []) if compiled.positional else None
+        self.defaults = {k: v for k, v in compiled.params.items() if v is not None}
+
+    def run(self, engine: Any, params: dict[str, Any], fetch: bool) -> Any:
+        values = {**self.defaults, **params}
+        args: Any = tuple(values[k] for k in self.order) if self.order is not None else values
+        conn = engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self.sql, args)
+                return cursor.fetchone() if fetch else cursor.rowcount
+            finally:
+                cursor.close()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, conn.dbapi_connection, None):
+                conn.invalidate()  # never handed out again
+                exc.connection_invalidated = True  # type: ignore[attr-defined]
+            raise
+        finally:
+            conn.close()  # back to the pool (or discarded, if invalidated)
 
 
 def _insert(table: Any, dialect: str) -> tuple[Any, bool]:
