@@ -320,7 +320,7 @@ class _Fast:
         except engine.dialect.loaded_dbapi.Error as exc:
             if engine.dialect.is_disconnect(exc, conn.dbapi_connection, None):
                 conn.invalidate()  # never handed out again
-                exc.connection_invalidated = True  # type: ignore[attr-defined]
+                exc.connection_invalidated = True
             raise
         finally:
             conn.close()  # back to the pool (or discarded, if invalidated)
