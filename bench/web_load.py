@@ -275,7 +275,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"| {r['store']} | {r['workers']} × {r['threads']} | {r['requests_per_s']:,.0f} "
                   f"| {r['load_save_p50_ms']} | {r['load_save_p99_ms']} "
                   f"| {r['worker_cpu_ms_per_request']} | {r['conflicts_merged']} "
-                  f"| {r['lost_updates']} | {r['errors']} | {r['machine_load_1min']} |")  # fmt: skip
+                  f"| {r['lost_updates']} | {r['errors']} "
+                  f"| {r['machine_load_1min']} |")  # fmt: skip
     if any(r["lost_updates"] or r["errors"] for r in rows):
         return 1
     return 2 if any(r["stopped_early"] for r in rows) else 0
