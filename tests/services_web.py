@@ -155,18 +155,23 @@ class WebStore:
 @pytest.fixture(params=STORES)
 def web_store(request: pytest.FixtureRequest, tmp_path: Path) -> WebStore:
     """The shared web-cache behaviour runs once per store."""
+    return make_web_store(request.param, request, tmp_path)
+
+
+def make_web_store(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> WebStore:
+    """A :class:`WebStore` of kind ``name`` (session servers come from ``request``)."""
     from tests.services_redis import RedisBackend
 
-    if request.param in ("redis", "cluster"):
-        if request.param == "cluster":
+    if name in ("redis", "cluster"):
+        if name == "cluster":
             cluster = request.getfixturevalue("redis_cluster")
             backend = RedisBackend("cluster", cluster.url, True)
             backend.nodes = [n.url for n in cluster.nodes]  # type: ignore[attr-defined]
         else:
             server = request.getfixturevalue("redis_server")
             backend = RedisBackend("standalone", server.url, False)
-        return WebStore(request.param, backend.url, backend.cluster, redis=backend)
-    if request.param == "postgresql":
+        return WebStore(name, backend.url, backend.cluster, redis=backend)
+    if name == "postgresql":
         server = request.getfixturevalue("postgres_server")
         store = WebStore("postgresql", server.url, postgres=server)
         store.execute("DROP TABLE IF EXISTS msal_keyring_cache")  # each test starts empty

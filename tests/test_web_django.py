@@ -41,9 +41,9 @@ def web(request: pytest.FixtureRequest, idp: LoopbackIdentityProvider, key: str)
     if request.param == "session":
         caches = UserCaches.in_sessions(key=key, prefix=prefix)
     else:
-        from tests import services_web
+        from tests.services_web import make_web_store
 
-        store = services_web.web_store.__wrapped__(request, request.getfixturevalue("tmp_path"))  # type: ignore[attr-defined]
+        store = make_web_store(request.param, request, request.getfixturevalue("tmp_path"))
         caches = store.caches(key, prefix=prefix)
     example.create_app(
         caches,

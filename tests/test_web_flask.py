@@ -39,9 +39,9 @@ def store(request: pytest.FixtureRequest) -> Optional[Any]:
     """The WebStore of tests/services_web.py, or None for server-side sessions."""
     if request.param == "session":
         return None
-    from tests import services_web
+    from tests.services_web import make_web_store
 
-    return services_web.web_store.__wrapped__(request, request.getfixturevalue("tmp_path"))  # type: ignore[attr-defined]
+    return make_web_store(request.param, request, request.getfixturevalue("tmp_path"))
 
 
 @pytest.fixture
