@@ -160,6 +160,12 @@ class SqlBackend(Backend):
             ms = int(timeout * 1000)
             options["connect_args"] = {
                 "connect_timeout": max(2, int(timeout + 0.999)),  # libpq: whole seconds, >= 2
+                # A server host that went away: keepalives and unacknowledged data time out.
+                "keepalives": 1,
+                "keepalives_idle": max(1, int(timeout)),
+                "keepalives_interval": 1,
+                "keepalives_count": 3,
+                "tcp_user_timeout": ms,
                 "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
                 f"-c idle_in_transaction_session_timeout={max(ms, 1000)}",
             }
