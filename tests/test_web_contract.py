@@ -23,7 +23,7 @@ from msal_keyring_cache import StoreError, generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches
 from tests.helpers import PYTHON, ROOT, child_env
-from tests.services_web import WebStore
+from tests.services_web import STORES, WebStore
 
 AT = msal.TokenCache.CredentialType.ACCESS_TOKEN
 ACCOUNT = msal.TokenCache.CredentialType.ACCOUNT
@@ -286,11 +286,13 @@ def test_key_rotation_re_encrypts_and_moves_on_next_use(
         made.close()
 
 
+SERVERS = [p for p in STORES if getattr(p, "values", [p])[0] != "sqlite"]
+
+
+@pytest.mark.parametrize("web_store", SERVERS, indirect=True)  # SQLite: test_web_sql.py
 def test_connections_killed_between_load_and_save_lose_nothing(
     web_store: WebStore, caches: UserCaches, idp: LoopbackIdentityProvider
 ) -> None:
-    if not (web_store.redis or web_store.postgres):
-        pytest.skip("SQLite has no server connections (see test_web_sql: a killed writer)")
     with caches.for_user("ken") as cache:
         _sign_in(idp, cache, "ken@example.com", "api://loopback/before")
     with caches.for_user("ken") as cache:
