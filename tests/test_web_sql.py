@@ -302,3 +302,34 @@ def test_web_purge_command(tmp_path: Path, key: str, monkeypatch: pytest.MonkeyP
     assert {r[0] for r in sqlite3.connect(tmp_path / "c.db").execute(
         "SELECT name FROM msal_keyring_cache")} == {caches.key_name("a")}  # fmt: skip
     assert caches.purge_expired() == 0
+
+
+def test_one_statement_to_load_and_one_to_save(
+    tmp_path: Path, key: str, idp: LoopbackIdentityProvider
+) -> None:
+    import sqlalchemy as sa
+
+    caches = UserCaches.from_url(f"sqlite:///{tmp_path / 's.db'}", key=key, prefix="count")
+    statements: list[str] = []
+
+    @sa.event.listens_for(caches.backend.engine, "connect")  # type: ignore[attr-defined]
+    def trace(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.set_trace_callback(statements.append)  # what SQLite itself runs
+
+    caches.backend.engine.dispose()  # new connections: traced from the start
+    with caches.for_user("sam") as cache:  # table creation happens here: not counted
+        _sign_in(idp, cache, "sam@example.com", "api://loopback/one")
+    statements.clear()
+    with caches.for_user("sam") as cache:
+        _sign_in(idp, cache, "sam@example.com", "api://loopback/two")
+    kinds = [s.split()[0].upper() for s in statements]
+    assert kinds == ["SELECT", "UPDATE"]  # autocommit: no BEGIN/COMMIT round trips
+    statements.clear()
+    with caches.for_user("sam") as cache:  # read-only request
+        assert len(list(cache.search(AT))) == 2
+    assert [s.split()[0].upper() for s in statements] == ["SELECT"]
+    statements.clear()
+    with caches.for_user("new-user") as cache:
+        _sign_in(idp, cache, "new@example.com", "api://loopback/new")
+    assert [s.split()[0].upper() for s in statements] == ["SELECT", "INSERT"]
+    caches.close()
