@@ -333,3 +333,51 @@ def test_one_statement_to_load_and_one_to_save(
         _sign_in(idp, cache, "new@example.com", "api://loopback/new")
     assert [s.split()[0].upper() for s in statements] == ["SELECT", "INSERT"]
     caches.close()
+
+
+@pytest.mark.postgres
+def test_a_frozen_postgres_server_is_a_store_error_within_the_timeout(
+    postgres_launcher: Any, key: str, idp: LoopbackIdentityProvider
+) -> None:
+    server = postgres_launcher()
+    caches = UserCaches.from_url(server.url, key=key, prefix="frozen", timeout=1)
+    with caches.for_user("fay") as cache:  # connected, table made
+        _sign_in(idp, cache, "fay@example.com", "api://loopback/before")
+    frozen = [server.process.pid, *_children(server.process.pid)]
+    for pid in frozen:  # alive, connections open, answering nothing
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        outcome: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                with caches.for_user("fay"):
+                    pass
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        thread.join(30)  # the bound: a couple of timeouts (one retry on a fresh connection)
+        assert not thread.is_alive(), "the request hung"
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], StoreError)
+        assert "did not answer" in str(outcome[0]) or "timeout" in str(outcome[0])
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert _scopes(caches, "fay") == {"api://loopback/before"}  # fine again once it answers
+    caches.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found

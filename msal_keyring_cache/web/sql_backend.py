@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, ClassVar, Optional, TypeVar
+from typing import Any, Callable, ClassVar, Optional, TypeVar
 
 from ..errors import ConfigError, StoreError
 from .base import Backend, Record, redact
@@ -193,6 +193,10 @@ class SqlBackend(Backend):
             ) from None
         if backend == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
+        if parsed.drivername == "postgresql+psycopg":
+            bounded = _bounded_psycopg(timeout)
+            if bounded is not None:
+                sa.event.listen(engine, "do_connect", bounded)
         return cls(engine, table=table, own=True)
 
     def __repr__(self) -> str:
@@ -343,6 +347,42 @@ def _insert(table: Any, dialect: str) -> tuple[Any, bool]:
 
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=["name"]), True
     return table.insert(), False
+
+
+def _bounded_psycopg(timeout: float) -> Optional[Callable[..., Any]]:
+    """A ``do_connect`` hook making psycopg connections that wait at most ``timeout``.
+
+    libpq has no client-side query timeout: a server that accepts the connection and then
+    freezes would keep a request waiting for ever (the statement timeout runs on the
+    server). psycopg's ``Connection.wait`` takes a timeout (3.2+); past it the connection
+    is closed, so the pool drops it, and the call fails.
+    """
+    import inspect
+
+    import psycopg
+
+    if "timeout" not in inspect.signature(psycopg.Connection.wait).parameters:
+        return None  # an older psycopg: only the server-side timeouts apply
+    wait_timeout: Optional[type[BaseException]] = getattr(psycopg.errors, "_WaitTimeout", None)
+    if wait_timeout is None:
+        return None
+    timed_out: type[BaseException] = wait_timeout
+    limit = timeout
+
+    class Bounded(psycopg.Connection):
+        def wait(self, gen: Any, interval: float = 0.1, timeout: Optional[float] = None) -> Any:
+            try:
+                return super().wait(gen, interval=interval, timeout=timeout or limit)
+            except timed_out:
+                self.close()
+                raise psycopg.OperationalError(
+                    f"the server did not answer within {limit:g} s"
+                ) from None
+
+    def connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return Bounded.connect(*cargs, **cparams)
+
+    return connect
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
