@@ -354,8 +354,8 @@ def _bounded_psycopg(timeout: float) -> Optional[Callable[..., Any]]:
 
     libpq has no client-side query timeout: a server that accepts the connection and then
     freezes would keep a request waiting for ever (the statement timeout runs on the
-    server). psycopg's ``Connection.wait`` takes a timeout (3.2+); past it the connection
-    is closed, so the pool drops it, and the call fails.
+    server). psycopg's ``Connection.wait`` takes a timeout (3.2+); past twice ``timeout``
+    the connection is closed, so the pool drops it, and the call fails.
     """
     import inspect
 
@@ -367,7 +367,7 @@ def _bounded_psycopg(timeout: float) -> Optional[Callable[..., Any]]:
     if wait_timeout is None:
         return None
     timed_out: type[BaseException] = wait_timeout
-    limit = timeout
+    limit = 2 * timeout  # after the server's own timeouts, whose errors say more
 
     class Bounded(psycopg.Connection):
         def wait(self, gen: Any, interval: float = 0.1, timeout: Optional[float] = None) -> Any:
