@@ -189,7 +189,7 @@ def test_from_env_with_the_new_and_the_old_names(redis_server: Any, key: str, na
     for shown in (repr(caches), str(caught.value), repr(Settings.resolve("MYAPP", env))):
         assert "hunter2" not in shown
     bad = {**env, f"MYAPP_{names}_TTL": "99999999999999999999"}
-    with pytest.raises(ConfigError, match="10 years"):
+    with pytest.raises(ConfigError, match="315360000"):
         UserCaches.from_env("MYAPP", environ=bad)
 
 

@@ -16,11 +16,10 @@ A backend turns every failure of its server into :class:`~msal_keyring_cache.Sto
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-__all__ = ["Backend", "Record", "redact"]
+__all__ = ["Backend", "Record"]
 
 
 @dataclass(frozen=True)
@@ -62,11 +61,3 @@ class Backend:
     def close(self) -> None:  # pragma: no cover - abstract
         """Release connections."""
         raise NotImplementedError
-
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """``text`` with the user name and password of every URL in it replaced by ``***``."""
-    return _USERINFO.sub("***@", text)

@@ -12,8 +12,9 @@ import logging
 import secrets
 from typing import Any, Callable, ClassVar, Optional, TypeVar
 
+from ..config import redact
 from ..errors import ConfigError, StoreError
-from .base import Backend, Record, redact
+from .base import Backend, Record
 
 __all__ = ["RedisBackend"]
 

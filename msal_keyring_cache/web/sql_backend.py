@@ -24,8 +24,9 @@ import threading
 import time
 from typing import Any, Callable, ClassVar, Optional, TypeVar
 
+from ..config import redact
 from ..errors import ConfigError, StoreError
-from .base import Backend, Record, redact
+from .base import Backend, Record
 
 __all__ = ["DEFAULT_TABLE", "SqlBackend", "ddl", "define_table"]
 
