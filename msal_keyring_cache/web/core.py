@@ -41,7 +41,7 @@ from typing import Any, Optional, Union
 
 import msal
 
-from ..config import DEFAULT_ENV_PREFIX, Settings
+from ..config import DEFAULT_ENV_PREFIX, MAX_TTL, Settings
 from ..crypto import FernetKeys, decrypt_record, encrypt_record
 from ..errors import CacheError, ConfigError, CorruptCacheError, StoreError
 from .base import Backend, Record
@@ -54,8 +54,6 @@ logger = logging.getLogger("msal_keyring_cache.web")
 _DEFAULTS = Settings()
 #: Attempts of the compare-and-set loop before giving up with StoreError.
 DEFAULT_MAX_ATTEMPTS = 50
-#: Longest TTL accepted (10 years): longer ones overflow some stores' expiry arithmetic.
-MAX_TTL = 10 * 365 * 24 * 3600
 #: Longest timeout accepted (seconds): a web request must not wait longer for its tokens.
 MAX_TIMEOUT = 600.0
 MAX_PREFIX = 64
