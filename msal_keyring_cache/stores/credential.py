@@ -36,6 +36,7 @@ Which store ``backend="auto"`` picks, and the envelope key, are the factory's bu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,7 +50,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from ..crypto import Protection
 from ..errors import ConfigError, CorruptCacheError, KeyringTimeoutError, StoreError
-from ..files import atomic_write, read_file_keep_open
+from ..files import atomic_write, check_not_symlink, ensure_private_dir, read_file_keep_open
 from ..locking import CrossProcessLock, FileIdentity
 from .base import Description, Store
 from .keyring_backend import REMEMBERED, bounded, qualname, resolve_backend, too_large, translate
@@ -143,6 +144,37 @@ def format_manifest(gen: str, count: int, digest: str) -> str:
     return _MANIFEST + json.dumps(
         {"gen": gen, "count": count, "sha256": digest}, separators=(",", ":")
     )
+
+
+def _replace(path: str, blob: bytes) -> int:
+    """Replace a small file atomically (0600) without fsync; a descriptor open on it."""
+    directory = os.path.dirname(path) or "."
+    ensure_private_dir(directory)
+    check_not_symlink(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(tmp, flags | getattr(os, "O_BINARY", 0), 0o600)
+        try:
+            os.write(fd, blob)  # ~200 bytes: one write
+            if os.name != "posix":  # Windows cannot rename a file that is open
+                os.close(fd)
+                fd = -1
+            os.replace(tmp, path)
+            if fd < 0:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise StoreError(
+            f"Cannot write {path}: {exc.strerror}. Check free disk space and the directory's "
+            "permissions."
+        ) from None
+    return fd
 
 
 def _is_cache_text(text: str) -> bool:
@@ -449,7 +481,14 @@ class KeyringStore(Store):
             self._learnt = doc["limit"]
         return doc
 
-    def _write_stamp(self, gens: list[str], aside: list[str]) -> None:
+    def _write_stamp(self, gens: list[str], aside: list[str], *, durable: bool = False) -> None:
+        """Replace the stamp (under the lock); ``durable``: fsync it (chunked pre-records).
+
+        A plain save's stamp is a change marker for running processes and a hint for new
+        ones, so it is replaced atomically but not fsynced (a power loss costs at most one
+        backend rediscovery); the record of a chunked save's new generation is fsynced
+        before its first chunk, so :meth:`clear` finds orphans even after a power loss.
+        """
         doc: dict[str, Any] = {
             "format": _STAMP_FORMAT,
             "write": secrets.token_hex(8),
@@ -462,7 +501,7 @@ class KeyringStore(Store):
         if aside:
             doc["aside"] = aside[-_MAX_LISTED:]
         blob = json.dumps(doc, separators=(",", ":")).encode()
-        fd = atomic_write(self.stamp_path, blob)
+        fd = atomic_write(self.stamp_path, blob) if durable else _replace(self.stamp_path, blob)
         self._identity.remember(fd, blob)
 
     # -- Store protocol ----------------------------------------------------------------
@@ -557,7 +596,7 @@ class KeyringStore(Store):
             name = f"{self.account}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
             name += f"-{secrets.token_hex(3)}"
             aside.append(name)
-            self._write_stamp(gens, aside)  # listed before it exists: clear finds it
+            self._write_stamp(gens, aside, durable=True)  # listed first: clear finds it
             self._set(self.service, damaged.value, account=name)
             manifest = parse_manifest(damaged.value)
             if manifest is not None and manifest[0] not in gens:
@@ -637,7 +676,7 @@ class KeyringStore(Store):
         while True:
             gen = secrets.token_hex(4)
             # Listed before any chunk exists: a save killed midway leaves nothing clear misses.
-            self._write_stamp([*gens, gen], aside)
+            self._write_stamp([*gens, gen], aside, durable=True)
             parts = [text[i : i + limit] for i in range(0, len(text), limit)]
             refused = None
             for index, part in enumerate(parts):

@@ -86,11 +86,12 @@ class DirectSecretService:
         )
 
     def _find(self, service: str, username: str) -> list[str]:
-        from jeepney import Properties, new_method_call
+        from jeepney import new_method_call
 
+        # No "Locked" round trip first: on a locked collection GetSecret, CreateItem and
+        # Delete fail (IsLocked), and the store hands the call to keyring, which prompts;
+        # an empty search asks (a locked collection may hide what it holds).
         collection = self._collection()
-        if self._call(Properties(collection).get("Locked"))[0][1]:
-            raise RuntimeError("the default collection is locked")
         query = {"service": service, "username": username}
         return list(self._call(new_method_call(collection, "SearchItems", "a{ss}", (query,)))[0])
 
@@ -110,10 +111,13 @@ class DirectSecretService:
 
     def get(self, service: str, username: str) -> Optional[str]:
         """The secret of the first item for ``(service, username)``, or ``None``."""
-        from jeepney import DBusAddress, new_method_call
+        from jeepney import DBusAddress, Properties, new_method_call
 
         paths = self._find(service, username)
         if not paths:
+            # A locked collection may hide items: "not found" only from an unlocked one.
+            if self._call(Properties(self._collection()).get("Locked"))[0][1]:
+                raise RuntimeError("the default collection is locked")
             return None
         session = self._open_session()
         item = DBusAddress(paths[0], bus_name=_SS_BUS, interface="org.freedesktop.Secret.Item")
@@ -140,9 +144,11 @@ class DirectSecretService:
 
     def delete(self, service: str, username: str) -> bool:
         """Delete every item for ``(service, username)``; whether there was one."""
-        from jeepney import DBusAddress, new_method_call
+        from jeepney import DBusAddress, Properties, new_method_call
 
         paths = self._find(service, username)
+        if not paths and self._call(Properties(self._collection()).get("Locked"))[0][1]:
+            raise RuntimeError("the default collection is locked")
         for path in paths:
             item = DBusAddress(path, bus_name=_SS_BUS, interface="org.freedesktop.Secret.Item")
             (prompt,) = self._call(new_method_call(item, "Delete"))
