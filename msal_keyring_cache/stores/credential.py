@@ -113,6 +113,9 @@ def parse_stamp(blob: bytes) -> dict[str, Any]:
     gens = doc.get("gens")
     if isinstance(gens, list):
         out["gens"] = [g for g in gens[:_MAX_LISTED] if isinstance(g, str) and _GEN.fullmatch(g)]
+    digest = doc.get("sha256")
+    if isinstance(digest, str) and _DIGEST.fullmatch(digest):
+        out["sha256"] = digest
     aside = doc.get("aside")
     if isinstance(aside, list):
         out["aside"] = [a for a in aside[:_MAX_LISTED] if isinstance(a, str) and len(a) <= 300]
@@ -288,6 +291,7 @@ class KeyringStore(Store):
         self._primed: Any = _NOTHING
         self._chunks: tuple[str, int] = ("", 0)  # generation and count last seen
         self._learnt: Optional[int] = None  # a limit learnt from a refused write
+        self._written: Optional[str] = None  # digest of the plain value this store wrote
         #: Credential-store calls made by this store (tests and benchmarks read them).
         self.calls = {"get": 0, "set": 0, "delete": 0}
 
@@ -496,6 +500,8 @@ class KeyringStore(Store):
         }
         if self._learnt is not None:
             doc["limit"] = self._learnt
+        if self._written is not None:
+            doc["sha256"] = self._written
         if gens:
             doc["gens"] = gens[-_MAX_LISTED:]
         if aside:
@@ -552,8 +558,9 @@ class KeyringStore(Store):
         """
         found = read_file_keep_open(self.stamp_path)
         try:
-            if found is not None and self._learnt is None:
-                self._learnt = parse_stamp(found[0]).get("limit")
+            stamp = parse_stamp(found[0]) if found is not None else {}
+            if self._learnt is None:
+                self._learnt = stamp.get("limit")
             value = self._get(self.service)
             gen, count, data = "", 0, None
             if value is not None and value.startswith(_MANIFEST):
@@ -571,9 +578,12 @@ class KeyringStore(Store):
                 if hashlib.sha256(data).hexdigest() != digest:
                     return _Damaged(value, "its chunks fail their digest", transient=True)
             elif value is not None:
-                if not self._valid(value):
-                    return _Damaged(value, "it is not an msal token cache (damaged or truncated)")
                 data = value.encode("utf-8")
+                # What the last save wrote (its digest is in the stamp) needs no parse.
+                if stamp.get("sha256") != hashlib.sha256(data).hexdigest() and not self._valid(
+                    value
+                ):
+                    return _Damaged(value, "it is not an msal token cache (damaged or truncated)")
         except BaseException:
             if found is not None:
                 os.close(found[1])
@@ -629,10 +639,12 @@ class KeyringStore(Store):
         old = self._chunks
         limit = self._limit()
         chunked = False
+        self._written = None
         if limit is None or (len(text) <= limit and not text.startswith(_MANIFEST)):
             refused = self._set_raw(self.service, text)  # the one write of a save
             if refused is None:
                 self._chunks = ("", 0)
+                self._written = hashlib.sha256(data).hexdigest()
             else:
                 limit = self._learn(len(text), refused)
                 chunked = True
