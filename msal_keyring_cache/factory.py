@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from . import crypto
 from .cache import BackendInfo, PersistentTokenCache
 from .config import DEFAULT_APP_NAME, DEFAULT_ENV_PREFIX, Settings
-from .errors import BackendUnavailableError, CacheError, ConfigError, DecryptError
+from .errors import (
+    BackendUnavailableError,
+    CacheError,
+    ConfigError,
+    CorruptCacheError,
+    DecryptError,
+)
 from .stores.base import Store
 from .stores.keyring_backend import REMEMBERED, classify_backend
 
@@ -211,6 +217,8 @@ def _open(store: KeyringStore) -> tuple[Optional[str], Optional[CacheError]]:
                 return insecure, None
         try:
             store.prime()
+        except CorruptCacheError:
+            raise  # damaged data (read-only store): report it, it is not an unusable store
         except CacheError as exc:
             if retry:
                 continue
@@ -303,16 +311,24 @@ def _info(info: BackendInfo) -> BackendInfo:
     return info
 
 
-def envelope_key(settings: Settings, env_prefix: str) -> crypto.KeySource:
+def envelope_key(
+    settings: Settings, env_prefix: str = DEFAULT_ENV_PREFIX, *, read_only: bool = False
+) -> crypto.KeySource:
     """The encrypted file's Fernet key, kept in the credential store.
 
     A key is made only when neither the key entry nor the encrypted file exists: an entry
     that reads back empty while the file exists (a spurious "not found", a wiped entry)
-    raises instead, so the only key that decrypts the file is never replaced.
+    raises instead, so the only key that decrypts the file is never replaced. With
+    ``read_only`` nothing is ever made, set aside or written: a missing key raises.
     """
     path = settings.path or default_path(settings.app_name)
     account = f"{settings.keyring_account}.key"
-    store = _store_for(settings, account, validate=lambda text: crypto.is_fernet_key(text.strip()))
+    store = _store_for(
+        settings,
+        account,
+        read_only=read_only,
+        validate=lambda text: crypto.is_fernet_key(text.strip()),
+    )
     var = settings.env_var("key_in_keyring", env_prefix)
     insecure, error = _open(store)
     if error is not None:
@@ -331,6 +347,11 @@ def envelope_key(settings: Settings, env_prefix: str) -> crypto.KeySource:
         with store.lock():
             data = store.load()
             if data is None:
+                if read_only:
+                    raise DecryptError(
+                        f"No key for the cache file {path} in the OS credential store ({entry}); "
+                        "nothing was created (read-only). A sign-in creates it."
+                    )
                 if os.path.lexists(path):
                     raise DecryptError(
                         f"The cache file {path} exists, but its key is not in the OS "

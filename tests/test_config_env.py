@@ -48,6 +48,7 @@ SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
     "redis_prefix": ("p", "p", "q", "q"),
     "redis_ttl": ("60", 60, " 7776000 ", 7776000),
     "redis_timeout": ("1", 1.0, "0.25", 0.25),
+    "max_value_length": ("1280", 1280, " 300 ", 300),
 }
 
 BAD: dict[str, list[str]] = {
@@ -68,6 +69,7 @@ BAD: dict[str, list[str]] = {
     "redis_prefix": ["  "],
     "redis_ttl": ["1.5", "0", "-5", "day"],
     "redis_timeout": ["x", "-2"],
+    "max_value_length": ["x", "199", "1.5", "-1", "99999999999"],
 }
 
 FIELDS = [f.name for f in dataclasses.fields(Settings)]

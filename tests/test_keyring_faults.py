@@ -673,3 +673,17 @@ def test_direct_secret_service_writes_are_keyrings_entries_and_the_other_way_rou
     keyring.delete_password("ss-direct-write", "other")
     reader.clear()
     assert keyring.get_password("ss-direct-write", "token-cache") is None
+
+
+def test_read_only_envelope_key_never_makes_a_key(
+    monkeypatch: pytest.MonkeyPatch, memory_keyring: type[ScopedKeyring], tmp_path: Path
+) -> None:
+    from msal_keyring_cache.factory import envelope_key
+
+    use(monkeypatch, SCOPED)
+    settings = Settings.resolve(app_name="ro-env", path=str(tmp_path / "c.bin"))
+    with pytest.raises(DecryptError, match="nothing was created"):
+        envelope_key(settings, read_only=True)
+    assert ScopedKeyring.entries == {}
+    assert ScopedKeyring.calls["set"] == 0
+    assert not Path(default_lock_path(settings, "token-cache.key")).parent.exists()
