@@ -45,7 +45,6 @@ import os
 import re
 import secrets
 import time
-from contextlib import AbstractContextManager
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from ..crypto import Protection
@@ -209,13 +208,18 @@ class _TooLarge(Exception):
         self.error = error
 
 
-class _NoLock(AbstractContextManager[None]):
+class _NoLock(CrossProcessLock):
     """A read-only store's lock: creates no file and excludes nobody."""
 
-    path: Optional[str] = None
+    def __enter__(self) -> _NoLock:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+    @property
+    def held(self) -> bool:
+        return False
 
 
 # -- the store ----------------------------------------------------------------------------
@@ -512,9 +516,9 @@ class KeyringStore(Store):
 
     # -- Store protocol ----------------------------------------------------------------
 
-    def lock(self) -> AbstractContextManager[Any]:
+    def lock(self) -> CrossProcessLock:
         """The cross-process lock (a read-only store takes none and creates no file)."""
-        return _NoLock() if self.read_only else self._lock
+        return _NoLock(self._lock.path, self._lock.timeout) if self.read_only else self._lock
 
     def changed(self) -> bool:
         self.stats.checks += 1
