@@ -173,7 +173,8 @@ class Settings:
         "PATH",
         _path,
         "Encrypted cache file. Default: ``token_cache.bin`` in the user data directory "
-        "of ``app_name``. With the keyring backend its lock and stamp files live beside it.",
+        "of ``app_name``. (The keyring backend keeps its lock and stamp files per "
+        "credential-store entry, in the user data directory of msal-keyring-cache.)",
     )
     key: Optional[tuple[str, ...]] = _setting(
         None,
