@@ -152,6 +152,17 @@ def _whole_seconds(raw: str) -> int:
     return value
 
 
+def _length(raw: str) -> int:
+    """number of characters (>= 200)"""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _Invalid("expected a whole number of characters, such as 1280") from None
+    if not 200 <= value <= 10_000_000:
+        raise _Invalid("expected a whole number of characters from 200 to 10000000")
+    return value
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -226,7 +237,8 @@ class Settings:
         "PATH",
         _path,
         "Encrypted cache file. Default: ``token_cache.bin`` in the user data directory "
-        "of ``app_name``. With the keyring backend its lock and stamp files live beside it.",
+        "of ``app_name``. (The keyring backend keeps its lock and stamp files per "
+        "credential-store entry, in the user data directory of msal-keyring-cache.)",
     )
     key: Optional[tuple[str, ...]] = _setting(
         None,
@@ -285,6 +297,14 @@ class Settings:
         "With ``auto``: fall back to the encrypted file even when a credential store "
         "exists but is locked or not answering (by default that is an error, so a "
         "cache kept in the locked store is not silently replaced by an empty one).",
+    )
+    max_value_length: Optional[int] = _setting(
+        None,
+        "MAX_VALUE_LENGTH",
+        _length,
+        "Characters per credential-store entry; a longer cache is split into chunks. "
+        "Default: the backend's known limit (Windows: 1,280), else learnt the first time "
+        "the store refuses a value as too large (remembered, logged once at INFO).",
     )
     lock_timeout: float = _setting(
         60.0,

@@ -52,6 +52,7 @@ SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
     "redis_prefix": ("p", "p", "q", "q"),
     "redis_ttl": ("60", 60, " 7776000 ", 7776000),
     "redis_timeout": ("1", 1.0, "0.25", 0.25),
+    "max_value_length": ("1280", 1280, " 300 ", 300),
 }
 
 BAD: dict[str, list[str]] = {
@@ -76,6 +77,7 @@ BAD: dict[str, list[str]] = {
     "redis_prefix": ["  "],
     "redis_ttl": ["1.5", "0", "-5", "day", "99999999999999999999"],
     "redis_timeout": ["x", "-2", "0"],
+    "max_value_length": ["x", "199", "1.5", "-1", "99999999999"],
 }
 
 SETTING_FIELDS = [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
