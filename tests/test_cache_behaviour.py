@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from pathlib import Path
 
@@ -40,33 +39,6 @@ def test_threads_and_two_cache_objects_in_one_process_lose_nothing(
     fresh = build_cache(APP, backend="file", path=str(cache_path), key=key)
     targets = {e["target"] for e in json.loads(fresh.serialize())["AccessToken"].values()}
     assert targets == {f"api://t/thread{n}-{i}/.default" for n in range(6) for i in range(15)}
-
-
-def test_no_token_text_in_debug_logs_over_sign_in_and_refresh(
-    cache_path: Path, key: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)  # every logger: ours, msal's, filelock's, urllib3's
-    with LoopbackIdentityProvider(access_token_lifetime=3600, refresh_in=1) as idp:
-        cache = build_cache(APP, backend="file", path=str(cache_path), key=key)
-        app = idp.public_app(token_cache=cache)
-        app.acquire_token_by_username_password("alice@example.com", "pw-secret", ["User.Read"])
-        account = app.get_accounts()[0]
-        import time
-
-        time.sleep(1.1)  # past refresh_in: the next silent call refreshes
-        result = app.acquire_token_silent(["User.Read"], account=account)
-        assert result
-        assert result["token_source"] == "identity_provider"
-        issued = list(idp.issued)
-    text = "\n".join(r.getMessage() for r in caplog.records)
-    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("msal_keyring"))
-    assert "Saved the token cache" in ours
-    for token in issued:
-        for part in token.split("."):
-            if len(part) > 20:
-                assert part not in text
-    assert key not in text
-    assert "pw-secret" not in ours
 
 
 def test_merge_keeps_the_newer_entry_and_deserialize_replaces(

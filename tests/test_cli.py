@@ -137,17 +137,6 @@ def test_no_argument_shadows_a_setting() -> None:
                 assert flag in action.option_strings, (name, action.dest)
 
 
-def test_console_script_matches_module() -> None:
-    exe = Path(PYTHON).with_name("msal-keyring-cache")
-    if not exe.exists():
-        pytest.skip("console script not installed next to the interpreter")
-    proc = subprocess.run(
-        [str(exe), "--version"], capture_output=True, text=True, check=False, env=child_env()
-    )
-    assert proc.returncode == 0
-    assert proc.stdout.startswith("msal-keyring-cache ")
-
-
 @pytest.mark.parametrize(
     ("args", "env"),
     [

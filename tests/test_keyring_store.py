@@ -9,7 +9,6 @@ import logging
 import os
 import stat
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,42 +179,6 @@ def test_a_refusal_that_is_not_about_size_is_a_clear_store_error(
         store.save(big_cache(1))
     assert "000001" not in str(caught.value)
     assert "MAX_VALUE_LENGTH" in str(caught.value)
-
-
-def test_a_reader_racing_a_writer_never_sees_a_mixed_generation(
-    tmp_path: Path, memory_keyring: type[ScopedKeyring]
-) -> None:
-    limit = WINDOWS_MAX_VALUE_LENGTH
-    writer = make_store(tmp_path, WindowsLikeKeyring(), max_value_length=limit)
-    reader = make_store(tmp_path, WindowsLikeKeyring(), max_value_length=limit)
-    with writer.lock():
-        writer.save(big_cache(0, 60_000))
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            for version in range(1, 16):
-                with writer.lock():
-                    writer.save(big_cache(version, 60_000 + version * 1000))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            stop.set()
-
-    seen: set[int] = set()
-    thread = threading.Thread(target=write)
-    thread.start()
-    while not stop.is_set() or not seen:
-        data = reader.load()
-        assert data is not None
-        version = int(data[:6])
-        assert data == big_cache(version, 60_000 + version * 1000)
-        seen.add(version)
-    thread.join()
-    assert not errors
-    assert reader.load() == big_cache(15, 75_000)
-    assert len(seen) >= 2
 
 
 def test_damaged_chunks_are_kept_aside_and_the_cache_starts_empty(
