@@ -81,7 +81,7 @@ class Bench:
     def __init__(self, quick: bool, port: int, extra_env: dict[str, str]) -> None:
         self.quick = quick
         self.port = port
-        self.rounds = ROUNDS
+        self.rounds = 2 if quick else ROUNDS
         self.tmp = tempfile.mkdtemp(prefix="msal-keyring-cache-bench-")
         home = os.path.join(self.tmp, "home")
         self.env = dict(os.environ)
@@ -124,6 +124,8 @@ class Bench:
             check=False,
         )
         if done.returncode != 0:
+            if os.environ.get("BENCH_DEBUG"):
+                print(done.stderr, file=sys.stderr)
             raise WorkerFailed(_last_line(done.stderr) or f"exit code {done.returncode}")
         lines = done.stdout.strip().splitlines()
         return dict(json.loads(lines[-1])) if lines else {}
@@ -543,6 +545,25 @@ def _seed_state(idp: LoopbackIdentityProvider, size: int) -> str:
     return json.dumps(state)
 
 
+def fsync_cost(directory: str, count: int = 200) -> dict[str, float]:
+    """What one durable append costs on this disk (write 1 KB + fsync), in ms."""
+    from forking import percentile
+
+    path = os.path.join(directory, "fsync-probe")
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(fd, b"x" * 1024)
+            os.fsync(fd)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return {"p50": percentile(times, 0.5), "p99": percentile(times, 0.99)}
+
+
 def machine() -> dict[str, Any]:
     import platform
     from importlib import metadata
@@ -616,6 +637,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         bench = Bench(args.quick, idp.port, secret_service.start())
         try:
             bench.no_secret_service = secret_service.why_not or ""
+            results["machine"]["fsync_ms"] = fsync_cost(bench.tmp)
             homes = bench.probe()
             results["skipped"] = bench.skipped
             results["available"] = bench.available
