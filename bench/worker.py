@@ -45,10 +45,7 @@ def http_client(port: int) -> Any:
 
     name = "_bench_loopback"
     if name not in sys.modules:
-        for relative in (("testing", "idp.py"), ("testing.py",)):
-            path = os.path.join(ROOT, "msal_keyring_cache", *relative)
-            if os.path.exists(path):
-                break
+        path = os.path.join(ROOT, "msal_keyring_cache", "testing", "idp.py")
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None
         assert spec.loader is not None

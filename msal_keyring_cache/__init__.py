@@ -11,17 +11,21 @@ from typing import Any
 
 from .cache import BackendInfo, PersistentTokenCache
 from .config import Settings
-from .crypto import CorruptCacheError, generate_key
+from .crypto import Protection, generate_key
 from .errors import (
     BackendUnavailableError,
     CacheError,
+    CommandError,
     ConfigError,
+    CorruptCacheError,
     DecryptError,
+    KeyringTimeoutError,
     LockTimeoutError,
     StoreError,
+    UsageError,
 )
 from .factory import build_cache
-from .stores import EncryptedFileStore, MemoryStore, Store
+from .stores import Description, EncryptedFileStore, MemoryStore, Store
 
 __version__ = "0.1.0"
 
@@ -29,17 +33,22 @@ __all__ = [
     "BackendInfo",
     "BackendUnavailableError",
     "CacheError",
+    "CommandError",
     "ConfigError",
     "CorruptCacheError",
     "DecryptError",
+    "Description",
     "EncryptedFileStore",
     "KeyringStore",
+    "KeyringTimeoutError",
     "LockTimeoutError",
     "MemoryStore",
     "PersistentTokenCache",
+    "Protection",
     "Settings",
     "Store",
     "StoreError",
+    "UsageError",
     "__version__",
     "build_cache",
     "generate_key",
@@ -49,7 +58,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # keyring costs ~35 ms to import: only when asked for.
     if name == "KeyringStore":
-        from .stores.keyring import KeyringStore
+        from .stores.credential import KeyringStore
 
         return KeyringStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

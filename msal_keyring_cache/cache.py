@@ -23,37 +23,34 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import msal
 
-from .stores.base import Store
+from .stores.base import Description, Store, apply_delta
 
-__all__ = ["BackendInfo", "PersistentTokenCache", "apply_delta"]
+__all__ = ["BackendInfo", "PersistentTokenCache"]
 
 logger = logging.getLogger("msal_keyring_cache")
 _MISSING: Any = object()
-
-
-def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
-    """Apply a journal delta ``{credential_type: {key: entry or None}}`` to a cache dict."""
-    for credential_type, entries in delta.items():
-        table = state.setdefault(credential_type, {})
-        for key, entry in entries.items():
-            if entry is None:
-                table.pop(key, None)
-            else:
-                table[key] = entry
 
 
 @dataclass(frozen=True)
 class BackendInfo:
     """Which store a cache uses and why (``cache.backend_info``). Holds no secret."""
 
+    #: Which store: ``file``, ``keyring``, ``memory`` …
     backend: str
+    #: Why that store, in plain words.
     reason: str
-    details: dict[str, Any] = field(default_factory=dict)
+    #: Where it lives and how it is protected, as the store described itself.
+    description: Optional[Description] = None
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """:attr:`description` as a flat dict (empty when there is none)."""
+        return self.description.as_dict() if self.description else {}
 
     def __str__(self) -> str:
         return f"{self.backend} ({self.reason})"
@@ -70,7 +67,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     def __init__(self, store: Store, *, backend_info: Optional[BackendInfo] = None) -> None:
         super().__init__()
         self.store = store
-        self.backend_info = backend_info or BackendInfo(store.kind, "store given explicitly")
+        self.backend_info = backend_info or BackendInfo(store.backend, "store given explicitly")
         self._io_lock = threading.RLock()
         self._depth = 0  # nesting of write transactions (owned by the _io_lock holder)
         self._deferring = 0  # > 0 while msal's search runs: its prunes stay in memory
@@ -205,7 +202,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         with self._lock:
             for delta in deltas:
                 apply_delta(self._cache, json.loads(delta))
-        logger.debug("Applied %d change(s) from the %s store", len(deltas), self.store.kind)
+        logger.debug("Applied %d change(s) from the %s store", len(deltas), self.store.backend)
 
     def _reload(self) -> None:
         data = self.store.load()
@@ -219,7 +216,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 logger.warning(
                     "The %s store holds data that is not an msal token cache; starting "
                     "empty (it will be replaced on the next sign-in).",
-                    self.store.kind,
+                    self.store.backend,
                 )
                 parsed = {}
         with self._lock:
@@ -227,7 +224,9 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             self.has_state_changed = False
         self._before.clear()  # unsaved prunes are redone by msal's next search
         logger.debug(
-            "Loaded the token cache from the %s store (%d bytes)", self.store.kind, len(data or b"")
+            "Loaded the token cache from the %s store (%d bytes)",
+            self.store.backend,
+            len(data or b""),
         )
 
     @contextmanager
@@ -266,7 +265,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             self.store.append(json.dumps(delta, separators=(",", ":")).encode(), self._dump)
         else:
             return
-        logger.debug("Saved the token cache to the %s store", self.store.kind)
+        logger.debug("Saved the token cache to the %s store", self.store.backend)
 
     def _dump(self) -> bytes:
         with self._lock:

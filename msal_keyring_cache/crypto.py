@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import hmac
 import json
@@ -32,10 +33,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import CacheError, ConfigError, DecryptError
+from .errors import ConfigError, CorruptCacheError, DecryptError
 
 __all__ = [
-    "CorruptCacheError",
+    "Protection",
     "FernetKeys",
     "Header",
     "KeySource",
@@ -54,14 +55,6 @@ MAX_HEADER = 4096
 # scrypt, cost as the cryptography docs suggest for interactive use (16 MiB, ~50 ms).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _FP_LABEL = b"msal-keyring-cache key fingerprint v1"
-
-
-class CorruptCacheError(CacheError):
-    """Stored data is damaged, truncated or of an unknown format.
-
-    File stores handle it themselves: the file is moved aside (kept) and the cache
-    starts empty, so the user signs in again.
-    """
 
 
 def generate_key() -> str:
@@ -170,6 +163,29 @@ def split_records(blob: bytes, start: int) -> tuple[list[bytes], int]:
     return blob[start:end].split(b"\n"), end + 1
 
 
+class Protection(str, enum.Enum):
+    """How well a stored cache is protected at rest, weakest first."""
+
+    #: Not protected: kept in memory only, or plaintext.
+    NONE = "none"
+    #: The generated key file beside the user's data: protects only against the cache file
+    #: leaking alone (anyone who can read the user's files can read both).
+    WEAK = "weak"
+    #: A Fernet key the application supplies (argument or environment variable).
+    KEY = "key"
+    #: A key file the user made and keeps apart from the data.
+    KEY_FILE = "key_file"
+    #: A passphrase (the key is derived with scrypt).
+    PASSPHRASE = "passphrase"  # noqa: S105 - a level, not a secret
+    #: The OS credential store keeps the cache, or the file's key.
+    CREDENTIAL_STORE = "credential_store"
+
+    @property
+    def weak(self) -> bool:
+        """Whether ``doctor`` should warn about it."""
+        return self in (Protection.NONE, Protection.WEAK)
+
+
 class KeySource:
     """Where a file's key comes from. Subclasses: :class:`FernetKeys`, :class:`Passphrase`."""
 
@@ -179,6 +195,10 @@ class KeySource:
     tag: str = "key"
     #: Protection level in plain words, for ``status``.
     protection: str = "Fernet key"
+    #: Protection level, for code (``doctor`` warns about weak ones).
+    level: Protection = Protection.KEY
+    #: The key file the keys came from, if any.
+    path: Optional[str] = None
 
     def keys_for(self, header: Header) -> list[str]:  # pragma: no cover - abstract
         """Fernet keys able to decrypt a file with ``header``, best match first."""
@@ -197,6 +217,8 @@ class FernetKeys(KeySource):
     label: str = "a Fernet key"
     tag: str = "key"
     protection: str = "Fernet key"
+    level: Protection = Protection.KEY
+    path: Optional[str] = None
     _fps: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -244,6 +266,7 @@ class Passphrase(KeySource):
     label: str = "the passphrase"
     tag: str = "passphrase"
     protection: str = "passphrase (scrypt)"
+    level: Protection = Protection.PASSPHRASE
 
     def __repr__(self) -> str:
         return "Passphrase(***)"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,25 +10,11 @@ import pytest
 
 from msal_keyring_cache import generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
+from tests.helpers import IN_CI, PYTHON, ROOT, child_env, require, require_tool
+
+__all__ = ["IN_CI", "PYTHON", "ROOT", "child_env", "require", "require_tool"]  # old import path
 
 pytest_plugins = ["tests.services_secret_service", "tests.services_redis"]
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def require(condition: bool, why: str) -> None:
-    """Skip when a real daemon or tool is missing — but fail under CI=true."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI=true and {why}: .ci/run must install it", pytrace=False)
-    pytest.skip(why)
-
-
-def require_tool(*names: str) -> None:
-    for name in names:
-        require(shutil.which(name) is not None, f"{name} is not installed")
 
 
 @pytest.fixture
@@ -64,14 +48,3 @@ def idp() -> Iterator[LoopbackIdentityProvider]:
     """A loopback identity provider shared by the session (call ``idp.reset()`` as needed)."""
     with LoopbackIdentityProvider() as provider:
         yield provider
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """Environment for a child Python process that imports this checkout."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
-
-
-PYTHON = sys.executable

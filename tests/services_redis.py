@@ -171,7 +171,7 @@ class RedisBackend:
 
 
 def _require_redis() -> None:
-    from tests.conftest import require_tool
+    from tests.helpers import require_tool
 
     require_tool("redis-server", "redis-cli")
 

@@ -87,7 +87,7 @@ def _have_tools() -> bool:
 @pytest.fixture(scope="session")
 def secret_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretService]:
     """A private session bus with an unlocked gnome-keyring Secret Service."""
-    from tests.conftest import require, require_tool
+    from tests.helpers import require, require_tool
 
     require_tool("dbus-daemon", "gnome-keyring-daemon")
     try:
@@ -151,7 +151,7 @@ def _wait_for_collection(service: SecretService) -> None:
         except Exception as exc:  # the daemon registers its name asynchronously
             last = exc
             time.sleep(0.1)
-    from tests.conftest import require
+    from tests.helpers import require
 
     require(False, f"the Secret Service did not come up ({type(last).__name__})")
 

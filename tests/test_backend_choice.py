@@ -13,10 +13,10 @@ import pytest
 from keyring import errors as keyring_errors
 
 from msal_keyring_cache import BackendUnavailableError, build_cache
+from msal_keyring_cache.stores.credential import KeyringStore
 from msal_keyring_cache.stores.file import EncryptedFileStore
-from msal_keyring_cache.stores.keyring import KeyringStore
 from tests import test_keyring_store
-from tests.conftest import PYTHON, child_env
+from tests.helpers import PYTHON, child_env
 from tests.test_keyring_store import HangingKeyring, MemoryKeyring, assert_no_token_text, sign_in
 
 memory_keyring = test_keyring_store.memory_keyring  # the fixture, shared

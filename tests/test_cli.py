@@ -13,8 +13,7 @@ import pytest
 
 from msal_keyring_cache import build_cache, crypto, generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
-
-from .conftest import PYTHON, child_env
+from tests.helpers import PYTHON, child_env
 
 SCOPES = ["User.Read"]
 USERS = ("alice@example.com", "bob@example.com")

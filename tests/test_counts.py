@@ -19,7 +19,7 @@ import pytest
 
 from msal_keyring_cache import PersistentTokenCache, build_cache
 from msal_keyring_cache.testing import LoopbackIdentityProvider
-from tests.conftest import PYTHON, child_env
+from tests.helpers import PYTHON, child_env
 
 USER = "alice@example.com"
 SCOPES = ["api://counts/User.Read"]

@@ -24,8 +24,7 @@ import pytest
 
 from msal_keyring_cache import errors
 from msal_keyring_cache.config import Settings, describe_settings
-
-from .conftest import ROOT, child_env, require_tool
+from tests.helpers import ROOT, child_env, require_tool
 
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))

@@ -110,7 +110,7 @@ def test_key_file_must_be_private(tmp_path: Path, cache_path: Path) -> None:
         build_cache(APP, backend="file", path=str(cache_path), key_file=str(key_file))
     key_file.chmod(0o600)
     cache = build_cache(APP, backend="file", path=str(cache_path), key_file=str(key_file))
-    assert cache.store.describe()["protection"] == "key file"
+    assert cache.store.describe().protection_text == "key file"
     key_file.write_text("not a key\n")
     with pytest.raises(ConfigError, match="does not hold Fernet keys"):
         build_cache(APP, backend="file", path=str(cache_path), key_file=str(key_file))
@@ -129,7 +129,7 @@ def test_generated_key_file_warns_once_and_strict_refuses(
     assert len(warnings) == 1
     key_file = Path(os.environ["XDG_CONFIG_HOME"]) / "generated-key-app" / "cache.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert "weak" in cache.store.describe()["protection"]
+    assert cache.store.describe().protection.weak
     with pytest.raises(ConfigError, match="strict") as info:
         build_cache("generated-key-app", backend="file", path=str(cache_path), strict=True)
     for stronger in ("MSAL_KEYRING_CACHE_KEY", "PASSPHRASE", "KEY_FILE", "KEY_IN_KEYRING"):

@@ -26,8 +26,8 @@ from msal_keyring_cache import (
     StoreError,
     build_cache,
 )
-from msal_keyring_cache.stores.keyring import WINDOWS_MAX_VALUE_LENGTH, KeyringStore
-from tests.conftest import PYTHON, child_env
+from msal_keyring_cache.stores.credential import WINDOWS_MAX_VALUE_LENGTH, KeyringStore
+from tests.helpers import PYTHON, child_env
 
 SCOPES = ["User.Read"]
 
@@ -123,7 +123,7 @@ def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[MemoryKeyri
 def make_store(tmp_path: Path, backend: Any, **kwargs: Any) -> KeyringStore:
     kwargs.setdefault("keyring_timeout", 5.0)
     return KeyringStore(
-        "test-service", "token-cache", lock_path=str(tmp_path / "kr.lock"), backend=backend,
+        "test-service", "token-cache", lock_path=str(tmp_path / "kr.lock"), keyring=backend,
         **kwargs,
     )  # fmt: skip
 
@@ -224,7 +224,7 @@ def test_the_windows_backend_is_chunked_without_configuration(
     with store.lock():
         store.save(big_cache(3))
     assert store.load() == big_cache(3)
-    assert "1280" in store.describe()["chunking"]
+    assert "1280" in store.describe().extra["chunking"]
 
 
 def test_an_unchunked_value_too_large_for_the_backend_is_a_clear_store_error(

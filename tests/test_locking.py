@@ -20,7 +20,7 @@ import pytest
 from msal_keyring_cache.errors import ConfigError, LockTimeoutError
 from msal_keyring_cache.locking import CrossProcessLock
 
-from .conftest import PYTHON, ROOT, child_env, require
+from tests.helpers import PYTHON, ROOT, child_env, require
 
 #: How late a timed-out waiter may return. Generous for a loaded 2-core machine, yet
 #: smaller than the gap between the two timeouts tested, so a lock that used another

@@ -14,8 +14,7 @@ import pytest
 
 from msal_keyring_cache import build_cache
 from msal_keyring_cache.testing import LoopbackIdentityProvider
-
-from .conftest import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, child_env
 
 APP = "msal-keyring-cache-tests"
 

@@ -10,8 +10,7 @@ import msal
 import pytest
 
 from msal_keyring_cache.testing import LoopbackIdentityProvider, RecordedRequest
-
-from .conftest import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, child_env
 
 pytest_plugins = ["pytester"]
 

@@ -16,7 +16,7 @@ import pytest
 from msal_keyring_cache import ConfigError, StoreError, generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches, three_way_merge
-from tests.conftest import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, child_env
 
 pytestmark = pytest.mark.redis
 

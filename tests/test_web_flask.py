@@ -9,7 +9,7 @@ import msal
 import pytest
 
 from msal_keyring_cache.testing import DEFAULT_CLIENT_ID, LoopbackIdentityProvider
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.redis
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, child_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -261,7 +261,7 @@ def _one_line_help(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> st
 
 #: (title, module, object or None for the module, what to say while it is absent)
 OPTIONAL_API = [
-    ("Keyring store", "msal_keyring_cache.stores.keyring", "KeyringStore",
+    ("Keyring store", "msal_keyring_cache.stores.credential", "KeyringStore",
      "the OS credential store (issue 3)"),
     ("Web apps: per-user caches in Redis", "msal_keyring_cache.web", "UserCaches",
      "per-user caches on Redis (issue 6)"),
@@ -287,7 +287,7 @@ def error_classes() -> list[type]:
     import msal_keyring_cache
     from msal_keyring_cache.errors import CacheError
 
-    for module in ("stores.keyring", "web", "cli"):
+    for module in ("stores.credential", "web", "cli"):
         with contextlib.suppress(Exception):
             _optional_import(f"msal_keyring_cache.{module}")
     found: list[type] = []

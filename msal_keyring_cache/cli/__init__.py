@@ -15,11 +15,8 @@ Exit codes: 0 ok, 1 a problem was found (or a :class:`~msal_keyring_cache.CacheE
 
 from __future__ import annotations
 
-from .common import CommandError, UsageError
+from ..errors import CommandError
 from .parser import build_parser, main
 from .transfer import CRASH_HOOK_VAR as CRASH_HOOK_VAR  # test hook, at its old path
 
 __all__ = ["CommandError", "build_parser", "main"]
-
-# Documented (and pickled) as ``msal_keyring_cache.cli.<name>``, where they always lived.
-CommandError.__module__ = UsageError.__module__ = __name__

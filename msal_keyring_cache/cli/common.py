@@ -12,18 +12,11 @@ from typing import Any, Optional, TextIO
 
 from ..cache import BackendInfo, PersistentTokenCache
 from ..config import DEFAULT_ENV_PREFIX, Settings, describe_settings
-from ..errors import CacheError, ConfigError
+from ..errors import CommandError as CommandError
+from ..errors import UsageError as UsageError
 from ..files import atomic_write
 
 PROG = "msal-keyring-cache"
-
-
-class CommandError(CacheError):
-    """A subcommand cannot do what was asked (bad input file, nothing to move …)."""
-
-
-class UsageError(ConfigError):
-    """The command line asks for something impossible (exit status 2)."""
 
 
 # -- context: settings, cache, output --------------------------------------------------
@@ -144,8 +137,8 @@ def _accounts(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _safe_describe(cache: PersistentTokenCache) -> dict[str, Any]:
     info: BackendInfo = cache.backend_info
-    described = dict(info.details)
-    described.update(cache.store.describe())
+    described: dict[str, Any] = dict(info.details)
+    described.update(cache.store.describe().as_dict())
     return {k: v for k, v in described.items() if _harmless(v)}
 
 

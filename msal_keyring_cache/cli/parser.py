@@ -13,7 +13,7 @@ from ..config import BACKENDS, describe_settings
 from ..errors import CacheError, ConfigError
 from .common import PROG, _Context, _one_line
 from .demo import cmd_demo
-from .inspect import cmd_accounts, cmd_clear, cmd_doctor, cmd_status
+from .show import cmd_accounts, cmd_clear, cmd_doctor, cmd_status
 from .transfer import (
     cmd_export,
     cmd_generate_key,

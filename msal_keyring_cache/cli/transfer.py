@@ -85,7 +85,7 @@ def cmd_migrate(ctx: _Context) -> int:
     text, doc = _read_plaintext(ctx.args.source)
     cache = ctx.cache(settings)
     changed = cache.merge(text)
-    where = cache.store.describe().get("location") or cache.backend_info.backend
+    where = cache.store.describe().location or cache.backend_info.backend
     _verify(ctx, settings, doc)
     deleted = False
     if ctx.args.delete_source:
@@ -298,10 +298,12 @@ def cmd_move(ctx: _Context) -> int:
     source = ctx.cache(settings)
     target_settings = dataclasses.replace(settings, backend=ctx.args.to)
     target = ctx.cache(target_settings)
-    s_where = source.store.describe().get("location") or source.backend_info.backend
-    t_where = target.store.describe().get("location") or target.backend_info.backend
-    if source.store.kind == target.store.kind and s_where == t_where:
-        raise CommandError(f"The cache already lives in the {source.store.kind} store ({s_where}).")
+    s_where = source.store.describe().location or source.backend_info.backend
+    t_where = target.store.describe().location or target.backend_info.backend
+    if source.store.backend == target.store.backend and s_where == t_where:
+        raise CommandError(
+            f"The cache already lives in the {source.store.backend} store ({s_where})."
+        )
     with ExitStack() as locks:
         locks.enter_context(source.store.lock())
         locks.enter_context(target.store.lock())
@@ -314,9 +316,9 @@ def cmd_move(ctx: _Context) -> int:
         source.clear()  # only after the copy is verified
     var = settings.env_var("backend", ctx.env_prefix)
     report = {
-        "from": source.store.kind,
+        "from": source.store.backend,
         "from_location": s_where,
-        "to": target.store.kind,
+        "to": target.store.backend,
         "to_location": t_where,
         "entries": entries,
         "verified": True,

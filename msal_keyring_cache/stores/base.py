@@ -1,13 +1,80 @@
-"""The one small protocol every store implements."""
+"""The one small protocol every store implements, and the journal delta format it carries.
+
+A *delta* is the JSON object ``{credential_type: {key: entry or null}}``: the entries one
+msal call changed (``null`` = removed). Stores with a journal keep deltas as records;
+:func:`apply_delta` is the one place that knows how to apply one.
+"""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional, Union
 
-__all__ = ["Store", "StoreStats"]
+from ..crypto import Protection
+
+__all__ = ["Description", "Store", "StoreStats", "apply_delta"]
+
+#: A value ``describe()`` may carry: plain, never a secret.
+Fact = Union[str, int, float, bool, None]
+
+
+def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Apply a journal delta ``{credential_type: {key: entry or None}}`` to a cache dict."""
+    for credential_type, entries in delta.items():
+        table = state.setdefault(credential_type, {})
+        for key, entry in entries.items():
+            if entry is None:
+                table.pop(key, None)
+            else:
+                table[key] = entry
+
+
+@dataclass(frozen=True)
+class Description:
+    """Non-secret facts about where a cache lives and how it is protected (``status``)."""
+
+    #: Which store: ``file``, ``keyring``, ``memory`` …
+    backend: str
+    #: Where, in plain words (a path, or the credential-store entry).
+    location: str
+    #: How well it is protected at rest.
+    protection: Protection
+    #: The same in plain words, e.g. ``"key file"``.
+    protection_text: str
+    #: The cross-process lock file, if any.
+    lock_file: Optional[str] = None
+    #: The key file the cache's key comes from, if any.
+    key_file: Optional[str] = None
+    #: Whether anything is stored yet (``None``: cannot tell without reading it).
+    exists: Optional[bool] = None
+    #: Stored size in bytes, when known without reading it.
+    size: Optional[int] = None
+    #: Time of the last write (ISO 8601, UTC), when known.
+    last_write: Optional[str] = None
+    #: File permissions (POSIX, octal text), for files.
+    permissions: Optional[str] = None
+    #: Facts particular to the store (service and account, keyring backend, …).
+    extra: Mapping[str, Fact] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Fact]:
+        """A flat JSON-ready dict (``protection`` in words, ``protection_level`` as code)."""
+        doc: dict[str, Fact] = {
+            "backend": self.backend,
+            "location": self.location,
+            "protection": self.protection_text,
+            "protection_level": self.protection.value,
+            "lock_file": self.lock_file,
+            "key_file": self.key_file,
+            "exists": self.exists,
+            "size": self.size,
+            "last_write": self.last_write,
+            "permissions": self.permissions,
+        }
+        doc.update(self.extra)
+        return doc
 
 
 @dataclass
@@ -30,7 +97,7 @@ class Store(abc.ABC):
     """
 
     #: Short name: ``file``, ``keyring``, ``memory`` …
-    kind: ClassVar[str] = ""
+    backend: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self.stats = StoreStats()
@@ -73,9 +140,9 @@ class Store(abc.ABC):
     def clear(self) -> None:
         """Delete the stored cache (under the lock)."""
 
-    def describe(self) -> dict[str, Any]:
+    @abc.abstractmethod
+    def describe(self) -> Description:
         """Non-secret facts for ``status``: location, protection, lock file, size …"""
-        return {"backend": self.kind}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections held by the store."""

@@ -15,11 +15,11 @@ import time
 from typing import Any, Callable, Optional
 
 from .. import crypto
-from ..errors import StoreError
+from ..errors import CorruptCacheError, StoreError
 from ..files import atomic_write, check_not_symlink, loose_permissions, move_aside
 from ..files import read_file_keep_open as _read_keep_open
 from ..locking import CrossProcessLock, FileIdentity
-from .base import Store
+from .base import Description, Store, apply_delta
 
 __all__ = ["EncryptedFileStore"]
 
@@ -38,7 +38,7 @@ class EncryptedFileStore(Store):
     aside to ``<path>.corrupt-*``, a WARNING is logged, and the cache starts empty.
     """
 
-    kind = "file"
+    backend = "file"
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class EncryptedFileStore(Store):
                 header, token = crypto.parse_header(blob)
                 key = crypto.file_key(header, self.key_source)
                 plaintext = crypto.decrypt_record(token, key)
-            except crypto.CorruptCacheError as exc:
+            except CorruptCacheError as exc:
                 os.close(fd)
                 self._set_aside(blob, str(exc))
                 continue
@@ -94,7 +94,7 @@ class EncryptedFileStore(Store):
             self._records, self._size = len(records), len(blob)
             try:
                 self._queue = [crypto.decrypt_record(r, key) for r in records]
-            except crypto.CorruptCacheError as exc:
+            except CorruptCacheError as exc:
                 return self._salvage(blob, plaintext, records, str(exc))
             return plaintext
         self._forget()
@@ -106,7 +106,7 @@ class EncryptedFileStore(Store):
         for record in records:
             try:
                 good.append(crypto.decrypt_record(record, self._key))
-            except crypto.CorruptCacheError:
+            except CorruptCacheError:
                 break
         data = _apply(snapshot, good)
         with self._lock:
@@ -125,7 +125,7 @@ class EncryptedFileStore(Store):
             records, consumed = crypto.split_records(tail, 0)
             try:
                 self._queue.extend(crypto.decrypt_record(r, self._key) for r in records)
-            except crypto.CorruptCacheError:
+            except CorruptCacheError:
                 return None  # a full load salvages what is good and sets the file aside
             self._records += len(records)
             self._offset += consumed
@@ -236,26 +236,30 @@ class EncryptedFileStore(Store):
         )
         return True
 
-    def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "backend": self.kind,
-            "location": self.path,
-            "protection": self.key_source.protection,
-            "key_source": self.key_source.label,
-            "lock_file": self._lock.path,
-            "exists": False,
-        }
+    def describe(self) -> Description:
+        source = self.key_source
+        facts: dict[str, Any] = {"exists": False}
         try:
             st = os.stat(self.path)
         except OSError:
-            return info
-        info.update(
-            exists=True,
-            size=st.st_size,
-            last_write=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
-            permissions=loose_permissions(self.path) or "0o600",
+            pass
+        else:
+            facts = {
+                "exists": True,
+                "size": st.st_size,
+                "last_write": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+                "permissions": loose_permissions(self.path) or "0o600",
+            }
+        return Description(
+            backend=self.backend,
+            location=self.path,
+            protection=source.level,
+            protection_text=source.protection,
+            lock_file=self._lock.path,
+            key_file=source.path,
+            extra={"key_source": source.label},
+            **facts,
         )
-        return info
 
 
 def _apply(data: bytes, changes: list[bytes]) -> bytes:
@@ -263,8 +267,6 @@ def _apply(data: bytes, changes: list[bytes]) -> bytes:
     if not changes:
         return data
     import json
-
-    from ..cache import apply_delta
 
     state = json.loads(data)
     for change in changes:

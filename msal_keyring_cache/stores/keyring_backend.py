@@ -11,15 +11,15 @@ import os
 import threading
 from typing import Any, Callable, Optional, TypeVar
 
-from ..errors import BackendUnavailableError, CacheError, StoreError
+from ..errors import BackendUnavailableError, CacheError, KeyringTimeoutError, StoreError
 
-__all__ = ["KeyringTimeoutError", "classify_backend", "resolve_backend"]
+__all__ = ["REMEMBERED", "bounded", "classify_backend", "qualname", "resolve_backend", "translate"]
 
 _UNUSABLE = {"keyring.backends.fail.Keyring", "keyring.backends.null.Keyring"}
 # Only these may be imported by the name a stamp file remembers (it is a user file, but
 # importing an arbitrary module named in it is more than it should be able to cause).
 _REMEMBERABLE = ("keyring.backends.", "keyrings.")
-_REMEMBERED = "remembered from the last write"
+REMEMBERED = "remembered from the last write"
 
 T = TypeVar("T")
 
@@ -27,15 +27,7 @@ T = TypeVar("T")
 # -- bounded calls and error translation ------------------------------------------------
 
 
-class KeyringTimeoutError(BackendUnavailableError):
-    """A credential-store call did not answer within ``keyring_timeout``."""
-
-
-# Its public home is stores.keyring, which re-exports it (docs, reprs and pickles say so).
-KeyringTimeoutError.__module__ = "msal_keyring_cache.stores.keyring"
-
-
-def _qualname(obj: Any) -> str:
+def qualname(obj: Any) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -54,7 +46,7 @@ def _describe_error(exc: BaseException) -> str:
     return name  # an unknown error's text could quote the value being written
 
 
-def _bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
+def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     """Run ``fn`` in a worker thread; give up after ``timeout`` seconds (0 = no limit)."""
     if timeout <= 0:
         return fn()
@@ -82,7 +74,7 @@ def _bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
-def _translate(exc: BaseException, what: str, backend_name: str) -> CacheError:
+def translate(exc: BaseException, what: str, keyring_name: str) -> CacheError:
     """Map a keyring/D-Bus/OS error to the library's own error with what to do."""
     if isinstance(exc, CacheError):
         return exc
@@ -90,20 +82,20 @@ def _translate(exc: BaseException, what: str, backend_name: str) -> CacheError:
     name = type(exc).__name__
     if name in {"KeyringLocked", "LockedException", "PromptDismissedException"}:
         return BackendUnavailableError(
-            f"The OS credential store ({backend_name}) is locked ({what}: {detail}). Unlock it "
+            f"The OS credential store ({keyring_name}) is locked ({what}: {detail}). Unlock it "
             "(log in to the desktop session, or unlock the login keyring) and try again; or "
             "use the encrypted file instead (…_BACKEND=file, or …_KEYRING_FALLBACK=1 to fall "
             "back when the store is locked)."
         )
     if what.startswith(("set", "delete")) or name in {"PasswordSetError", "PasswordDeleteError"}:
         return StoreError(
-            f"The OS credential store ({backend_name}) refused to write the token cache "
+            f"The OS credential store ({keyring_name}) refused to write the token cache "
             f"({what}: {detail}). If the entry is too large for it, set a maximum value "
             "length so it is split into chunks; otherwise use the encrypted file "
             "(…_BACKEND=file)."
         )
     return BackendUnavailableError(
-        f"The OS credential store ({backend_name}) could not be used ({what}: {detail}). "
+        f"The OS credential store ({keyring_name}) could not be used ({what}: {detail}). "
         "Check that its service is running and reachable (on Linux: a Secret Service such "
         "as gnome-keyring on the session D-Bus), or use the encrypted file (…_BACKEND=file)."
     )
@@ -124,7 +116,7 @@ def resolve_backend(remembered: Optional[str], timeout: float) -> tuple[Any, str
 
     def load(fn: Callable[[], Any], source: str) -> Any:
         try:
-            return _bounded(fn, timeout, f"loading the backend named by {source}")
+            return bounded(fn, timeout, f"loading the backend named by {source}")
         except CacheError:
             raise
         except Exception as exc:
@@ -147,11 +139,11 @@ def resolve_backend(remembered: Optional[str], timeout: float) -> tuple[Any, str
         cls = _import_backend_class(remembered)
         if cls is not None:
             try:
-                return cls(), _REMEMBERED
+                return cls(), REMEMBERED
             except Exception:  # noqa: S110 - fall through to discovery
                 pass
     try:
-        found = _bounded(keyring.core.get_keyring, timeout, "discovering backends")
+        found = bounded(keyring.core.get_keyring, timeout, "discovering backends")
     except CacheError:
         raise
     except Exception as exc:
@@ -188,7 +180,7 @@ def _unchain(backend: Any) -> Any:
 
 def classify_backend(backend: Any) -> Optional[str]:
     """``None`` for a secure, usable backend, else why not (``auto`` falls back then)."""
-    name = _qualname(backend)
+    name = qualname(backend)
     if name in _UNUSABLE:
         return f"keyring found no usable credential store (it resolved {name})"
     if "plaintext" in name.lower():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+from typing import Optional
 
-from .base import Store
+from ..crypto import Protection
+from .base import Description, Store
 
 __all__ = ["MemoryStore"]
 
@@ -13,7 +14,7 @@ __all__ = ["MemoryStore"]
 class MemoryStore(Store):
     """The serialized cache in process memory; one store per cache (it tracks what it saw)."""
 
-    kind = "memory"
+    backend = "memory"
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,10 +46,12 @@ class MemoryStore(Store):
             self._data = None
             self._version += 1
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.kind,
-            "location": "process memory",
-            "protection": "none (not persisted)",
-            "size": len(self._data or b""),
-        }
+    def describe(self) -> Description:
+        return Description(
+            backend=self.backend,
+            location="process memory",
+            protection=Protection.NONE,
+            protection_text="none (not persisted)",
+            exists=self._data is not None,
+            size=len(self._data or b""),
+        )

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-_SECRET_SERVICE = "keyring.backends.SecretService.Keyring"  # noqa: S105 - a class name
+SECRET_SERVICE = "keyring.backends.SecretService.Keyring"  # noqa: S105 - a class name
 _SS_BUS = "org.freedesktop.secrets"
 
 
-def _direct_reads_allowed() -> bool:
+def direct_reads_allowed() -> bool:
     """Whether keyring would resolve nothing but its SecretService backend, as last time.
 
     Checked without importing keyring (~12 ms with its dependencies): no other backend
@@ -23,7 +23,7 @@ def _direct_reads_allowed() -> bool:
 
     if os.name != "posix" or sys.platform == "darwin":
         return False
-    if os.environ.get("PYTHON_KEYRING_BACKEND", _SECRET_SERVICE) != _SECRET_SERVICE:
+    if os.environ.get("PYTHON_KEYRING_BACKEND", SECRET_SERVICE) != SECRET_SERVICE:
         return False
     if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
         return False
@@ -36,7 +36,7 @@ def _direct_reads_allowed() -> bool:
     return not os.path.exists(os.path.join(config_home, "python_keyring", "keyringrc.cfg"))
 
 
-class _DirectSecretService:
+class DirectSecretService:
     """Reads the entries keyring's SecretService backend writes, over one kept connection.
 
     keyring's backend opens a new D-Bus connection and a new Diffie-Hellman session per

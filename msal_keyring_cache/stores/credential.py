@@ -20,9 +20,9 @@ backend directly instead of paying keyring's backend discovery.
 ``keyring`` is imported lazily; every call into it runs in a worker thread bounded by
 ``keyring_timeout`` (an unlock prompt or a hung D-Bus service never hangs the app).
 
-Nearby, and re-exported here: :mod:`.keyring_backend` (which backend, is it secure, bounded
-calls and error translation), :mod:`.secret_service` (direct Secret Service reads) and
-:mod:`.choice` (the ``auto``/``keyring`` choice and the envelope key).
+Nearby: :mod:`.keyring_backend` (which backend, is it secure, bounded calls and error
+translation) and :mod:`.secret_service` (direct Secret Service reads). Which store
+``backend="auto"`` picks, and the envelope key, are the factory's business.
 """
 
 from __future__ import annotations
@@ -35,33 +35,15 @@ import os
 import secrets
 from typing import Any, Callable, Optional, TypeVar
 
-from ..errors import ConfigError, StoreError
+from ..crypto import Protection
+from ..errors import ConfigError, KeyringTimeoutError, StoreError
 from ..files import atomic_write, read_file_keep_open
 from ..locking import CrossProcessLock, FileIdentity
-from .base import Store
-from .choice import choose as choose
-from .choice import default_lock_path as default_lock_path
-from .choice import envelope_key as envelope_key
-from .keyring_backend import _REMEMBERED as _REMEMBERED
-from .keyring_backend import KeyringTimeoutError as KeyringTimeoutError
-from .keyring_backend import _bounded as _bounded
-from .keyring_backend import _qualname as _qualname
-from .keyring_backend import _translate as _translate
-from .keyring_backend import classify_backend as classify_backend
-from .keyring_backend import resolve_backend as resolve_backend
-from .secret_service import _SECRET_SERVICE as _SECRET_SERVICE
-from .secret_service import _direct_reads_allowed as _direct_reads_allowed
-from .secret_service import _DirectSecretService as _DirectSecretService
+from .base import Description, Store
+from .keyring_backend import REMEMBERED, bounded, qualname, resolve_backend, translate
+from .secret_service import SECRET_SERVICE, DirectSecretService, direct_reads_allowed
 
-__all__ = [
-    "WINDOWS_MAX_VALUE_LENGTH",
-    "KeyringStore",
-    "choose",
-    "classify_backend",
-    "default_lock_path",
-    "envelope_key",
-    "resolve_backend",
-]
+__all__ = ["WINDOWS_MAX_VALUE_LENGTH", "KeyringStore"]
 
 logger = logging.getLogger("msal_keyring_cache")
 
@@ -99,11 +81,11 @@ class KeyringStore(Store):
     :param lock_timeout: seconds to wait for the lock.
     :param max_value_length: characters per entry; longer values are chunked. Default:
         the backend's known limit (Windows: 1,280), else no chunking.
-    :param backend: a ``keyring.backend.KeyringBackend`` instance; default: the one keyring
+    :param keyring: a ``keyring.backend.KeyringBackend`` instance; default: the one keyring
         resolves (``PYTHON_KEYRING_BACKEND``, keyringrc, priorities).
     """
 
-    kind = "keyring"
+    backend = "keyring"
 
     def __init__(
         self,
@@ -114,7 +96,7 @@ class KeyringStore(Store):
         keyring_timeout: float = 3.0,
         lock_timeout: float = 60.0,
         max_value_length: Optional[int] = None,
-        backend: Any = None,
+        keyring: Any = None,
     ) -> None:
         super().__init__()
         if not service or not account:
@@ -130,10 +112,10 @@ class KeyringStore(Store):
         base = lock_path[: -len(".lock")] if lock_path.endswith(".lock") else lock_path
         self.stamp_path = base + ".stamp"
         self._identity = FileIdentity(self.stamp_path)
-        self._backend = backend
-        self._direct: Optional[_DirectSecretService] = None
-        self._direct_ok = backend is None  # may reads bypass keyring (see resolve())?
-        self.resolved_by = "given" if backend is not None else ""
+        self._backend = keyring
+        self._direct: Optional[DirectSecretService] = None
+        self._direct_ok = keyring is None  # may reads bypass keyring (see resolve())?
+        self.resolved_by = "given" if keyring is not None else ""
         self._loaded = False
         self._primed: Any = _NOTHING
         self._chunks: tuple[str, int] = ("", 0)  # generation and count last seen
@@ -147,19 +129,19 @@ class KeyringStore(Store):
 
         When the stamp file says the cache was last written by keyring's SecretService
         backend and nothing tells keyring otherwise, reads go straight to the Secret
-        Service (see :class:`_DirectSecretService`) and keyring is imported only to write.
+        Service (see :class:`DirectSecretService`) and keyring is imported only to write.
         """
         if self._backend is not None or self._direct is not None:
             return
         remembered = self._read_stamp_doc().get("backend")
-        if self._direct_ok and remembered == _SECRET_SERVICE and _direct_reads_allowed():
-            self._direct = _DirectSecretService()
-            self.resolved_by = _REMEMBERED
+        if self._direct_ok and remembered == SECRET_SERVICE and direct_reads_allowed():
+            self._direct = DirectSecretService()
+            self.resolved_by = REMEMBERED
             return
         self._backend, self.resolved_by = resolve_backend(remembered, self.keyring_timeout)
 
     @property
-    def backend(self) -> Any:
+    def keyring(self) -> Any:
         """The keyring backend in use (resolved on first use)."""
         if self._backend is None:
             self._backend, self.resolved_by = resolve_backend(
@@ -192,30 +174,30 @@ class KeyringStore(Store):
             self._direct = None
 
     @property
-    def backend_name(self) -> str:
+    def keyring_name(self) -> str:
         if self._backend is None and self._direct is not None:
-            return _SECRET_SERVICE
-        return _qualname(self.backend)
+            return SECRET_SERVICE
+        return qualname(self.keyring)
 
     def _limit(self) -> Optional[int]:
         if self.max_value_length is not None:
             return self.max_value_length
-        return _KNOWN_LIMITS.get(self.backend_name)
+        return _KNOWN_LIMITS.get(self.keyring_name)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         self.calls[what.split()[0]] += 1
         try:
-            return _bounded(fn, self.keyring_timeout, what)
+            return bounded(fn, self.keyring_timeout, what)
         except KeyringTimeoutError:
             raise
         except Exception as exc:
-            raise _translate(exc, what, self.backend_name) from None
+            raise translate(exc, what, self.keyring_name) from None
 
     def _get(self, service: str) -> Optional[str]:
         direct = self._direct
         if direct is not None:
             try:
-                value = _bounded(
+                value = bounded(
                     lambda: direct.get(service, self.account), self.keyring_timeout, "get password"
                 )
                 self.calls["get"] += 1
@@ -227,18 +209,18 @@ class KeyringStore(Store):
                 # Not the plain case (locked, no default collection …): keyring's turn.
                 self._drop_direct()
                 self._direct_ok = False
-        backend = self.backend
+        backend = self.keyring
         value = self._call("get password", lambda: backend.get_password(service, self.account))
         if value is not None and not isinstance(value, str):
             raise StoreError(f"The credential store returned a {type(value).__name__}, not text.")
         return value
 
     def _set(self, service: str, value: str) -> None:
-        backend = self.backend
+        backend = self.keyring
         self._call("set password", lambda: backend.set_password(service, self.account, value))
 
     def _delete(self, service: str) -> None:
-        backend = self.backend
+        backend = self.keyring
         with contextlib.suppress(StoreError):  # already gone (PasswordDeleteError)
             self._call("delete password", lambda: backend.delete_password(service, self.account))
 
@@ -256,7 +238,7 @@ class KeyringStore(Store):
 
     def _write_stamp(self) -> None:
         blob = json.dumps(
-            {"format": _STAMP_FORMAT, "write": secrets.token_hex(8), "backend": self.backend_name},
+            {"format": _STAMP_FORMAT, "write": secrets.token_hex(8), "backend": self.keyring_name},
             separators=(",", ":"),
         ).encode()
         fd = atomic_write(self.stamp_path, blob)
@@ -386,25 +368,28 @@ class KeyringStore(Store):
         self._primed = data
         return data
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Description:
         if self._backend is not None:
-            name = _qualname(self._backend)
+            name = qualname(self._backend)
         else:
-            name = _SECRET_SERVICE if self._direct is not None else "not resolved yet"
+            name = SECRET_SERVICE if self._direct is not None else "not resolved yet"
         limit = self.max_value_length or _KNOWN_LIMITS.get(name)
-        return {
-            "backend": self.kind,
-            "location": f"service {self.service!r}, account {self.account!r}",
-            "service": self.service,
-            "account": self.account,
-            "keyring_backend": name,
-            "resolved_by": self.resolved_by,
-            "protection": _PROTECTION.get(name, f"OS credential store ({name})"),
-            "chunking": f"values over {limit} characters are split" if limit else "none",
-            "direct_reads": self._direct is not None,
-            "lock_file": self._lock.path,
-            "stamp_file": self.stamp_path,
-        }
+        return Description(
+            backend=self.backend,
+            location=f"service {self.service!r}, account {self.account!r}",
+            protection=Protection.CREDENTIAL_STORE,
+            protection_text=_PROTECTION.get(name, f"OS credential store ({name})"),
+            lock_file=self._lock.path,
+            extra={
+                "service": self.service,
+                "account": self.account,
+                "keyring_backend": name,
+                "resolved_by": self.resolved_by,
+                "chunking": f"values over {limit} characters are split" if limit else "none",
+                "direct_reads": self._direct is not None,
+                "stamp_file": self.stamp_path,
+            },
+        )
 
     def close(self) -> None:
         self._identity.forget()

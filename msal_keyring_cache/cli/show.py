@@ -13,8 +13,9 @@ from typing import Any, Optional
 
 from .. import crypto
 from ..config import Settings
-from ..errors import CacheError, ConfigError
+from ..errors import CacheError, ConfigError, CorruptCacheError
 from ..files import loose_permissions, read_file
+from ..stores.base import Description
 from .common import (
     PROG,
     CommandError,
@@ -119,7 +120,7 @@ def _confirm(ctx: _Context, question: str) -> bool:
 
 def cmd_clear(ctx: _Context) -> int:
     cache = ctx.cache()
-    where = cache.store.describe().get("location") or cache.backend_info.backend
+    where = cache.store.describe().location or cache.backend_info.backend
     username: Optional[str] = ctx.args.account
     with cache.store.lock():
         cache.reload()
@@ -215,17 +216,15 @@ def _doctor_checks(ctx: _Context) -> Iterator[Check]:
         return
     yield Check("backend", "ok", f"{info.backend}: {info.reason}")
     described = store.describe()
-    protection = str(described.get("protection", ""))
-    weak = "weak" in protection or "none" in protection
     yield Check(
         "protection",
-        "warn" if weak else "ok",
-        protection or "unknown",
+        "warn" if described.protection.weak else "ok",
+        described.protection_text,
         f"Set {settings.env_var('key', ctx.env_prefix)}, "
         f"{settings.env_var('passphrase', ctx.env_prefix)}, a key file outside the data "
         f"directory or {settings.env_var('key_in_keyring', ctx.env_prefix)}=1.",
     )
-    for path in _private_paths(store, settings):
+    for path in _private_paths(described):
         yield _permission_check(path)
     lock = store.lock()
     try:
@@ -239,23 +238,20 @@ def _doctor_checks(ctx: _Context) -> Iterator[Check]:
     else:
         try:
             data = store.load()
-            yield Check("read", "ok", f"read {len(data or b'')} bytes from the {store.kind} store")
+            yield Check(
+                "read", "ok", f"read {len(data or b'')} bytes from the {store.backend} store"
+            )
         except CacheError as exc:
             yield Check("read", "fail", str(exc), "See the message.")
     store.close()
 
 
-def _private_paths(store: Any, settings: Settings) -> list[str]:
+def _private_paths(described: Description) -> list[str]:
     paths = []
-    location = getattr(store, "path", None)
-    if location:
-        paths += [os.path.dirname(location), location]
-    key_source = getattr(store, "key_source", None)
-    label = str(getattr(key_source, "label", ""))
-    if settings.key_file:
-        paths.append(settings.key_file)
-    elif getattr(key_source, "tag", "") == "generated":
-        paths.append(label.replace("generated key file ", "", 1))
+    if described.backend == "file":
+        paths += [os.path.dirname(described.location), described.location]
+    if described.key_file:
+        paths.append(described.key_file)
     return paths
 
 
@@ -279,7 +275,7 @@ def _decrypt_check(store: Any) -> Check:
         return Check("decrypt", "ok", "no cache file yet (it is created at the first sign-in)")
     try:
         plaintext, _ = crypto.decrypt(blob, store.key_source)
-    except crypto.CorruptCacheError as exc:
+    except CorruptCacheError as exc:
         return Check(
             "decrypt",
             "fail",
@@ -323,7 +319,9 @@ def _keyring_checks(ctx: _Context, settings: Settings) -> Iterator[Check]:
 
 def _keyring_probe(settings: Settings) -> Iterator[Check]:
     """Which keyring backend, is it secure, and a write/read/delete round trip in time."""
-    from ..stores import keyring as ks
+    from ..factory import default_lock_path
+    from ..stores.credential import KeyringStore
+    from ..stores.keyring_backend import bounded, classify_backend, translate
 
     # Must the credential store work (fail), or may the file take over (warn)?
     must = settings.backend == "keyring" or settings.key_in_keyring
@@ -332,22 +330,22 @@ def _keyring_probe(settings: Settings) -> Iterator[Check]:
         "Start or unlock a secure credential store (Linux: gnome-keyring, KWallet or "
         "KeePassXC on the session D-Bus), or use --backend file."
     )
-    store = ks.KeyringStore(
+    store = KeyringStore(
         settings.service,
         settings.keyring_account,
-        lock_path=ks.default_lock_path(settings),
+        lock_path=default_lock_path(settings),
         keyring_timeout=settings.keyring_timeout,
         lock_timeout=settings.lock_timeout,
     )
     try:
-        backend = store.backend
+        backend = store.keyring
     except CacheError as exc:
         # auto without keyring_fallback refuses to start an empty file then: a failure.
         status = "fail" if must or not settings.keyring_fallback else "warn"
         yield Check("credential store", status, _one_line(str(exc)), fix)
         return
-    name = store.backend_name
-    insecure = ks.classify_backend(backend)
+    name = store.keyring_name
+    insecure = classify_backend(backend)
     if insecure is not None:
         yield Check("credential store", soft, f"{insecure}; the encrypted file is used", fix)
         return
@@ -356,23 +354,23 @@ def _keyring_probe(settings: Settings) -> Iterator[Check]:
     value = secrets.token_urlsafe(16)
     started = time.perf_counter()
     try:
-        ks._bounded(
+        bounded(
             lambda: backend.set_password(settings.service, account, value),
             settings.keyring_timeout,
             "writing a probe entry",
         )
-        read = ks._bounded(
+        read = bounded(
             lambda: backend.get_password(settings.service, account),
             settings.keyring_timeout,
             "reading the probe entry",
         )
-        ks._bounded(
+        bounded(
             lambda: backend.delete_password(settings.service, account),
             settings.keyring_timeout,
             "deleting the probe entry",
         )
     except Exception as exc:
-        error = ks._translate(exc, "probe round trip", name)
+        error = translate(exc, "probe round trip", name)
         yield Check("probe round trip", soft, _one_line(str(error)), fix)
         return
     took = (time.perf_counter() - started) * 1000
