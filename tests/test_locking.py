@@ -19,7 +19,6 @@ import pytest
 
 from msal_keyring_cache.errors import ConfigError, LockTimeoutError
 from msal_keyring_cache.locking import CrossProcessLock
-
 from tests.helpers import PYTHON, ROOT, child_env, require
 
 #: How late a timed-out waiter may return. Generous for a loaded 2-core machine, yet
