@@ -308,11 +308,15 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
         "work with no shared cache: the floor. p50/p99: time per `acquire_token_for_client`, "
         "over all acquisitions of a run. Lost = the call returned a token but the token is "
         "not in the shared cache afterwards; errors = calls that raised or returned no token. "
-        "Lost and errors are summed over all runs of a cell.",
+        "Lost and errors are summed over all runs of a cell. *Lock held*: for this project, "
+        "the median critical section (one write: catch up, append, fsync), and the share "
+        "of the wall time some process held the lock — near 100% means writers are "
+        "serialized back to back and the hand-over costs little; the rest is the "
+        "critical section's own length.",
         "",
         "| variant | N × M | wall s (range) | × msal-extensions | × floor | p50 ms | p99 ms "
-        "| lost | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| lock held ms | held % | lost | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in results["contention"]["rows"]:
         kinds = f" ({', '.join(row['error_kinds'])})" if row["error_kinds"] else ""
@@ -322,10 +326,12 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
             wall += f", {row['runs']} run(s): slower than {results['contention']['cap_s']:g} s"
         vs_x = f"{row['vs_msalx']:.2f}×" if "vs_msalx" in row else ""
         vs_f = f"{row['vs_floor']:.2f}×" if "vs_floor" in row else ""
+        held = f"{row['held_ms']:.1f}" if row.get("held_ms") is not None else ""
+        share = f"{row['held_share'] * 100:.0f}%" if row.get("held_share") is not None else ""
         lines.append(
             f"| {labels[row['variant']]} | {row['processes']} × {row['each']} | {wall} | "
-            f"{vs_x} | {vs_f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['lost']} | "
-            f"{row['errors']}{kinds} |"
+            f"{vs_x} | {vs_f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {held} | {share} | "
+            f"{row['lost']} | {row['errors']}{kinds} |"
         )
     stress = results.get("lock_stress")
     if stress:

@@ -309,6 +309,13 @@ class Bench:
                     "p50_ms": statistics.median(r["p50"] for r in cell_runs) * 1e3,
                     "p99_ms": statistics.median(r["p99"] for r in cell_runs) * 1e3,
                     "lost": sum(r["lost"] for r in cell_runs),
+                    "held_ms": _median_or_none([r.get("held_p50") for r in cell_runs], 1e3),
+                    "held_share": _median_or_none(
+                        [
+                            (r["held_total"] / r["wall"]) if r.get("held_total") else None
+                            for r in cell_runs
+                        ]
+                    ),
                     "errors": sum(r["errors"] for r in cell_runs),
                     "error_kinds": sorted({k for r in cell_runs for k in r["kinds"]})[:5],
                 }
@@ -357,8 +364,11 @@ class Bench:
             present = returned if found["own_tokens"] == len(returned) else set()
         else:
             present = set(self.run("tally", variant, directory)["targets"])
+        held = found.get("held", [])
         return {
             "wall": found["wall"],
+            "held_p50": percentile(held, 0.5) if held else None,
+            "held_total": sum(held) if held else None,
             "errors": found["errors"],
             # acquired (the call returned a token) but not in the shared cache afterwards
             "lost": len(returned - present),
@@ -473,6 +483,11 @@ class Bench:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _median_or_none(values: list[Optional[float]], scale: float = 1.0) -> Optional[float]:
+    found = [v * scale for v in values if v is not None]
+    return statistics.median(found) if found else None
 
 
 def _rotated(items: list[str], round_no: int) -> list[str]:

@@ -281,6 +281,10 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
     import msal  # noqa: F401  (each child would import it before "ready" anyway)
     from forking import run_children
 
+    held: list[float] = []  # this child's critical sections (ours only), seconds
+    if name.startswith("ours-"):
+        _time_critical_sections(held)
+
     def prepare(index: int) -> Callable[[], dict[str, Any]]:
         variant = open_variant(name, directory)
         app = confidential_app(variant, port)
@@ -311,6 +315,7 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
                 "kinds": kinds[:5],
                 "times": times,
                 "stored": stored,
+                "held": held,
             }
             if name == "msal-memory":  # no shared cache: count what this process holds
                 out["own_tokens"] = len(variant.cache._cache.get("AccessToken", {}))
@@ -328,8 +333,32 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         "times": times,
         "own_tokens": sum(r.get("own_tokens", 0) for r in results),
         "stored": [s for r in results for s in r.get("stored", [])],
+        "held": [h for r in results for h in r.get("held", [])],
     }
     sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _time_critical_sections(held: list[float]) -> None:
+    """Record how long each outermost hold of this project's lock lasts (bench only)."""
+    from msal_keyring_cache import locking
+
+    cls = locking.CrossProcessLock
+    enter, leave = cls.__enter__, cls.__exit__
+    started: dict[int, float] = {}
+
+    def timed_enter(self: Any) -> Any:
+        result = enter(self)
+        if self._depth == 1:
+            started[id(self)] = time.perf_counter()
+        return result
+
+    def timed_exit(self: Any, *exc: Any) -> None:
+        if self._depth == 1 and id(self) in started:
+            held.append(time.perf_counter() - started.pop(id(self)))
+        leave(self, *exc)
+
+    cls.__enter__ = timed_enter  # type: ignore[method-assign]
+    cls.__exit__ = timed_exit  # type: ignore[method-assign]
 
 
 def mode_lockstress(name: str, directory: str, processes: int, count: int) -> None:
