@@ -189,16 +189,14 @@ class CrossProcessLock:
                     os.close(fd)
                     raise self._os_error(exc) from None
                 else:
-                    if self._same_file(fd):
+                    if self._current(fd):
                         return fd
-                    _unlock(fd)
-                    os.close(fd)
-                    continue
-            fd = self._wait(waiter, deadline)
-            if self._same_file(fd):
-                return fd
-            _unlock(fd)  # replaced while we waited: lock the file now at the path
-            os.close(fd)
+            if waiter is not None:
+                fd = self._wait(waiter, deadline)
+                if self._current(fd):
+                    return fd
+            if time.monotonic() >= deadline:  # replaced again and again: still bounded
+                raise self._timeout()
 
     def _wait(self, waiter: _Waiter, deadline: float) -> int:
         with self._cond:
@@ -218,7 +216,10 @@ class CrossProcessLock:
             if waiter.state == _FAILED:
                 self._waiter = None
                 raise self._os_error(waiter.error or OSError(errno.EIO, "flock failed"))
-        raise LockTimeoutError(
+        raise self._timeout()
+
+    def _timeout(self) -> LockTimeoutError:
+        return LockTimeoutError(
             f"Gave up waiting {self.timeout:g} s for the token-cache lock {self.path}: "
             "another process holds it. If that process is stuck, end it; otherwise "
             "raise the lock timeout (MSAL_KEYRING_CACHE_LOCK_TIMEOUT or lock_timeout=). "
@@ -276,15 +277,26 @@ class CrossProcessLock:
             ) from None
         os.chmod(directory, 0o700)  # mkdir's mode is cut by the umask
 
-    def _same_file(self, fd: int) -> bool:
+    def _current(self, fd: int) -> bool:
+        """Whether the locked ``fd`` is the file now at the path; if not, let it go.
+
+        A lock file deleted or replaced while we waited is not the lock any more: the
+        caller then locks the file now at the path.
+        """
         try:
             now = os.stat(self.path, follow_symlinks=False)
+            held = os.fstat(fd)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return True
         except FileNotFoundError:
-            return False
+            pass
         except OSError as exc:
+            _unlock(fd)
+            os.close(fd)
             raise self._os_error(exc) from None
-        held = os.fstat(fd)
-        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+        _unlock(fd)
+        os.close(fd)
+        return False
 
     def _not_a_file(self, what: str) -> ConfigError:
         return ConfigError(
