@@ -103,11 +103,45 @@ def test_surface_and_reentrance(lock_path: Path) -> None:
         assert lock.held
         with lock:  # re-entrant for its holder
             assert lock.held
-        assert lock.held  # the inner exit did not release
-        assert CrossProcessLock(str(lock_path), 0.05).held is False
+        assert lock.held  # the inner exit did not release …
+        other = CrossProcessLock(str(lock_path), 0.05)
+        with pytest.raises(LockTimeoutError):  # … for real: nobody else gets in
+            other.__enter__()
+        assert other.held is False
     assert not lock.held
     with CrossProcessLock(str(lock_path), 0):  # released: anyone may take it at once
         pass
+
+
+def test_filelock_holders_and_ours_exclude_each_other(lock_path: Path) -> None:
+    # Earlier releases locked with filelock: during an upgrade both kinds of process run.
+    from filelock import FileLock, Timeout
+
+    lock_path.parent.mkdir(mode=0o700)
+    theirs, ours = FileLock(str(lock_path)), CrossProcessLock(str(lock_path), 0.2)
+    with theirs, pytest.raises(LockTimeoutError):
+        ours.__enter__()
+    with ours, pytest.raises(Timeout):
+        theirs.acquire(timeout=0.2)
+
+
+def test_a_lock_file_replaced_at_every_attempt_still_ends_at_the_timeout(
+    lock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the path shows another file each time we look (a real file
+    # system cannot be made to do this on cue). The lock must not spin past its timeout.
+    real = os.stat
+
+    def moving(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        found = real(path, *args, **kwargs)  # type: ignore[arg-type]
+        if str(path) != str(lock_path):
+            return found
+        fields = list(found[:10])
+        fields[1] += 1  # another inode
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "stat", moving)
+    assert _within(_timed_wait(CrossProcessLock(str(lock_path), 0.3)), 0.3)
 
 
 def test_two_objects_exclude_each_other_even_in_one_process(lock_path: Path) -> None:
