@@ -457,7 +457,7 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
         "",
         "```",
         "nox -s bench                  # full run (about 20 minutes on 2 cores)",
-        "nox -s bench -- --quick       # smoke run: 1–2 small shapes, few rounds",
+        "nox -s bench -- --quick       # smoke run: small shapes, one round",
         "python bench/run.py --only lock_stress   # one step; raw figures only",
         "```",
         "",
