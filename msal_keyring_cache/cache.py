@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -62,6 +62,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     Pass it as ``token_cache=`` to ``msal.PublicClientApplication`` or
     ``msal.ConfidentialClientApplication``. Usually made by
     :func:`~msal_keyring_cache.build_cache`.
+
+    ``has_state_changed`` keeps msal's meaning: whether this object's content changed
+    since the last ``serialize()``/``deserialize()`` (every change is already stored, so
+    code that saves a copy when it is true only writes a redundant copy).
     """
 
     def __init__(self, store: Store, *, backend_info: Optional[BackendInfo] = None) -> None:
@@ -75,6 +79,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # the next write stores those that differ now. Kept in memory only.
         self._before: dict[tuple[str, str], Any] = {}
         self._rewrite = False  # a change not expressible per entry (deserialize)
+        #: msal's ``http_cache=`` mapping, persisted beside this cache (discovery answers:
+        #: a new process then makes no request on a silent hit), or ``None``, the default.
+        #: ``build_cache(..., http_cache=True)`` sets it; see :mod:`~msal_keyring_cache.http_cache`.
+        self.http_cache: Optional[MutableMapping[str, Any]] = None
 
     def __repr__(self) -> str:
         return f"<PersistentTokenCache backend={self.backend_info}>"
@@ -136,7 +144,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         with self._writing():
             with self._lock:
                 self._cache = parsed
-                self.has_state_changed = True
+                self.has_state_changed = False  # msal: deserialize() resets the flag
             self._rewrite = True
 
     def merge(self, state: str) -> int:
@@ -160,7 +168,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                     self._before.setdefault((kind, key), old)
                     mine[key] = entry
                     changed += 1
-            self.has_state_changed = bool(changed)
+            if changed:
+                self.has_state_changed = True
         return changed
 
     def clear(self) -> None:
@@ -169,7 +178,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             self.store.clear()
             with self._lock:
                 self._cache = {}
-                self.has_state_changed = False
+                self.has_state_changed = True  # memory changed since the last serialize()
             self._before.clear()
             self._rewrite = False
 
@@ -220,8 +229,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 )
                 parsed = {}
         with self._lock:
-            self._cache = parsed
-            self.has_state_changed = False
+            self._cache = parsed  # other processes' writes: has_state_changed is untouched
         self._before.clear()  # unsaved prunes are redone by msal's next search
         logger.debug(
             "Loaded the token cache from the %s store (%d bytes)",
@@ -257,7 +265,6 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 if now != before:
                     delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
             self._before.clear()
-            self.has_state_changed = False
         rewrite, self._rewrite = self._rewrite, False
         if rewrite:
             self.store.save(self._dump())
