@@ -46,8 +46,11 @@ class EncryptedFileStore(Store):
         key_source: crypto.KeySource,
         *,
         lock_timeout: float = 60.0,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
+        #: Never write, move or create anything: damaged data raises, writes raise.
+        self.read_only = read_only
         self.path = os.path.abspath(os.path.expanduser(path))
         check_not_symlink(self.path)
         self.key_source = key_source
@@ -82,6 +85,10 @@ class EncryptedFileStore(Store):
                 plaintext = crypto.decrypt_record(token, key)
             except CorruptCacheError as exc:
                 os.close(fd)
+                if self.read_only:
+                    raise CorruptCacheError(
+                        f"{self.path} is not a readable encrypted token cache: {exc}."
+                    ) from None
                 self._set_aside(blob, str(exc))
                 continue
             except BaseException:
@@ -95,6 +102,10 @@ class EncryptedFileStore(Store):
             try:
                 self._queue = [crypto.decrypt_record(r, key) for r in records]
             except CorruptCacheError as exc:
+                if self.read_only:
+                    raise CorruptCacheError(
+                        f"A journal record of the token cache {self.path} is damaged: {exc}."
+                    ) from None
                 return self._salvage(blob, plaintext, records, str(exc))
             return plaintext
         self._forget()
@@ -133,7 +144,12 @@ class EncryptedFileStore(Store):
         queue, self._queue = self._queue, []
         return queue
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"The token cache {self.path} was opened read-only.")
+
     def save(self, data: bytes) -> None:
+        self._writable()
         self.stats.saves += 1
         blob = crypto.encrypt(data, self.key_source, self._header)
         fd = atomic_write(self.path, blob)
@@ -144,6 +160,7 @@ class EncryptedFileStore(Store):
         self._records, self._queue = 0, []
 
     def append(self, delta: bytes, full: Callable[[], bytes]) -> None:
+        self._writable()
         replaced, _ = self._identity.check()
         journal = self._offset - self._snapshot_end
         if (
@@ -179,6 +196,7 @@ class EncryptedFileStore(Store):
         self._records += 1
 
     def clear(self) -> None:
+        self._writable()
         with self._lock:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
