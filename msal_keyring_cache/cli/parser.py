@@ -17,6 +17,7 @@ from .demo import cmd_demo
 from .migrate import add_import_arguments, add_migrate_arguments, cmd_import, cmd_migrate
 from .show import cmd_accounts, cmd_clear, cmd_doctor, cmd_status
 from .transfer import cmd_export, cmd_generate_key, cmd_move, cmd_rotate_key
+from .web import add_web_purge
 
 SETTINGS_HINT = (
     "Settings (backend, path, key file, timeouts …) are flags of every command and "
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_adoption(sub)
+    add_web_purge(sub)
 
     export = _add(
         sub,
