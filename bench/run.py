@@ -1,15 +1,19 @@
 """Benchmarks: this project against plain msal and msal-extensions, side by side, as ratios.
 
 ``nox -s bench`` runs ``python bench/run.py``; ``--quick`` is a smoke run. It writes
-docs/performance.md (tables, ratios against the targets of issue 5, machine and
-versions) and docs/performance.png, plus the raw figures in bench/results/last_run.json
-(not committed).
+docs/performance.md (tables, ratios against the targets of issues 5, 12 and 13, machine
+and versions) and docs/performance.png, plus the raw figures in
+bench/results/last_run.json (not committed).
 
 Every row is a real process or a real library call: a loopback identity provider serves
 the tokens, msal-extensions and this project write real files, and the Secret Service
-rows talk to a private gnome-keyring on a private D-Bus. Whole-process times are taken
-in alternating rounds and compared per round (median of the per-round ratios), which
-cancels most of the noise of a shared machine.
+rows talk to a private gnome-keyring on a private D-Bus.
+
+Method (the same for every comparison): alternating rounds — each round runs every
+variant of a cell once, the round's first variant rotating — at least 3 rounds, the
+median per cell with its range, and ratios taken within a round (median of the
+per-round ratios), which cancels most of the noise of a shared machine. Every persistent
+variant starts from the same state: one interactive sign-in (``setup``) before a cell.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import secrets
 import shutil
 import statistics
@@ -61,10 +64,24 @@ LABELS = {
 PERSISTENT = [v for v in ALL_VARIANTS if v != "msal-memory"]
 
 
+ROUNDS = 3  # every cell: the median of at least this many, with its spread
+CELL_CAP_S = 150.0  # a cell slower than this in round 1 is not repeated (said in the report)
+SHAPES = [(4, 30), (16, 30), (32, 15), (64, 5), (128, 2)]
+QUICK_SHAPES = [(4, 5), (16, 2)]
+CONTENDERS = ["msal-memory", "msalx-file", "ours-key", "ours-keyring", "ours-envelope"]
+LOCK_STRESS = (80, 5)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median and range of repeated measurements."""
+    return {"median": statistics.median(values), "lo": min(values), "hi": max(values)}
+
+
 class Bench:
     def __init__(self, quick: bool, port: int, extra_env: dict[str, str]) -> None:
         self.quick = quick
         self.port = port
+        self.rounds = 1 if quick else ROUNDS  # quick: a smoke run (CI runs it)
         self.tmp = tempfile.mkdtemp(prefix="msal-keyring-cache-bench-")
         home = os.path.join(self.tmp, "home")
         self.env = dict(os.environ)
@@ -107,9 +124,16 @@ class Bench:
             check=False,
         )
         if done.returncode != 0:
+            if os.environ.get("BENCH_DEBUG"):
+                print(done.stderr, file=sys.stderr)
             raise WorkerFailed(_last_line(done.stderr) or f"exit code {done.returncode}")
         lines = done.stdout.strip().splitlines()
         return dict(json.loads(lines[-1])) if lines else {}
+
+    def setup(self, variant: str, directory: str) -> None:
+        """The same starting state for every persistent variant: one interactive sign-in."""
+        if variant != "msal-memory":
+            self.run("setup", variant, directory, timeout=120)
 
     # -- which variants can run here ---------------------------------------------------
 
@@ -134,8 +158,7 @@ class Bench:
                 continue
             directory = self.new_dir("cold-" + variant)
             try:
-                if variant != "msal-memory":
-                    self.run("setup", variant, directory, timeout=60)
+                self.setup(variant, directory)
             except (WorkerFailed, subprocess.TimeoutExpired) as exc:
                 self.skipped[variant] = f"could not set up: {exc}"
                 continue
@@ -149,6 +172,7 @@ class Bench:
         rounds = 4 if self.quick else 30
         variants = [v for v in PERSISTENT if v in self.available]
         times: dict[str, list[float]] = {v: [] for v in variants}
+        requests: dict[str, list[int]] = {v: [] for v in variants}
         import_cmds = {
             "import msal": [sys.executable, "-c", "import msal"],
             "import msal + msal_keyring_cache": [
@@ -167,23 +191,32 @@ class Bench:
             "print(time.perf_counter() - t)",
         ]
         added_in_process: list[float] = []
-        for _ in range(rounds):
-            order = variants[:]
-            random.shuffle(order)
-            for variant in order:
+        for round_no in range(rounds):
+            for variant in _rotated(variants, round_no):
                 cmd = self.worker("cold", variant, homes[variant])
-                times[variant].append(_time_process(cmd, self.env))
+                elapsed, out = _time_process(cmd, self.env)
+                times[variant].append(elapsed)
+                requests[variant].append(int(out.get("requests", -1)))
             for name, cmd in import_cmds.items():
-                import_times[name].append(_time_process(cmd, self.env))
+                import_times[name].append(_time_process(cmd, self.env)[0])
             done = subprocess.run(in_process, env=self.env, capture_output=True, text=True)
             added_in_process.append(float(done.stdout) * 1e3)
         base = times["msal-json"]
         rows = {}
         for variant, values in times.items():
             ratios = [t / b for t, b in zip(values, base)]
+            ms = spread([v * 1e3 for v in values])
+            r = spread(ratios)
             rows[variant] = {
-                "ms": statistics.median(values) * 1e3,
-                "ratio": statistics.median(ratios),
+                "ms": ms["median"],
+                "ms_lo": ms["lo"],
+                "ms_hi": ms["hi"],
+                "ratio": r["median"],
+                "ratio_lo": r["lo"],
+                "ratio_hi": r["hi"],
+                # the most any run made: one extra request is not hidden by a median
+                "requests": max(requests[variant]),
+                "requests_min": min(requests[variant]),
             }
         plain, ours = import_times["import msal"], import_times["import msal + msal_keyring_cache"]
         added = statistics.median([(b - a) * 1e3 for a, b in zip(plain, ours)])
@@ -202,13 +235,25 @@ class Bench:
 
     def warm(self) -> dict[str, Any]:
         calls = 450 if self.quick else 2700
+        per_round: dict[str, list[float]] = {v: [] for v in self.available}
+        for round_no in range(self.rounds):
+            for variant in _rotated(self.available, round_no):
+                row = self.run("warm", variant, self.new_dir("warm-" + variant), str(calls))
+                per_round[variant].append(row["us"])
+        base = per_round["msal-memory"]
         rows = {}
-        for variant in self.available:
-            rows[variant] = self.run("warm", variant, self.new_dir("warm-" + variant), str(calls))
-        base = rows["msal-memory"]["us"]
-        for row in rows.values():
-            row["ratio"] = row["us"] / base
-        return {"calls": calls, "rows": rows}
+        for variant, values in per_round.items():
+            us = spread(values)
+            ratio = spread([v / b for v, b in zip(values, base)])
+            rows[variant] = {
+                "us": us["median"],
+                "us_lo": us["lo"],
+                "us_hi": us["hi"],
+                "ratio": ratio["median"],
+                "ratio_lo": ratio["lo"],
+                "ratio_hi": ratio["hi"],
+            }
+        return {"calls": calls, "rounds": self.rounds, "rows": rows}
 
     # -- 3. store writes per operation ------------------------------------------------------
 
@@ -225,70 +270,149 @@ class Bench:
     # -- 4. N processes x M acquisitions into one cache -------------------------------------
 
     def contention(self) -> dict[str, Any]:
-        shapes = [(4, 5)] if self.quick else [(4, 30), (16, 30), (32, 15)]
-        variants = [
-            v
-            for v in ("msal-memory", "msalx-file", "ours-key", "ours-keyring", "ours-envelope")
-            if v in self.available
-        ]
+        shapes = QUICK_SHAPES if self.quick else SHAPES
+        variants = [v for v in CONTENDERS if v in self.available]
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        capped: set[tuple[str, int]] = set()
+        for round_no in range(self.rounds):
+            for processes, each in shapes:
+                for variant in _rotated(variants, round_no):
+                    cell = (variant, processes)
+                    if cell in capped:
+                        continue
+                    print(
+                        f"[bench]   {variant} {processes}×{each} round {round_no + 1}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    run = self._contend(variant, processes, each)
+                    runs.setdefault(cell, []).append(run)
+                    if run["wall"] > CELL_CAP_S:
+                        capped.add(cell)
         rows: list[dict[str, Any]] = []
         for processes, each in shapes:
+            floor = runs.get(("msal-memory", processes), [])
+            theirs = runs.get(("msalx-file", processes), [])
             for variant in variants:
-                rows.append(self._contend(variant, processes, each))
-        return {"rows": rows}
+                cell_runs = runs.get((variant, processes), [])
+                if not cell_runs:
+                    continue
+                walls = [r["wall"] for r in cell_runs]
+                row: dict[str, Any] = {
+                    "variant": variant,
+                    "processes": processes,
+                    "each": each,
+                    "runs": len(cell_runs),
+                    "capped": (variant, processes) in capped and self.rounds > 1,
+                    "walls": walls,
+                    "seconds": statistics.median(walls),
+                    "p50_ms": statistics.median(r["p50"] for r in cell_runs) * 1e3,
+                    "p99_ms": statistics.median(r["p99"] for r in cell_runs) * 1e3,
+                    "lost": sum(r["lost"] for r in cell_runs),
+                    "held_ms": _median_or_none([r.get("held_p50") for r in cell_runs], 1e3),
+                    "held_share": _median_or_none(
+                        [
+                            (r["held_total"] / r["wall"]) if r.get("held_total") else None
+                            for r in cell_runs
+                        ]
+                    ),
+                    "errors": sum(r["errors"] for r in cell_runs),
+                    "error_kinds": sorted({k for r in cell_runs for k in r["kinds"]})[:5],
+                }
+                for key, ref in (("vs_msalx", theirs), ("vs_floor", floor)):
+                    pairs = list(zip(walls, (r["wall"] for r in ref)))
+                    if pairs:
+                        ratio = spread([a / b for a, b in pairs])
+                        row[key] = ratio["median"]
+                        row[key + "_lo"], row[key + "_hi"] = ratio["lo"], ratio["hi"]
+                rows.append(row)
+        return {"rounds": self.rounds, "rows": rows, "cap_s": CELL_CAP_S}
 
     def _contend(self, variant: str, processes: int, each: int) -> dict[str, Any]:
+        from forking import percentile
+
         directory = self.new_dir(f"contend-{variant}-{processes}")
-        if variant in ("ours-keyring", "ours-envelope", "ours-key"):
-            self.run("setup", variant, directory)  # the store exists, as in real use
-        procs = [
-            subprocess.Popen(
-                self.worker("contend", variant, directory, str(i), str(each)),
-                env=self.env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(processes)
-        ]
-        ready = [p for p in procs if p.stdout is not None and p.stdout.readline() == "ready\n"]
-        start = time.perf_counter()
-        for proc in ready:
-            assert proc.stdin is not None
+        self.setup(variant, directory)  # the same state for every side: one sign-in
+        proc = subprocess.Popen(
+            self.worker("contend", variant, directory, str(processes), str(each)),
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        if proc.stdout.readline() == "ready\n":
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        outputs = [proc.communicate(timeout=600) for proc in procs]
-        wall = time.perf_counter() - start
-        errors, own_tokens = 0, 0
-        kinds: set[str] = set()
-        for proc, (out, err) in zip(procs, outputs):
-            lines = out.strip().splitlines()
-            if proc.returncode != 0 or not lines:
-                errors += each
-                kinds.add(_last_line(err) or f"exit {proc.returncode}")
-                continue
-            found = json.loads(lines[-1])
-            errors += found["errors"]
-            own_tokens += found.get("own_tokens", 0)
-            kinds.update(x for x in err.split() if x.endswith(("Error", "Exception", "Timeout")))
+        out, err = proc.communicate(timeout=1800)
+        lines = out.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            kind = _last_line(err) or f"exit {proc.returncode}"
+            return {
+                "wall": 0.0,
+                "errors": processes * each,
+                "lost": 0,
+                "kinds": [kind],
+                "p50": 0.0,
+                "p99": 0.0,
+            }
+        found = json.loads(lines[-1])
+        returned = set(found["stored"])
         if variant == "msal-memory":
-            tokens = own_tokens
+            present = returned if found["own_tokens"] == len(returned) else set()
         else:
-            tokens = self.run("tally", variant, directory)["tokens"]
+            present = set(self.run("tally", variant, directory)["targets"])
+        held = found.get("held", [])
         return {
-            "variant": variant,
-            "processes": processes,
-            "each": each,
-            "seconds": wall,
-            # An acquisition that failed may still have stored its token: never below 0.
-            "lost": max(0, processes * each - errors - tokens),
-            "tokens": tokens,
-            "errors": errors,
-            "error_kinds": sorted(kinds)[:5],
+            "wall": found["wall"],
+            "held_p50": percentile(held, 0.5) if held else None,
+            "held_total": sum(held) if held else None,
+            "errors": found["errors"],
+            # acquired (the call returned a token) but not in the shared cache afterwards
+            "lost": len(returned - present),
+            "kinds": found["kinds"],
+            "p50": percentile(found["times"], 0.50),
+            "p99": percentile(found["times"], 0.99),
         }
 
-    # -- 5. scaling with cache size ---------------------------------------------------------
+    # -- 5. the lock alone: 80 processes --------------------------------------------------
+
+    def lock_stress(self) -> dict[str, Any]:
+        from forking import percentile
+
+        processes, each = (20, 2) if self.quick else LOCK_STRESS
+        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "msalx": []}
+        for round_no in range(self.rounds):
+            for side in _rotated(list(runs), round_no):
+                directory = self.new_dir(f"lock-{side}")  # a fresh lock file each run
+                out = self.run(
+                    "lockstress", side, directory, str(processes), str(each), timeout=600
+                )
+                out["p50"] = percentile(out.pop("times"), 0.5)
+                runs[side].append(out)
+        rows = {}
+        for side, side_runs in runs.items():
+            walls = [r["wall"] for r in side_runs]
+            rows[side] = {
+                **spread(walls),
+                "walls": walls,
+                "errors": sum(r["errors"] + r["crashes"] for r in side_runs),
+                "overlaps": sum(r["overlaps"] for r in side_runs),
+                "p50_ms": statistics.median(r["p50"] for r in side_runs) * 1e3,
+            }
+        ratio = spread([a["wall"] / b["wall"] for a, b in zip(runs["ours"], runs["msalx"])])
+        return {
+            "processes": processes,
+            "each": each,
+            "rounds": self.rounds,
+            "rows": rows,
+            "ratio": ratio,
+            "msalx_lock": _msalx_lock_kind(self.env),
+        }
+
+    # -- 6. scaling with cache size ---------------------------------------------------------
 
     def scale(self, idp: LoopbackIdentityProvider) -> dict[str, Any]:
         sizes = [10, 1000] if self.quick else [10, 100, 1000, 10000]
@@ -309,40 +433,89 @@ class Bench:
             seed = os.path.join(self.tmp, f"seed-{size}.json")
             with open(seed, "w") as fh:
                 fh.write(_seed_state(idp, size))
+            size_bytes = os.path.getsize(seed)
+            dirs: dict[str, str] = {}
+            skipped: dict[str, str] = {}
             for variant in variants:
-                row: dict[str, Any] = {
-                    "variant": variant,
-                    "tokens": size,
-                    "bytes": os.path.getsize(seed),
-                }
                 if variant == "ours-keyring" and size > 1000:
-                    row["skipped"] = "a whole cache of this size in one Secret Service item"
-                    rows.append(row)
+                    skipped[variant] = "a whole cache of this size in one Secret Service item"
                     continue
                 directory = self.new_dir(f"scale-{variant}-{size}")
                 try:
                     self.run("seed", variant, directory, seed)
-                    row.update(self.run("scale", variant, directory))
                 except (WorkerFailed, subprocess.TimeoutExpired) as exc:
-                    row["skipped"] = str(exc)
+                    skipped[variant] = str(exc)
+                    continue
+                dirs[variant] = directory
+            found: dict[str, list[dict[str, Any]]] = {v: [] for v in dirs}
+            for round_no in range(self.rounds):
+                for variant in _rotated(list(dirs), round_no):
+                    try:
+                        found[variant].append(self.run("scale", variant, dirs[variant]))
+                    except (WorkerFailed, subprocess.TimeoutExpired) as exc:
+                        skipped[variant] = str(exc)
+            base = found.get("msal-json", [])
+            for variant in variants:
+                row: dict[str, Any] = {"variant": variant, "tokens": size, "bytes": size_bytes}
+                runs = found.get(variant, [])
+                if variant in skipped or not runs:
+                    row["skipped"] = skipped.get(variant, "no run")
+                    rows.append(row)
+                    continue
+                first = spread([r["first_ms"] for r in runs])
+                row.update(
+                    first_ms=first["median"],
+                    first_lo=first["lo"],
+                    first_hi=first["hi"],
+                    warm_us=statistics.median(r["warm_us"] for r in runs),
+                    miss_ms=statistics.median(r["miss_ms"] for r in runs),
+                    rss_mb=statistics.median(r["rss_mb"] for r in runs),
+                    runs=len(runs),
+                )
+                if base and len(base) == len(runs):
+                    ratio = spread([r["first_ms"] / b["first_ms"] for r, b in zip(runs, base)])
+                    row.update(ratio=ratio["median"], ratio_lo=ratio["lo"], ratio_hi=ratio["hi"])
+                    row["over_ms"] = statistics.median(
+                        r["first_ms"] - b["first_ms"] for r, b in zip(runs, base)
+                    )
                 rows.append(row)
-        return {"rows": rows}
+        return {"rounds": self.rounds, "rows": rows}
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _median_or_none(values: list[Optional[float]], scale: float = 1.0) -> Optional[float]:
+    found = [v * scale for v in values if v is not None]
+    return statistics.median(found) if found else None
+
+
+def _rotated(items: list[str], round_no: int) -> list[str]:
+    """Alternating order: each round starts with the next variant (same work, new order)."""
+    if not items:
+        return []
+    k = round_no % len(items)
+    return items[k:] + items[:k]
+
+
+def _msalx_lock_kind(env: dict[str, str]) -> str:
+    code = "import msal_extensions as m; print(m.CrossPlatLock.__module__)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 class WorkerFailed(Exception):
     pass
 
 
-def _time_process(cmd: list[str], env: dict[str, str]) -> float:
+def _time_process(cmd: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise WorkerFailed(_last_line(done.stderr) or f"exit code {done.returncode}")
-    return elapsed
+    lines = done.stdout.strip().splitlines()
+    return elapsed, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {})
 
 
 def _importable(module: str, env: dict[str, str]) -> bool:
@@ -387,6 +560,25 @@ def _seed_state(idp: LoopbackIdentityProvider, size: int) -> str:
     return json.dumps(state)
 
 
+def fsync_cost(directory: str, count: int = 200) -> dict[str, float]:
+    """What one durable append costs on this disk (write 1 KB + fsync), in ms."""
+    from forking import percentile
+
+    path = os.path.join(directory, "fsync-probe")
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(fd, b"x" * 1024)
+            os.fsync(fd)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return {"p50": percentile(times, 0.5), "p99": percentile(times, 0.99)}
+
+
 def machine() -> dict[str, Any]:
     import platform
     from importlib import metadata
@@ -428,7 +620,13 @@ def machine() -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (a few minutes)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated steps to run (cold,warm,counts,contention,lock_stress,scale); "
+        "the report needs all of them",
+    )
     parser.add_argument(
         "--out",
         default=os.path.join(ROOT, "docs"),
@@ -454,6 +652,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         bench = Bench(args.quick, idp.port, secret_service.start())
         try:
             bench.no_secret_service = secret_service.why_not or ""
+            results["machine"]["fsync_ms"] = fsync_cost(bench.tmp)
             homes = bench.probe()
             results["skipped"] = bench.skipped
             results["available"] = bench.available
@@ -462,9 +661,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 ("warm", bench.warm),
                 ("counts", bench.counts),
                 ("contention", bench.contention),
+                ("lock_stress", bench.lock_stress),
                 ("scale", lambda: bench.scale(idp)),
             ]
+            only = {x for x in args.only.split(",") if x}
             for name, step in steps:
+                if only and name not in only:
+                    continue
                 t0 = time.perf_counter()
                 print(f"[bench] {name} …", file=sys.stderr, flush=True)
                 results[name] = step()
@@ -476,6 +679,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(results, fh, indent=1)
+    if args.only:
+        print(f"[bench] partial run (--only): raw figures in {args.json}", file=sys.stderr)
+        return 0
     write_report(results, args.out, LABELS)
     print(f"[bench] done in {results['took_s']:.0f} s: {args.out}/performance.md", file=sys.stderr)
     return 0

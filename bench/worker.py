@@ -10,6 +10,10 @@ Run by bench/run.py, never by hand. Each variant is set up the way its own docs 
 * ``ours-key`` / ``ours-pass`` / ``ours-keyring`` / ``ours-envelope``: this project,
   encrypted file with a Fernet key / a passphrase, the Secret Service, envelope mode.
 
+``contend`` and ``lockstress`` fork their N processes from this one (bench/forking.py).
+Every request msal makes goes through :class:`CountingClient`, an observer that does not
+depend on any cache's own counters.
+
 Imports are made per variant on purpose: the cold-start rows time whole processes, so a
 variant must not pay for another's libraries. Secrets (keys, passphrases) arrive in the
 environment and are never printed.
@@ -23,7 +27,10 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 CLIENT_ID = "00000000-0000-0000-0000-00000000c11d"
 TENANT = "loopback-tenant"
 AUTHORITY = f"https://127.0.0.1/{TENANT}"
@@ -33,7 +40,7 @@ SCOPES = ["api://bench/User.Read"]
 
 def http_client(port: int) -> Any:
     """``testing.loopback_http_client`` loaded from its file, so the plain-msal rows do not
-    import (and pay for) the msal_keyring_cache package."""
+    import (and pay for) the msal_keyring_cache package. Wrapped to count requests."""
     import importlib.util
 
     name = "_bench_loopback"
@@ -45,7 +52,27 @@ def http_client(port: int) -> Any:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules[name].loopback_http_client(port)
+    return CountingClient(sys.modules[name].loopback_http_client(port))
+
+
+class CountingClient:
+    """msal's ``http_client=``: counts every request (an observer independent of the caches)."""
+
+    requests = 0
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).requests += 1
+        return self._inner.get(*args, **kwargs)
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).requests += 1
+        return self._inner.post(*args, **kwargs)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class Variant:
@@ -130,8 +157,18 @@ def _ours(name: str, directory: str) -> Variant:
         options.update(backend="keyring", keyring_service=service)
     elif name == "ours-envelope":
         options.update(backend="file", key_in_keyring=True, keyring_service=service)
+    import inspect
+
+    if "http_cache" in inspect.signature(msal_keyring_cache.build_cache).parameters:
+        options["http_cache"] = True  # msal's discovery answers kept beside the cache
     cache = msal_keyring_cache.build_cache("msal-keyring-cache-bench", **options)
     return Variant(cache, lambda: int(cache.store.stats.saves), cache.close)
+
+
+def _http_cache(variant: Variant) -> dict[str, Any]:
+    """``http_cache=`` for msal when the cache offers a persisted one (``cache.http_cache``)."""
+    found = getattr(variant.cache, "http_cache", None)
+    return {} if found is None else {"http_cache": found}
 
 
 def public_app(variant: Variant, port: int) -> Any:
@@ -143,6 +180,7 @@ def public_app(variant: Variant, port: int) -> Any:
         http_client=http_client(port),
         instance_discovery=False,
         token_cache=variant.cache,
+        **_http_cache(variant),
     )
 
 
@@ -156,6 +194,7 @@ def confidential_app(variant: Variant, port: int) -> Any:
         http_client=http_client(port),
         instance_discovery=False,
         token_cache=variant.cache,
+        **_http_cache(variant),
     )
 
 
@@ -186,7 +225,9 @@ def mode_cold(variant: Variant, port: int) -> dict[str, Any]:
     if not accounts:
         raise SystemExit("no account in the cache")
     silent(app, accounts[0])
-    return {}
+    variant.finish()
+    # Every request msal made, from building the app to the token: discovery included.
+    return {"requests": CountingClient.requests}
 
 
 def mode_warm(variant: Variant, port: int, calls: int) -> dict[str, Any]:
@@ -239,32 +280,157 @@ def mode_counts(variant: Variant, port: int, other_dir: str, name: str) -> dict[
     return counts
 
 
-def mode_contend(variant: Variant, port: int, index: int, count: int, name: str) -> dict[str, Any]:
-    app = confidential_app(variant, port)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    sys.stdin.readline()  # the start signal: every process begins together
-    errors = 0
-    start = time.perf_counter()
-    for i in range(count):
-        try:
-            result = app.acquire_token_for_client([f"api://bench/p{index}/s{i}/.default"])
-            errors += "access_token" not in result
-        except Exception as exc:  # the benchmark counts failures; it does not stop on them
-            errors += 1
-            sys.stderr.write(f"{type(exc).__name__}\n")
-    variant.finish()
-    out: dict[str, Any] = {"errors": errors, "seconds": time.perf_counter() - start}
-    if name == "msal-memory":  # no shared cache: count what this process holds
-        out["own_tokens"] = len(variant.cache._cache.get("AccessToken", {}))
-    return out
+def mode_contend(name: str, directory: str, port: int, processes: int, count: int) -> None:
+    """N forked processes x M client-credential misses into one cache, released together."""
+    import msal  # noqa: F401  (each child would import it before "ready" anyway)
+    from forking import run_children
+
+    held: list[float] = []  # this child's critical sections (ours only), seconds
+    if name.startswith("ours-"):
+        _time_critical_sections(held)
+
+    def prepare(index: int) -> Callable[[], dict[str, Any]]:
+        variant = open_variant(name, directory)
+        app = confidential_app(variant, port)
+
+        def run() -> dict[str, Any]:
+            errors, kinds, times, stored = 0, [], [], []
+            for i in range(count):
+                start = time.perf_counter()
+                scope = f"api://bench/p{index}/s{i}/.default"
+                try:
+                    result = app.acquire_token_for_client([scope])
+                    if "access_token" in result:
+                        stored.append(scope)
+                    else:
+                        errors += 1
+                        kinds.append(str(result.get("error")))
+                except Exception as exc:  # the benchmark counts failures; it does not stop
+                    errors += 1
+                    kinds.append(type(exc).__name__)
+                times.append(time.perf_counter() - start)
+            try:
+                variant.finish()
+            except Exception as exc:
+                errors += 1
+                kinds.append(type(exc).__name__)
+            out: dict[str, Any] = {
+                "errors": errors,
+                "kinds": kinds[:5],
+                "times": times,
+                "stored": stored,
+                "held": held,
+            }
+            if name == "msal-memory":  # no shared cache: count what this process holds
+                out["own_tokens"] = len(variant.cache._cache.get("AccessToken", {}))
+            return out
+
+        return run
+
+    results, wall = run_children(processes, prepare)
+    times = [t for r in results for t in r.get("times", [])]
+    crashes = [r["crash"] for r in results if "crash" in r]
+    summary = {
+        "wall": wall,
+        "errors": sum(r.get("errors", 0) for r in results) + count * len(crashes),
+        "kinds": sorted({k for r in results for k in r.get("kinds", [])} | set(crashes))[:5],
+        "times": times,
+        "own_tokens": sum(r.get("own_tokens", 0) for r in results),
+        "stored": [s for r in results for s in r.get("stored", [])],
+        "held": [h for r in results for h in r.get("held", [])],
+    }
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _time_critical_sections(held: list[float]) -> None:
+    """Record how long each outermost hold of this project's lock lasts (bench only)."""
+    from msal_keyring_cache import locking
+
+    cls = locking.CrossProcessLock
+    enter, leave = cls.__enter__, cls.__exit__
+    started: dict[int, float] = {}
+
+    def timed_enter(self: Any) -> Any:
+        result = enter(self)
+        if self._depth == 1:
+            started[id(self)] = time.perf_counter()
+        return result
+
+    def timed_exit(self: Any, *exc: Any) -> None:
+        if self._depth == 1 and id(self) in started:
+            held.append(time.perf_counter() - started.pop(id(self)))
+        leave(self, *exc)
+
+    cls.__enter__ = timed_enter  # type: ignore[method-assign]
+    cls.__exit__ = timed_exit  # type: ignore[method-assign]
+
+
+def mode_lockstress(name: str, directory: str, processes: int, count: int) -> None:
+    """N forked processes each take the lock ``count`` times with an empty critical section.
+
+    Inside the lock each increments a counter file (read, write back): a lock that lets
+    two holders in at once loses increments, and the final count shows it.
+    """
+    from forking import run_children
+
+    path = os.path.join(directory, "stress.lock")
+    counter = os.path.join(directory, "counter")
+    with open(counter, "w") as fh:
+        fh.write("0")
+    if name == "ours":
+        from msal_keyring_cache.locking import CrossProcessLock
+
+        def make() -> Any:
+            return CrossProcessLock(path, 60.0)
+    else:
+        from msal_extensions import CrossPlatLock  # whichever the installed one uses
+
+        def make() -> Any:
+            return CrossPlatLock(path)
+
+    def prepare(_: int) -> Callable[[], dict[str, Any]]:
+        lock = make()
+
+        def run() -> dict[str, Any]:
+            errors, times = 0, []
+            for _ in range(count):
+                start = time.perf_counter()
+                try:
+                    with lock:
+                        times.append(time.perf_counter() - start)
+                        with open(counter, "r+") as fh:
+                            value = int(fh.read() or 0)
+                            fh.seek(0)
+                            fh.write(str(value + 1))
+                            fh.truncate()
+                except Exception:
+                    errors += 1
+            return {"errors": errors, "times": times}
+
+        return run
+
+    results, wall = run_children(processes, prepare, wait_for_go=False)
+    with open(counter) as fh:
+        final = int(fh.read() or 0)
+    done = sum(len(r.get("times", [])) for r in results)
+    summary = {
+        "wall": wall,
+        "errors": sum(r.get("errors", 0) for r in results),
+        "crashes": sum(1 for r in results if "crash" in r),
+        "acquired": done,
+        # acquisitions whose increment vanished: two holders were inside at once
+        "overlaps": done - final,
+        "times": [t for r in results for t in r.get("times", [])],
+    }
+    sys.stdout.write(json.dumps(summary) + "\n")
 
 
 def mode_tally(variant: Variant) -> dict[str, Any]:
     """How many access tokens the shared cache holds now (after a contention run)."""
     cache = variant.cache
     entries = list(cache.search("AccessToken"))
-    return {"tokens": sum(1 for e in entries if e.get("target", "").startswith("api://bench/p"))}
+    targets = [e.get("target", "") for e in entries]
+    return {"targets": [t for t in targets if t.startswith("api://bench/p")]}
 
 
 def mode_seed(variant: Variant, seed_file: str) -> dict[str, Any]:
@@ -308,7 +474,10 @@ def mode_scale(name: str, directory: str, port: int) -> dict[str, Any]:
         app.acquire_token_for_client(hit)
     warm = (time.perf_counter() - start) / 20
     start = time.perf_counter()
-    result = app.acquire_token_for_client(["api://scale/new/.default"])
+    # a scope no earlier round wrote: every round measures a real miss
+    result = app.acquire_token_for_client(
+        [f"api://scale/new-{os.getpid()}-{time.time_ns()}/.default"]
+    )
     miss = time.perf_counter() - start
     assert result.get("token_source") == "identity_provider"
     start = time.perf_counter()
@@ -324,6 +493,12 @@ def main(argv: list[str]) -> None:
     if mode == "scale":  # times the opening itself
         sys.stdout.write(json.dumps(mode_scale(name, directory, port)) + "\n")
         return
+    if mode == "contend":  # forks its processes; each opens the cache itself
+        mode_contend(name, directory, port, int(rest[0]), int(rest[1]))
+        return
+    if mode == "lockstress":
+        mode_lockstress(name, directory, int(rest[0]), int(rest[1]))
+        return
     variant = open_variant(name, directory)
     out: Optional[dict[str, Any]]
     if mode == "setup":
@@ -334,8 +509,6 @@ def main(argv: list[str]) -> None:
         out = mode_warm(variant, port, int(rest[0]))
     elif mode == "counts":
         out = mode_counts(variant, port, rest[0], name)
-    elif mode == "contend":
-        out = mode_contend(variant, port, int(rest[0]), int(rest[1]), name)
     elif mode == "tally":
         out = mode_tally(variant)
     elif mode == "seed":

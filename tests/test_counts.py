@@ -217,5 +217,5 @@ def test_bench_quick_run_reports_the_same_counts(tmp_path: Path) -> None:
         if row["variant"].startswith("ours-"):
             assert (row["lost"], row["errors"]) == (0, 0), row
     report = (out / "performance.md").read_text()
-    assert "## Against the targets (issue 5)" in report
+    assert "## Against the targets" in report
     assert (out / "performance.png").stat().st_size > 10_000

@@ -74,3 +74,35 @@ def test_many_processes_lose_nothing(
     expected = {f"api://t/s{i}/.default" for i in range(processes * per_process)}
     assert _access_token_targets(cache_path, key) == expected
     assert idp.token_requests == processes * per_process
+
+
+@pytest.mark.slow
+def test_128_processes_with_the_default_lock_timeout_lose_nothing(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    """Issue 12: 128 processes × 2 misses (each a write) into one file cache, default timeout."""
+    processes, each = 128, 2
+    build_cache(APP, backend="file", path=str(cache_path), key=key).deserialize("{}")  # exists
+    idp.reset()
+    env = child_env(
+        MSAL_KEYRING_CACHE_BACKEND="file",
+        MSAL_KEYRING_CACHE_PATH=str(cache_path),
+        MSAL_KEYRING_CACHE_KEY=key,
+    )  # no MSAL_KEYRING_CACHE_LOCK_TIMEOUT: the library's default
+    done = subprocess.run(
+        [PYTHON, "-m", "tests.lock_worker", "cc", str(idp.port), str(processes), str(each)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["crashes"] == []
+    assert (out["errors"], out["kinds"]) == (0, [])
+    expected = {f"api://t/p{i}/s{j}/.default" for i in range(processes) for j in range(each)}
+    assert set(out["stored"]) == expected  # every acquisition returned a token …
+    assert _access_token_targets(cache_path, key) == expected  # … and every one is stored
+    assert idp.token_requests == processes * each

@@ -104,6 +104,11 @@ def loopback_http_client(port: int) -> requests.Session:
     return session
 
 
+class _Server(ThreadingHTTPServer):
+    # The default accept backlog (5) drops connections when 100+ processes start at once.
+    request_queue_size = 1024
+
+
 class LoopbackIdentityProvider:
     """An OAuth2/OpenID Connect provider on a random loopback port.
 
@@ -149,7 +154,7 @@ class LoopbackIdentityProvider:
     def start(self) -> LoopbackIdentityProvider:
         """Start serving on ``127.0.0.1`` and a free port (idempotent)."""
         if self._server is None:
-            self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+            self._server = _Server(("127.0.0.1", 0), self._handler_class())
             self._server.daemon_threads = True
             self._thread = threading.Thread(
                 target=self._server.serve_forever, name="loopback-idp", daemon=True
