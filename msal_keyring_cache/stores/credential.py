@@ -13,7 +13,7 @@ Layout in the credential store (service ``S``, account ``A``):
 
 Change detection costs no credential-store round trip: every save replaces a small,
 non-secret *stamp* file beside the lock file (under the lock), and
-:class:`~msal_keyring_cache.locking.FileIdentity` tells whether it moved on. The stamp
+:class:`~msal_keyring_cache.watch.FileIdentity` tells whether it moved on. The stamp
 also remembers which keyring backend holds the cache, so a later process loads that
 backend directly instead of paying keyring's backend discovery.
 
@@ -38,7 +38,8 @@ from typing import Any, Callable, Optional, TypeVar
 from ..crypto import Protection
 from ..errors import ConfigError, KeyringTimeoutError, StoreError
 from ..files import atomic_write, read_file_keep_open
-from ..locking import CrossProcessLock, FileIdentity
+from ..locking import CrossProcessLock
+from ..watch import FileIdentity
 from .base import Description, Store
 from .keyring_backend import REMEMBERED, bounded, qualname, resolve_backend, translate
 from .secret_service import SECRET_SERVICE, DirectSecretService, direct_reads_allowed
