@@ -14,13 +14,20 @@ Rules (see docs/how-it-works):
   that, so the lock order is always in-process → cross-process → msal.
 * msal prunes expired access tokens while it searches; such a prune changes only
   memory and is folded into the next write, never written on its own.
+* A write that fails stays pending: the caller gets the :class:`~.errors.CacheError`,
+  memory keeps the change, and the next write stores it (on top of whatever others
+  wrote meanwhile, so a refresh token rotated during the failure is not lost).
+* After ``fork`` the child gets fresh in-process locks (the parent's could be held
+  by a thread that does not exist in the child).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +35,8 @@ from typing import Any, Optional
 
 import msal
 
-from .stores.base import Description, Store, apply_delta
+from .errors import ConfigError, CorruptCacheError
+from .stores.base import Description, Store, apply_delta, parse_json, validate_cache
 
 __all__ = ["BackendInfo", "PersistentTokenCache"]
 
@@ -75,6 +83,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # the next write stores those that differ now. Kept in memory only.
         self._before: dict[tuple[str, str], Any] = {}
         self._rewrite = False  # a change not expressible per entry (deserialize)
+        # Changes whose write failed, by (type, key): re-applied after every catch-up
+        # and written by the next write. A failed whole rewrite keeps _rewrite set.
+        self._pending: dict[tuple[str, str], Any] = {}
+        _caches.add(self)
 
     def __repr__(self) -> str:
         return f"<PersistentTokenCache backend={self.backend_info}>"
@@ -131,8 +143,13 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 super().modify(credential_type, old_entry, new_key_value_pairs)
 
     def deserialize(self, state: Optional[str]) -> None:
-        """Replace the whole cache with ``state`` (msal's JSON) and store it: one write."""
-        parsed = json.loads(state) if state else {}
+        """Replace the whole cache with ``state`` (msal's JSON) and store it: one write.
+
+        ``state`` is validated entry by entry first (:func:`~.stores.base.validate_cache`):
+        anything msal could not use raises :class:`~msal_keyring_cache.ConfigError` and
+        changes nothing.
+        """
+        parsed = _imported(state)
         with self._writing():
             with self._lock:
                 self._cache = parsed
@@ -142,16 +159,14 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     def merge(self, state: str) -> int:
         """Add every entry of another cache's JSON, keeping the newer of two same entries.
 
-        Returns how many entries were added or replaced. One write, if any.
+        Returns how many entries were added or replaced. One write, if any. ``state`` is
+        validated entry by entry first: anything msal could not use raises
+        :class:`~msal_keyring_cache.ConfigError` and changes nothing.
         """
-        incoming = json.loads(state) if state else {}
-        if not isinstance(incoming, dict):
-            raise ValueError("not a serialized msal token cache (expected a JSON object)")
+        incoming = _imported(state)
         changed = 0
         with self._writing(), self._lock:
             for kind, entries in incoming.items():
-                if not isinstance(entries, dict):
-                    continue
                 mine = self._cache.setdefault(kind, {})
                 for key, entry in entries.items():
                     old = mine.get(key, _MISSING)
@@ -171,6 +186,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 self._cache = {}
                 self.has_state_changed = False
             self._before.clear()
+            self._pending.clear()
             self._rewrite = False
 
     def reload(self) -> None:
@@ -199,20 +215,20 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             deltas = self.store.read_changes() if self.store.changed() else []
         if not deltas:
             return
+        changes = [parse_json(delta, "a journal record") for delta in deltas]
         with self._lock:
-            for delta in deltas:
-                apply_delta(self._cache, json.loads(delta))
+            for change in changes:
+                apply_delta(self._cache, change)
+            self._reapply_pending()
         logger.debug("Applied %d change(s) from the %s store", len(deltas), self.store.backend)
 
     def _reload(self) -> None:
         data = self.store.load()
-        parsed: Any = {}
+        parsed: dict[str, Any] = {}
         if data:
             try:
-                parsed = json.loads(data)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict):
+                parsed = parse_json(data, "the stored cache")
+            except CorruptCacheError:
                 logger.warning(
                     "The %s store holds data that is not an msal token cache; starting "
                     "empty (it will be replaced on the next sign-in).",
@@ -220,9 +236,12 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 )
                 parsed = {}
         with self._lock:
+            if self._rewrite:  # a whole rewrite that failed is still to be written
+                return
             self._cache = parsed
             self.has_state_changed = False
-        self._before.clear()  # unsaved prunes are redone by msal's next search
+            self._before.clear()  # unsaved prunes are redone by msal's next search
+            self._reapply_pending()
         logger.debug(
             "Loaded the token cache from the %s store (%d bytes)",
             self.store.backend,
@@ -249,27 +268,77 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                     self._depth = 0
                     self._persist()
 
+    def _reapply_pending(self) -> None:
+        """Put changes whose write failed back on top of what the store holds (under _lock)."""
+        for (credential_type, key), value in self._pending.items():
+            table = self._cache.setdefault(credential_type, {})
+            self._before.setdefault((credential_type, key), table.get(key, _MISSING))
+            if value is _MISSING:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
     def _persist(self) -> None:
-        delta: dict[str, dict[str, Any]] = {}
+        changes: dict[tuple[str, str], Any] = {}
         with self._lock:
             for (credential_type, key), before in self._before.items():
                 now = self._cache.get(credential_type, {}).get(key, _MISSING)
-                if now != before:
-                    delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
+                if now != before or (credential_type, key) in self._pending:
+                    changes[(credential_type, key)] = now
             self._before.clear()
             self.has_state_changed = False
-        rewrite, self._rewrite = self._rewrite, False
-        if rewrite:
-            self.store.save(self._dump())
-        elif delta:
-            self.store.append(json.dumps(delta, separators=(",", ":")).encode(), self._dump)
-        else:
-            return
+        delta: dict[str, dict[str, Any]] = {}
+        for (credential_type, key), now in changes.items():
+            delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
+        try:
+            if self._rewrite:
+                self.store.save(self._dump())
+            elif delta:
+                self.store.append(json.dumps(delta, separators=(",", ":")).encode(), self._dump)
+            else:
+                return
+        except BaseException:
+            # Nothing is forgotten: the change stays in memory and pending, and the next
+            # write (after taking in what others wrote) stores it.
+            self._pending.update(changes)
+            with self._lock:
+                self.has_state_changed = True
+            raise
+        self._rewrite = False
+        self._pending.clear()
         logger.debug("Saved the token cache to the %s store", self.store.backend)
 
     def _dump(self) -> bytes:
         with self._lock:
             return json.dumps(self._cache, separators=(",", ":")).encode()
+
+
+def _imported(state: Optional[str]) -> dict[str, Any]:
+    """A cache document from outside, parsed and validated (``ConfigError`` if unusable)."""
+    if not state:
+        return {}
+    try:
+        doc = parse_json(state, "the cache to import")
+    except CorruptCacheError as exc:
+        raise ConfigError(f"Not an msal token cache: {exc}; nothing was imported.") from None
+    return validate_cache(doc)
+
+
+_caches: weakref.WeakSet[PersistentTokenCache] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # A thread of the parent may have held these locks at fork time; it does not exist
+    # in the child, so the child starts with fresh ones. The store's kept descriptors
+    # stay valid (reads use pread, so a shared file offset does not matter).
+    for cache in list(_caches):
+        cache._io_lock = threading.RLock()
+        cache._lock = threading.RLock()
+        cache._depth = cache._deferring = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _age(entry: Any) -> int:
