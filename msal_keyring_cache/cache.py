@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 import msal
 
-from .errors import ConfigError, CorruptCacheError
+from .errors import CacheError, ConfigError, CorruptCacheError
 from .stores.base import Description, Store, apply_delta, parse_json, validate_cache
 
 __all__ = ["BackendInfo", "PersistentTokenCache"]
@@ -122,8 +122,16 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     # -- writes ----------------------------------------------------------------
 
     def add(self, event: dict[str, Any], **kwargs: Any) -> None:
-        with self._writing():
-            super().add(event, **kwargs)
+        try:
+            with self._writing():
+                super().add(event, **kwargs)
+        except CacheError as exc:
+            if event.get("grant_type") != "refresh_token" or self._depth:
+                raise
+            # msal stores a rotated refresh token in a second call (update_rt) right after
+            # this one: raising here would stop msal before it and lose that token. The
+            # change stays pending; the second call writes again and raises if it fails.
+            logger.warning("Could not save the token cache yet (%s); retrying.", exc)
 
     def modify(
         self,
@@ -258,15 +266,52 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 finally:
                     self._depth -= 1
                 return
-            with self.store.lock():
-                if self.store.changed():
+            failure: Optional[CacheError] = None
+            lock: Any = self.store.lock()
+            try:
+                lock.__enter__()
+            except CacheError as exc:  # a timeout, a read-only file system
+                failure, lock = exc, None
+            try:
+                if lock is not None and self.store.changed():
                     self._catch_up()
+            except CacheError as exc:
+                failure = exc
+            # Even without the lock or the others' changes, msal's change is applied in
+            # memory and kept pending (the identity provider may already have rotated a
+            # refresh token); the caller gets the error after it.
+            try:
                 self._depth = 1
                 try:
                     yield
                 finally:
                     self._depth = 0
-                    self._persist()
+                    if failure is None:
+                        self._persist()
+                    else:
+                        self._keep_pending()
+            finally:
+                if lock is not None:
+                    lock.__exit__(None, None, None)
+            if failure is not None:
+                raise failure
+
+    def _changes(self) -> dict[tuple[str, str], Any]:
+        """Entries changed since the last write (and those still pending), by (type, key)."""
+        changes: dict[tuple[str, str], Any] = {}
+        with self._lock:
+            for credential_type, key in [*self._before, *self._pending]:
+                now = self._cache.get(credential_type, {}).get(key, _MISSING)
+                before = self._before.get((credential_type, key), _MISSING)
+                if now != before or (credential_type, key) in self._pending:
+                    changes[(credential_type, key)] = now
+            self._before.clear()
+        return changes
+
+    def _keep_pending(self) -> None:
+        self._pending.update(self._changes())
+        with self._lock:
+            self.has_state_changed = True
 
     def _reapply_pending(self) -> None:
         """Put changes whose write failed back on top of what the store holds (under _lock)."""
@@ -279,13 +324,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 table[key] = value
 
     def _persist(self) -> None:
-        changes: dict[tuple[str, str], Any] = {}
+        changes = self._changes()
         with self._lock:
-            for (credential_type, key), before in self._before.items():
-                now = self._cache.get(credential_type, {}).get(key, _MISSING)
-                if now != before or (credential_type, key) in self._pending:
-                    changes[(credential_type, key)] = now
-            self._before.clear()
             self.has_state_changed = False
         delta: dict[str, dict[str, Any]] = {}
         for (credential_type, key), now in changes.items():

@@ -177,7 +177,7 @@ def parse_header(blob: bytes) -> tuple[Header, bytes]:
 
 def scrypt_allowed(n: int, r: int, p: int) -> bool:
     """Whether scrypt ``(n, r, p)`` stays within :data:`SCRYPT_LIMIT` times our own cost."""
-    if not (2**10 <= n and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+    if not (n >= 2**10 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
         return False
     work, memory = n * r * p, 128 * n * r
     return (
@@ -289,9 +289,8 @@ class FernetKeys(KeySource):
         Called once per fingerprint mismatch, so a running process picks up a rotated key
         instead of failing until restarted.
         """
-        assert self.path is not None
         try:
-            keys = read_key_file(self.path)
+            keys = read_key_file(self.path or "")
         except ConfigError:
             return False
         if keys == self.keys:

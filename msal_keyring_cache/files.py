@@ -178,7 +178,12 @@ def atomic_write(path: str, data: bytes) -> int:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
-            if os.name != "posix":  # Windows cannot rename a file that is open
+            if os.name == "posix":
+                # Keep a read-only descriptor: a file held open for writing would stop
+                # the file system from being remounted read-only.
+                written, fd = fd, os.open(tmp, os.O_RDONLY | _NOFOLLOW)
+                os.close(written)
+            else:  # Windows cannot rename a file that is open
                 os.close(fd)
                 fd = -1
             os.replace(tmp, path)

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 from .. import crypto
@@ -80,6 +81,7 @@ class EncryptedFileStore(Store):
         self._records = 0  # journal records in the file up to _offset (= last seq)
         self._queue: list[bytes] = []  # decrypted records read but not handed out
         self._suspect = False  # an append failed midway: the next write replaces the file
+        _stores.add(self)
 
     def lock(self) -> Any:
         if self.read_only:
@@ -128,11 +130,11 @@ class EncryptedFileStore(Store):
 
     def _salvage(self, blob: bytes, snapshot: bytes, records: list[bytes], reason: str) -> bytes:
         """A journal record is damaged: keep the snapshot and the good records before it."""
-        assert self._header is not None
+        header = self._header or crypto.Header(fp="", gen="0")
         good: list[bytes] = []
         for seq, record in enumerate(records, 1):
             try:
-                good.append(crypto.unseal(record, self._key, self._header, seq))
+                good.append(crypto.unseal(record, self._key, header, seq))
             except CorruptCacheError:
                 break
         data = _apply(snapshot, good)
@@ -306,9 +308,7 @@ class EncryptedFileStore(Store):
         if self.path not in _warned_mode:
             _warned_mode.add(self.path)
             done = "it was made private (0600)" if not mode else f"run: chmod 600 {self.path}"
-            logger.warning(
-                "The token cache %s was readable by other users; %s.", self.path, done
-            )
+            logger.warning("The token cache %s was readable by other users; %s.", self.path, done)
 
     def _read_from(self, offset: int) -> bytes:
         fd = self._identity.fd
@@ -404,6 +404,20 @@ class _Guarded:
 
     def __exit__(self, *exc: object) -> None:
         self.lock.__exit__(None, None, None)
+
+
+_stores: weakref.WeakSet[EncryptedFileStore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # A lock object inherited from the parent describes the parent's lock state: the
+    # child gets its own. Kept descriptors stay valid (reads use pread).
+    for store in list(_stores):
+        store._lock = CrossProcessLock(store._lock.path, store._lock.timeout)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _apply(data: bytes, changes: list[bytes]) -> bytes:
