@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -10,11 +9,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from msal_keyring_cache import (
-    CacheError,
     ConfigError,
     DecryptError,
     EncryptedFileStore,
@@ -214,31 +210,6 @@ def test_bad_settings_are_config_errors(cache_path: Path, monkeypatch: pytest.Mo
         build_cache(APP, colour="blue")
     with pytest.raises(ConfigError, match="only one of"):
         build_cache(APP, key=generate_key(), passphrase="x")
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.binary(max_size=600)
-    | st.builds(lambda h, t: h + b"\n" + t, st.binary(max_size=300), st.binary(max_size=60))
-)
-def test_header_parser_only_raises_cache_errors(blob: bytes) -> None:
-    with contextlib.suppress(CacheError):
-        crypto.parse_header(blob)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.dictionaries(
-        st.sampled_from(["format", "version", "kdf", "fp", "gen", "salt", "n", "r", "p", "source"]),
-        st.none() | st.booleans() | st.integers(-2, 2**21) | st.text(max_size=30),
-    )
-)
-def test_decrypt_of_any_header_only_raises_cache_errors(doc: dict) -> None:
-    blob = json.dumps({"format": "msal-keyring-cache", "version": 1, **doc}).encode() + b"\ngAAAA"
-    with contextlib.suppress(CacheError):
-        crypto.decrypt(blob, crypto.Passphrase("pw"))
-    with contextlib.suppress(CacheError):
-        crypto.decrypt(blob, crypto.FernetKeys((generate_key(),)))
 
 
 def test_reprs_hold_no_secrets(cache_path: Path, key: str) -> None:
