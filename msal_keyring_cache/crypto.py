@@ -398,6 +398,10 @@ def unseal(token: bytes, key: str, header: Header, seq: int) -> bytes:
     it is damaged or was not written at this place of this file."""
     plaintext = decrypt_record(token, key)
     if header.version < 2:
+        # Version 1 records are JSON objects; a version-2 record (its binding first) under
+        # a header edited to say version 1 is refused, not parsed as junk.
+        if not plaintext.startswith(b"{"):
+            raise CorruptCacheError("a record does not match the file's format version")
         return plaintext
     end = plaintext.find(b"\n", 0, 100)
     if end < 0 or plaintext[:end] != b"%s %d" % (header.gen.encode(), seq):

@@ -200,6 +200,8 @@ def test_valid_headers_round_trip(header: crypto.Header, token: bytes) -> None:
 def test_records_round_trip_and_are_bound_to_their_file_and_place(
     header: crypto.Header, payload: bytes, seq: int
 ) -> None:
+    if header.version < 2:
+        payload = b"{" + payload  # version 1 records are JSON objects
     record = crypto.seal(payload, KEY, header, seq)
     assert record.endswith(b"\n")
     assert record.count(b"\n") == 1
