@@ -37,7 +37,7 @@ from msal_keyring_cache import (
 from msal_keyring_cache.files import ensure_private_dir
 from msal_keyring_cache.stores.base import validate_cache
 from msal_keyring_cache.testing import LoopbackIdentityProvider
-from tests.helpers import require
+from tests.helpers import PYTHON, require
 
 DATA = Path(__file__).parent / "data"
 
@@ -294,7 +294,8 @@ def test_clear_removes_corrupt_copies_and_temp_files(
     unrelated.write_bytes(b"keep me")
     cache.clear()
     left = sorted(p.name for p in cache_path.parent.iterdir())
-    assert left == ["other.bin", cache_path.name + ".lock"]
+    # The lock and the change counter stay: they hold nothing, and others may use them.
+    assert left == ["other.bin", cache_path.name + ".gen", cache_path.name + ".lock"]
 
 
 # -- rotation, fork --------------------------------------------------------------------
@@ -606,3 +607,100 @@ def test_deeply_nested_record_under_the_right_key_is_a_cache_error(
     os.chmod(cache_path, 0o600)
     with pytest.raises(CorruptCacheError):
         _cache(cache_path, key).serialize()
+
+
+# -- the shared change counter -----------------------------------------------------------
+
+
+class _Spy:
+    """Counts exact checks (stat of the cache file) made by a store."""
+
+    def __init__(self, store: EncryptedFileStore) -> None:
+        self.calls = 0
+        real = store._identity.check
+
+        def check() -> tuple[bool, int]:
+            self.calls += 1
+            return real()
+
+        store._identity.check = check  # type: ignore[method-assign]
+
+
+def _warm(idp: LoopbackIdentityProvider, path: Path, key: str) -> tuple[Any, Any, Any]:
+    cache = _cache(path, key)
+    app = _sign_in(idp, cache, "alice@example.com")
+    (account,) = app.get_accounts()
+    cache.store._gen.RECHECK = 3600.0  # type: ignore[attr-defined]
+    assert app.acquire_token_silent(["User.Read"], account)["token_source"] == "cache"
+    return cache, app, account
+
+
+def test_warm_hits_make_no_exact_check_while_the_counter_vouches(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache, app, account = _warm(idp, cache_path, key)
+    spy = _Spy(cache.store)
+    for _ in range(50):
+        assert app.acquire_token_silent(["User.Read"], account)["token_source"] == "cache"
+    assert spy.calls == 0
+    # Another writer bumps the counter: the very next read checks exactly and sees it.
+    _sign_in(idp, _cache(cache_path, key), "bob@example.com")
+    assert len(app.get_accounts()) == 2
+    assert spy.calls >= 1
+
+
+def test_writer_killed_mid_write_leaves_readers_on_exact_checks(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache, app, account = _warm(idp, cache_path, key)
+    code = (
+        "import os, sys; from msal_keyring_cache.watch import Generation; "
+        "g = Generation(sys.argv[1]); g.begin(); os._exit(0)"
+    )
+    subprocess.run([PYTHON, "-c", code, str(cache_path) + ".gen"], check=True, env=_env())
+    spy = _Spy(cache.store)
+    for _ in range(3):
+        app.acquire_token_silent(["User.Read"], account)
+    assert spy.calls == 3  # an odd counter vouches for nothing
+    _sign_in(idp, _cache(cache_path, key), "bob@example.com")  # the next writer: even again
+    assert len(app.get_accounts()) == 2
+    app.acquire_token_silent(["User.Read"], account)  # one exact check vouches again
+    calls = spy.calls
+    for _ in range(3):
+        app.acquire_token_silent(["User.Read"], account)
+    assert spy.calls == calls
+
+
+def test_unusable_counter_file_falls_back_to_exact_checks(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache_path.parent.mkdir(mode=0o700)
+    os.mkfifo(str(cache_path) + ".gen")  # not a regular file: never mapped, never blocks
+    with _deadline(20):
+        cache, app, account = _warm(idp, cache_path, key)
+        spy = _Spy(cache.store)
+        for _ in range(3):
+            app.acquire_token_silent(["User.Read"], account)
+        assert spy.calls == 3
+        _sign_in(idp, _cache(cache_path, key), "bob@example.com")
+        assert len(app.get_accounts()) == 2
+
+
+def test_writer_that_does_not_bump_is_noticed_at_the_next_recheck(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache, app, _account = _warm(idp, cache_path, key)
+    other = cache_path.parent / "other.bin"
+    writer = _cache(other, key)
+    _sign_in(idp, writer, "alice@example.com")
+    _sign_in(idp, writer, "bob@example.com")
+    os.replace(other, cache_path)  # by hand: the counter is not bumped
+    assert len(app.get_accounts()) == 1  # within the recheck interval: not seen yet
+    cache.store._gen._checked -= cache.store._gen.RECHECK  # the interval has passed
+    assert len(app.get_accounts()) == 2
+
+
+def _env() -> dict[str, str]:
+    from tests.helpers import child_env
+
+    return child_env()

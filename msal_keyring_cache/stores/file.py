@@ -14,6 +14,7 @@ import os
 import stat
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 from .. import crypto
@@ -28,7 +29,7 @@ from ..files import (
 )
 from ..files import read_file_keep_open as _read_keep_open
 from ..locking import CrossProcessLock
-from ..watch import FileIdentity
+from ..watch import FileIdentity, Generation
 from .base import Description, Store, apply_delta, parse_json
 
 __all__ = ["EncryptedFileStore"]
@@ -73,6 +74,8 @@ class EncryptedFileStore(Store):
         self.read_only = read_only
         self._lock = CrossProcessLock(self.path + ".lock", lock_timeout)
         self._identity = FileIdentity(self.path)
+        self._gen = Generation(self.path + ".gen")
+        self._locked = 0  # depth of our own hold on the cross-process lock
         self._header: Optional[crypto.Header] = None
         self._key = ""  # the key of the file we hold (records are appended under it)
         self._snapshot_end = 0  # bytes of header + snapshot record
@@ -86,12 +89,31 @@ class EncryptedFileStore(Store):
     def lock(self) -> Any:
         if self.read_only:
             return contextlib.nullcontext(self)  # readers need no lock; writes are refused
-        return _Guarded(self._lock)
+        return _Guarded(self._lock, self)
 
     def changed(self) -> bool:
         self.stats.checks += 1
+        if self._queue:
+            return True
+        gen = self._gen
+        # The warm hit: the shared counter vouches that nothing changed (no system call).
+        # Under the lock (about to write) the answer must be exact: always check the file.
+        if not self._locked and gen.unchanged():
+            return False
+        value = gen.peek()  # read before the exact check: a later write changes it
         replaced, size = self._identity.check()
-        return replaced or size != self._size or bool(self._queue)
+        moved = replaced or size != self._size
+        gen.mark(None if moved else value)
+        return moved
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every change to the file: the shared counter is odd meanwhile."""
+        self._gen.begin()
+        try:
+            yield
+        finally:
+            self._gen.end()
 
     def load(self) -> Optional[bytes]:
         self.stats.loads += 1
@@ -179,7 +201,8 @@ class EncryptedFileStore(Store):
         blob = crypto.encrypt(data, self.key_source, self._header)
         header, _token = crypto.parse_header(blob)
         key = crypto.file_key(header, self.key_source)
-        fd = atomic_write(self.path, blob)  # raises StoreError; the old file stays whole
+        with self._writing():
+            fd = atomic_write(self.path, blob)  # raises StoreError; the old file stays whole
         self.stats.saves += 1
         self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
         self._header, self._key = header, key
@@ -219,7 +242,8 @@ class EncryptedFileStore(Store):
                 fd = None
                 self.save(full())
                 return
-            self._write_at(fd, record)
+            with self._writing():
+                self._write_at(fd, record)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -253,7 +277,7 @@ class EncryptedFileStore(Store):
         tokens too. The lock file stays: other processes may be waiting on it.
         """
         self._refuse_if_read_only()
-        with self.lock():
+        with self.lock(), self._writing():
             for path in [self.path, *leftovers(self.path)]:
                 try:
                     os.unlink(path)
@@ -278,6 +302,7 @@ class EncryptedFileStore(Store):
 
     def close(self) -> None:
         self._identity.forget()
+        self._gen.close()
 
     def _refuse_if_read_only(self) -> None:
         if self.read_only:
@@ -339,7 +364,8 @@ class EncryptedFileStore(Store):
             os.close(found[1])
             if found[0] != blob:
                 return False
-            target = move_aside(self.path, reason)
+            with self._writing():
+                target = move_aside(self.path, reason)
         logger.warning(
             "The token cache %s is damaged (%s); it was moved aside to %s and %s.",
             self.path,
@@ -381,9 +407,10 @@ class _Guarded:
     (A read-only file system lets the cache be read, but the lock file cannot be made.)
     """
 
-    def __init__(self, lock: CrossProcessLock) -> None:
+    def __init__(self, lock: CrossProcessLock, store: EncryptedFileStore) -> None:
         self.lock = lock
         self.path = lock.path
+        self.store = store
 
     @property
     def held(self) -> bool:
@@ -392,7 +419,7 @@ class _Guarded:
 
     def __enter__(self) -> CrossProcessLock:
         try:
-            return self.lock.__enter__()
+            held = self.lock.__enter__()
         except CacheError:  # LockTimeoutError is an OSError too
             raise
         except OSError as exc:
@@ -401,8 +428,11 @@ class _Guarded:
                 "can be read but not written here; check the directory (read-only file "
                 "system? permissions?)."
             ) from None
+        self.store._locked += 1
+        return held
 
     def __exit__(self, *exc: object) -> None:
+        self.store._locked -= 1
         self.lock.__exit__(None, None, None)
 
 
