@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -483,6 +484,12 @@ def default_key_file(path: str) -> tuple[str, ...]:
             os.link(tmp, path)  # fails if another process made one first: use theirs
         except FileExistsError:
             pass
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot create the key file {path}: {exc.strerror}. Configure a key "
+                "(…_KEY, …_KEY_FILE or …_PASSPHRASE) or fix the directory."
+            ) from None
         finally:
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return read_key_file(path)

@@ -234,7 +234,10 @@ class EncryptedFileStore(Store):
             self.save(full())
             return
         try:
-            st = os.fstat(fd)
+            try:
+                st = os.fstat(fd)
+            except OSError as exc:
+                raise StoreError(f"Cannot write {self.path}: {exc.strerror}.") from None
             if (st.st_dev, st.st_ino) != self._identity.inode or st.st_nlink != 1:
                 # Another name for this file (a hard link) would receive our records
                 # too: replace the file instead, which breaks the link.
