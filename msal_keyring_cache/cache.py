@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -70,6 +70,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     Pass it as ``token_cache=`` to ``msal.PublicClientApplication`` or
     ``msal.ConfidentialClientApplication``. Usually made by
     :func:`~msal_keyring_cache.build_cache`.
+
+    ``has_state_changed`` keeps msal's meaning: whether this object's content changed
+    since the last ``serialize()``/``deserialize()`` (every change is already stored, so
+    code that saves a copy when it is true only writes a redundant copy).
     """
 
     def __init__(self, store: Store, *, backend_info: Optional[BackendInfo] = None) -> None:
@@ -87,6 +91,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # and written by the next write. A failed whole rewrite keeps _rewrite set.
         self._pending: dict[tuple[str, str], Any] = {}
         _caches.add(self)
+        #: msal's ``http_cache=`` mapping, persisted beside this cache (discovery answers:
+        #: a new process then makes no request on a silent hit), or ``None``, the default.
+        #: ``build_cache(..., http_cache=True)`` sets it; see :mod:`~msal_keyring_cache.http_cache`.
+        self.http_cache: Optional[MutableMapping[str, Any]] = None
 
     def __repr__(self) -> str:
         return f"<PersistentTokenCache backend={self.backend_info}>"
@@ -161,7 +169,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         with self._writing():
             with self._lock:
                 self._cache = parsed
-                self.has_state_changed = True
+                self.has_state_changed = False  # msal: deserialize() resets the flag
             self._rewrite = True
 
     def merge(self, state: str) -> int:
@@ -183,7 +191,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                     self._before.setdefault((kind, key), old)
                     mine[key] = entry
                     changed += 1
-            self.has_state_changed = bool(changed)
+            if changed:
+                self.has_state_changed = True
         return changed
 
     def clear(self) -> None:
@@ -192,7 +201,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             self.store.clear()
             with self._lock:
                 self._cache = {}
-                self.has_state_changed = False
+                self.has_state_changed = True  # memory changed since the last serialize()
             self._before.clear()
             self._pending.clear()
             self._rewrite = False
@@ -246,8 +255,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         with self._lock:
             if self._rewrite:  # a whole rewrite that failed is still to be written
                 return
-            self._cache = parsed
-            self.has_state_changed = False
+            self._cache = parsed  # other processes' writes: has_state_changed is untouched
             self._before.clear()  # unsaved prunes are redone by msal's next search
             self._reapply_pending()
         logger.debug(
@@ -310,8 +318,6 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
 
     def _keep_pending(self) -> None:
         self._pending.update(self._changes())
-        with self._lock:
-            self.has_state_changed = True
 
     def _reapply_pending(self) -> None:
         """Put changes whose write failed back on top of what the store holds (under _lock)."""
@@ -333,8 +339,6 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # fsync that makes the write durable costs ~2 ms here and dominates the critical
         # section (measured: docs/how-it-works.md, "Durability").
         changes = self._changes()
-        with self._lock:
-            self.has_state_changed = False
         delta: dict[str, dict[str, Any]] = {}
         for (credential_type, key), now in changes.items():
             delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
@@ -349,8 +353,6 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             # Nothing is forgotten: the change stays in memory and pending, and the next
             # write (after taking in what others wrote) stores it.
             self._pending.update(changes)
-            with self._lock:
-                self.has_state_changed = True
             raise
         self._rewrite = False
         self._pending.clear()

@@ -40,6 +40,7 @@ def build_cache(
     app_name: Optional[str] = None,
     *,
     env_prefix: str = DEFAULT_ENV_PREFIX,
+    http_cache: bool = False,
     **settings: Any,
 ) -> PersistentTokenCache:
     """Make a persistent, encrypted msal token cache in one call.
@@ -50,10 +51,19 @@ def build_cache(
 
         cache = build_cache("my-tool")
         app = msal.PublicClientApplication(CLIENT_ID, token_cache=cache)
+
+    With ``http_cache=True``, ``cache.http_cache`` is msal's ``http_cache=`` mapping kept
+    beside the cache (sealed, see :mod:`~msal_keyring_cache.http_cache`): pass it too, and
+    a new process that finds its token makes no request at all.
     """
     resolved = Settings.resolve(env_prefix, app_name=app_name, **settings)
     store, info = build_store(resolved, env_prefix=env_prefix)
-    return PersistentTokenCache(store, backend_info=info)
+    cache = PersistentTokenCache(store, backend_info=info)
+    if http_cache:
+        from .http_cache import HttpCache
+
+        cache.http_cache = HttpCache.beside(store)
+    return cache
 
 
 def build_store(

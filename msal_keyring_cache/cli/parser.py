@@ -13,12 +13,11 @@ from ..config import BACKENDS, describe_settings
 from ..errors import CacheError, ConfigError
 from .common import PROG, _Context, _one_line
 from .demo import cmd_demo
+from .migrate import add_import_arguments, add_migrate_arguments, cmd_import, cmd_migrate
 from .show import cmd_accounts, cmd_clear, cmd_doctor, cmd_status
 from .transfer import (
     cmd_export,
     cmd_generate_key,
-    cmd_import,
-    cmd_migrate,
     cmd_move,
     cmd_rotate_key,
 )
@@ -184,25 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "migrate",
         cmd_migrate,
-        "Import a plaintext MSAL cache file, securely.",
-        "Merge a plaintext MSAL JSON token cache (msal-extensions FilePersistence, "
-        "Azure CLI's msal_token_cache.json, any SerializableTokenCache.serialize() "
-        "output) into the configured store, keeping the newer of two equal entries. "
-        "--delete-source removes the plaintext file only after the secure copy is "
-        "verified.",
+        "Bring existing MSAL caches (Azure CLI, azure-identity, msal-extensions) in securely.",
+        "Merge an existing MSAL token cache into the configured store, keeping the newer "
+        "of two equal entries: Azure CLI's msal_token_cache.json or its encrypted Secret "
+        "Service entry, azure-identity's ~/.IdentityService caches, any msal-extensions "
+        "cache, or any SerializableTokenCache.serialize() output. --list shows what was "
+        "found; --delete-source removes the source only after the secure copy is verified.",
     )
-    migrate.add_argument(
-        "--from",
-        dest="source",
-        metavar="PATH",
-        required=True,
-        help="The plaintext cache file to import.",
-    )
-    migrate.add_argument(
-        "--delete-source",
-        action="store_true",
-        help="Delete PATH once every entry is verified in the secure store.",
-    )
+    add_migrate_arguments(migrate)
 
     export = _add(
         sub,
@@ -228,10 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "store, keeping the newer of two equal entries; --replace replaces the whole "
         "cache instead.",
     )
-    imp.add_argument("source", metavar="PATH", help="JSON cache file, or - for stdin.")
-    imp.add_argument(
-        "--replace", action="store_true", help="Replace the whole cache instead of merging."
-    )
+    add_import_arguments(imp)
 
     rotate = _add(
         sub,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import sys
 from contextlib import ExitStack
 from typing import Any, Optional
 
@@ -14,11 +13,9 @@ from .. import crypto
 from ..cache import PersistentTokenCache
 from ..config import Settings
 from ..errors import ConfigError, StoreError
-from ..files import read_file
 from .common import (
     CommandError,
     UsageError,
-    _accounts,
     _Context,
     _env_var,
     _parse_cache,
@@ -31,33 +28,6 @@ CRASH_HOOK_VAR = "_MSAL_KEYRING_CACHE_CRASH_AFTER"
 
 
 # -- migrate, import, export ---------------------------------------------------------------------
-
-
-def _read_plaintext(path: str) -> tuple[str, dict[str, Any]]:
-    if path == "-":
-        text = sys.stdin.read()
-    else:
-        path = os.path.abspath(os.path.expanduser(path))
-        blob = read_file(path)
-        if blob is None:
-            raise CommandError(f"{path} does not exist.")
-        if blob.startswith(b'{"format":"msal-keyring-cache"'):
-            raise CommandError(
-                f"{path} is already an encrypted msal-keyring-cache file; "
-                "point --path at it instead of importing it."
-            )
-        try:
-            text = blob.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CommandError(
-                f"{path} is not a plaintext JSON token cache (it may be encrypted, e.g. with "
-                "DPAPI on Windows or by the macOS keychain): export it as plaintext first."
-            ) from None
-    try:
-        doc = _parse_cache(text)
-    except CommandError as exc:
-        raise CommandError(f"{path}: {exc}.") from None
-    return text, doc
 
 
 def _missing(source: dict[str, Any], target: dict[str, Any]) -> int:
@@ -78,72 +48,6 @@ def _verify(ctx: _Context, settings: Settings, source: dict[str, Any]) -> None:
             f"{missing} entries are missing from the store after writing them; nothing was "
             "deleted. Run the command again, or run: msal-keyring-cache doctor"
         )
-
-
-def cmd_migrate(ctx: _Context) -> int:
-    settings = ctx.settings()
-    text, doc = _read_plaintext(ctx.args.source)
-    cache = ctx.cache(settings)
-    changed = cache.merge(text)
-    where = cache.store.describe().location or cache.backend_info.backend
-    _verify(ctx, settings, doc)
-    deleted = False
-    if ctx.args.delete_source:
-        os.unlink(os.path.abspath(os.path.expanduser(ctx.args.source)))
-        deleted = True
-    report = {
-        "source": os.path.abspath(os.path.expanduser(ctx.args.source)),
-        "backend": cache.backend_info.backend,
-        "location": where,
-        "entries": sum(len(v) for v in doc.values()),
-        "added_or_updated": changed,
-        "accounts": [a["username"] for a in _accounts(doc)],
-        "verified": True,
-        "source_deleted": deleted,
-    }
-    if ctx.json:
-        ctx.dump(report)
-        return 0
-    ctx.print(
-        f"Imported {report['entries']} entries ({changed} added or updated) for "
-        f"{', '.join(map(str, report['accounts'])) or 'no accounts'} into "
-        f"{report['backend']} {where}; verified."
-    )
-    if deleted:
-        ctx.print(f"Deleted the plaintext source {report['source']}.")
-    else:
-        ctx.print(
-            f"The plaintext source {report['source']} still holds tokens: delete it "
-            "(or rerun with --delete-source) once your tools use the secure cache."
-        )
-    return 0
-
-
-def cmd_import(ctx: _Context) -> int:
-    settings = ctx.settings()
-    text, doc = _read_plaintext(ctx.args.source)
-    cache = ctx.cache(settings)
-    if ctx.args.replace:
-        cache.deserialize(text)
-        changed = sum(len(v) for v in doc.values())
-    else:
-        changed = cache.merge(text)
-    _verify(ctx, settings, doc)
-    report = {
-        "backend": cache.backend_info.backend,
-        "entries": sum(len(v) for v in doc.values()),
-        "added_or_updated": changed,
-        "replaced": bool(ctx.args.replace),
-    }
-    if ctx.json:
-        ctx.dump(report)
-    else:
-        verb = "Replaced the cache with" if ctx.args.replace else "Merged"
-        ctx.print(
-            f"{verb} {report['entries']} entries ({changed} added or updated) into "
-            f"the {report['backend']} store; verified."
-        )
-    return 0
 
 
 def cmd_export(ctx: _Context) -> int:

@@ -420,6 +420,9 @@ class _Guarded:
         """Whether this process holds the lock now."""
         return self.lock.held
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lock, name)  # timeout, and whatever else the lock offers
+
     def __enter__(self) -> CrossProcessLock:
         try:
             held = self.lock.__enter__()
