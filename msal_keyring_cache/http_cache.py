@@ -53,8 +53,8 @@ from . import crypto
 from .errors import CacheError, CorruptCacheError
 from .files import atomic_write, read_file_keep_open
 from .locking import CrossProcessLock
-from .watch import FileIdentity
 from .stores.base import Store
+from .watch import FileIdentity
 
 if TYPE_CHECKING:
     from .stores.credential import KeyringStore
