@@ -183,7 +183,11 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         changed = 0
         with self._writing(), self._lock:
             for kind, entries in incoming.items():
+                if not isinstance(entries, dict):
+                    continue  # an unknown top-level key msal ignores
                 mine = self._cache.setdefault(kind, {})
+                if not isinstance(mine, dict):
+                    mine = self._cache[kind] = {}
                 for key, entry in entries.items():
                     old = mine.get(key, _MISSING)
                     if old == entry or (old is not _MISSING and _age(entry) < _age(old)):

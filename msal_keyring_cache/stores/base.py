@@ -82,12 +82,9 @@ _TEXT_FIELDS = (
     "target",
     "ext_cache_key",
     "credential_type",
-    "secret",
+    "family_id",
     "username",
     "authority_type",
-    "family_id",
-    "key_id",
-    "token_type",
 )
 #: Fields msal turns into numbers (``int(entry[...])``), when present.
 _TIME_FIELDS = ("expires_on", "extended_expires_on", "refresh_on", "cached_at")
@@ -104,36 +101,35 @@ _REQUIRED = {
 def validate_cache(doc: Any) -> dict[str, Any]:
     """Check that ``doc`` is an msal cache document msal can use; return it unchanged.
 
-    Every credential type must map to an object of entries, every entry must be an object,
-    the fields msal's key makers read must be text, time fields must be whole numbers,
-    and each known type must have the fields msal needs (``secret`` and ``expires_on``
-    for an access token, …). The first bad entry makes the whole document refused with
-    :class:`~msal_keyring_cache.ConfigError` naming its type and position — never its
-    content, which may be a token.
+    Each of msal's credential types (``AccessToken``, ``RefreshToken``, ``IdToken``,
+    ``Account``, ``AppMetadata``) must map to an object of entries; every entry must be an
+    object; the fields msal's key makers read must be text; time fields must be whole
+    numbers (``int()`` accepts them, as msal does); and each entry must have the fields
+    msal needs (``secret`` and ``expires_on`` for an access token, …). Other top-level
+    keys are kept as they are, as msal keeps them. The first bad entry makes the whole
+    document refused with :class:`~msal_keyring_cache.ConfigError` naming its type and
+    position — never its content, which may be a token.
     """
     if not isinstance(doc, dict):
         raise ConfigError("Not an msal token cache: expected a JSON object of credential types.")
-    for kind_pos, (kind, entries) in enumerate(doc.items(), 1):
-        name = kind[:40] if isinstance(kind, str) and kind.isprintable() else f"#{kind_pos}"
+    for kind, required in _REQUIRED.items():
+        entries = doc.get(kind, {})
         if not isinstance(entries, dict):
             raise ConfigError(
-                f"Not an msal token cache: the {name!r} section is not an object of entries; "
+                f"Not an msal token cache: the {kind!r} section is not an object of entries; "
                 "nothing was imported."
             )
-        required = _REQUIRED.get(name, ())
-        for pos, (key, entry) in enumerate(entries.items(), 1):
-            problem = _entry_problem(key, entry, required)
+        for pos, entry in enumerate(entries.values(), 1):
+            problem = _entry_problem(entry, required)
             if problem:
                 raise ConfigError(
-                    f"Not a usable msal token cache: {name} entry {pos} {problem}; nothing "
+                    f"Not a usable msal token cache: {kind} entry {pos} {problem}; nothing "
                     "was imported."
                 )
     return doc
 
 
-def _entry_problem(key: Any, entry: Any, required: tuple[str, ...]) -> Optional[str]:
-    if not isinstance(key, str):
-        return "has a key that is not text"
+def _entry_problem(entry: Any, required: tuple[str, ...]) -> Optional[str]:
     if not isinstance(entry, dict):
         return "is not an object"
     for name in required:
@@ -142,14 +138,22 @@ def _entry_problem(key: Any, entry: Any, required: tuple[str, ...]) -> Optional[
     for name in _TEXT_FIELDS:
         if name in entry and not isinstance(entry[name], (str, type(None))):
             return f"has a {name!r} that is not text"
+    if "secret" in entry and not isinstance(entry["secret"], str):
+        return "has a 'secret' that is not text"
     for name in _TIME_FIELDS:
-        if name in entry:
-            value = entry[name]
-            if isinstance(value, bool) or not isinstance(value, (int, str)):
-                return f"has a {name!r} that is not a whole number"
-            if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-                return f"has a {name!r} that is not a whole number"
+        if name in entry and not _is_time(entry[name]):
+            return f"has a {name!r} that is not a whole number"
     return None
+
+
+def _is_time(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return False
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
