@@ -161,11 +161,12 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     def deserialize(self, state: Optional[str]) -> None:
         """Replace the whole cache with ``state`` (msal's JSON) and store it: one write.
 
-        ``state`` is validated entry by entry first (:func:`~.stores.base.validate_cache`):
-        anything msal could not use raises :class:`~msal_keyring_cache.ConfigError` and
-        changes nothing.
+        ``state`` is checked entry by entry first (the shape: objects, text, numbers; see
+        :func:`~.stores.base.validate_cache`): a bad entry raises
+        :class:`~msal_keyring_cache.ConfigError` and changes nothing. Unlike :meth:`merge`
+        it does not insist on the fields msal needs, as msal's own ``deserialize`` does not.
         """
-        parsed = _imported(state)
+        parsed = _imported(state, complete=False)
         with self._writing():
             with self._lock:
                 self._cache = parsed
@@ -367,7 +368,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             return json.dumps(self._cache, separators=(",", ":")).encode()
 
 
-def _imported(state: Optional[str]) -> dict[str, Any]:
+def _imported(state: Optional[str], *, complete: bool = True) -> dict[str, Any]:
     """A cache document from outside, parsed and validated (``ConfigError`` if unusable)."""
     if not state:
         return {}
@@ -375,7 +376,7 @@ def _imported(state: Optional[str]) -> dict[str, Any]:
         doc = parse_json(state, "the cache to import")
     except CorruptCacheError as exc:
         raise ConfigError(f"Not an msal token cache: {exc}; nothing was imported.") from None
-    return validate_cache(doc)
+    return validate_cache(doc, complete=complete)
 
 
 _caches: weakref.WeakSet[PersistentTokenCache] = weakref.WeakSet()

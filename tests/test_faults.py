@@ -384,7 +384,10 @@ def test_import_is_validated_entry_by_entry_and_refused_whole(
     cache = _cache(cache_path, key)
     cache.deserialize(json.dumps({"Account": {}}))
     before = cache_path.read_bytes()
-    for call in (cache.merge, cache.deserialize):
+    calls = [cache.merge]
+    if "has no" not in where:  # deserialize checks the shape, not msal's required fields
+        calls.append(cache.deserialize)
+    for call in calls:
         with pytest.raises(ConfigError) as exc:
             call(json.dumps(doc))
         assert where in str(exc.value)

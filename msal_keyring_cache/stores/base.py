@@ -98,7 +98,7 @@ _REQUIRED = {
 }
 
 
-def validate_cache(doc: Any) -> dict[str, Any]:
+def validate_cache(doc: Any, *, complete: bool = True) -> dict[str, Any]:
     """Check that ``doc`` is an msal cache document msal can use; return it unchanged.
 
     Each of msal's credential types (``AccessToken``, ``RefreshToken``, ``IdToken``,
@@ -109,6 +109,10 @@ def validate_cache(doc: Any) -> dict[str, Any]:
     keys are kept as they are, as msal keeps them. The first bad entry makes the whole
     document refused with :class:`~msal_keyring_cache.ConfigError` naming its type and
     position — never its content, which may be a token.
+
+    ``complete=False`` checks the shape only (objects, text, numbers) and not the required
+    fields: :meth:`~msal_keyring_cache.PersistentTokenCache.deserialize` keeps msal's own
+    contract that way (msal's test suite deserializes partial entries).
     """
     if not isinstance(doc, dict):
         raise ConfigError("Not an msal token cache: expected a JSON object of credential types.")
@@ -120,7 +124,7 @@ def validate_cache(doc: Any) -> dict[str, Any]:
                 "nothing was imported."
             )
         for pos, entry in enumerate(entries.values(), 1):
-            problem = _entry_problem(entry, required)
+            problem = _entry_problem(entry, required if complete else ())
             if problem:
                 raise ConfigError(
                     f"Not a usable msal token cache: {kind} entry {pos} {problem}; nothing "
