@@ -37,5 +37,6 @@ autoclass_content = "both"
 
 html_theme = "furo"
 html_title = "msal-keyring-cache"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]  # flags such as --no-key-in-keyring never wrap
 html_show_sourcelink = False

@@ -51,7 +51,9 @@ __all__ = [
     "UsageError",
     "__version__",
     "build_cache",
+    "doctor",
     "generate_key",
+    "manage",
 ]
 
 
@@ -61,4 +63,8 @@ def __getattr__(name: str) -> Any:
         from .stores.credential import KeyringStore
 
         return KeyringStore
+    if name in ("manage", "doctor"):  # maintenance: loaded on first use
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,9 @@ application chooses its own (``env_prefix="MYTOOL_CACHE"``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -19,7 +22,16 @@ from typing import Any, Callable, Optional
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_ENV_PREFIX", "Settings", "describe_settings"]
+__all__ = [
+    "DEFAULT_ENV_PREFIX",
+    "EXTRA_VARIABLES",
+    "Settings",
+    "check_path",
+    "check_secret",
+    "describe_settings",
+]
+
+logger = logging.getLogger("msal_keyring_cache")
 
 DEFAULT_ENV_PREFIX = "MSAL_KEYRING_CACHE"
 DEFAULT_APP_NAME = "msal-keyring-cache"
@@ -45,11 +57,45 @@ def _choice(*choices: str) -> Parser:
     return parse
 
 
+#: Upper bounds: a value past them is a typo, and would overflow or hang somewhere later.
+MAX_TEXT = 256
+MAX_PATH = 4096
+MAX_SECRET = 4096
+MAX_WAIT = 24 * 3600.0  # a lock wait of a day
+MAX_TTL = 10 * 365 * 24 * 3600  # ten years
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _plain(value: str, limit: int, what: str) -> str:
+    """Refuse control characters (NUL …), lone surrogates and absurd lengths."""
+    if _CONTROL.search(value):
+        raise _Invalid(f"expected {what} without control characters (NUL, newline …)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Invalid(f"expected {what} of valid Unicode text") from None
+    if len(value) > limit:
+        raise _Invalid(f"expected {what} of at most {limit} characters")
+    return value
+
+
 def _text(raw: str) -> str:
     """text"""
     value = raw.strip()
     if not value:
         raise _Invalid("expected a non-empty text")
+    return _plain(value, MAX_TEXT, "a text")
+
+
+def _name(raw: str) -> str:
+    """name (no ``/``, ``\\``, ``..``)"""
+    value = _text(raw)
+    if value in {".", ".."}:
+        raise _Invalid("expected a name, not . or ..")
+    if "/" in value or "\\" in value or ":" in value:
+        raise _Invalid(
+            "expected a plain name without /, \\ or : (it names folders and the keyring service)"
+        )
     return value
 
 
@@ -57,6 +103,12 @@ def _secret(raw: str) -> str:
     """text (secret)"""
     if not raw:
         raise _Invalid("expected a non-empty value")
+    if "\0" in raw or len(raw) > MAX_SECRET:
+        raise _Invalid(f"expected at most {MAX_SECRET} characters and no NUL")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Invalid("expected valid Unicode text") from None
     return raw
 
 
@@ -65,18 +117,28 @@ def _path(raw: str) -> str:
     value = raw.strip()
     if not value:
         raise _Invalid("expected a file path")
+    _plain(value, MAX_PATH, "a file path")
+    if value.endswith(("/", os.sep)) or value in {"~", ".", ".."}:
+        raise _Invalid("expected a file path, not a directory (it ends with a separator)")
     return os.path.abspath(os.path.expanduser(value))
 
 
-def _seconds(raw: str) -> float:
-    """number of seconds"""
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise _Invalid("expected a number of seconds, such as 30 or 2.5") from None
-    if not value >= 0 or value == float("inf"):  # rejects nan too
-        raise _Invalid("expected a finite number of seconds >= 0")
-    return value
+def _seconds_upto(limit: float) -> Parser:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise _Invalid("expected a number of seconds, such as 30 or 2.5") from None
+        # 0 is refused, not "wait forever": every wait in the library is bounded.
+        if not (math.isfinite(value) and 0 < value <= limit):
+            raise _Invalid(f"expected a number of seconds > 0 and at most {limit:g}")
+        return value
+
+    parse.__doc__ = f"number of seconds (> 0, at most {limit:g})"
+    return parse
+
+
+_seconds = _seconds_upto(MAX_WAIT)
 
 
 def _whole_seconds(raw: str) -> int:
@@ -85,8 +147,8 @@ def _whole_seconds(raw: str) -> int:
         value = int(raw.strip())
     except ValueError:
         raise _Invalid("expected a whole number of seconds, such as 7776000") from None
-    if value <= 0:
-        raise _Invalid("expected a whole number of seconds > 0")
+    if not 0 < value <= MAX_TTL:
+        raise _Invalid(f"expected a whole number of seconds > 0 and at most {MAX_TTL}")
     return value
 
 
@@ -108,6 +170,8 @@ def _keys(raw: str) -> tuple[str, ...]:
     """Fernet key(s), comma-separated; the first encrypts, all decrypt (secret)"""
     from . import crypto  # late: keeps cryptography off the import path
 
+    if len(raw) > MAX_SECRET:
+        raise _Invalid(f"expected at most {MAX_SECRET} characters")
     keys = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not keys:
         raise _Invalid("expected one or more Fernet keys, comma-separated")
@@ -146,7 +210,7 @@ class Settings:
     app_name: str = _setting(
         DEFAULT_APP_NAME,
         "APP_NAME",
-        _text,
+        _name,
         "Application name: names the default file location and the keyring service.",
     )
     backend: str = _setting(
@@ -209,9 +273,10 @@ class Settings:
     keyring_timeout: float = _setting(
         3.0,
         "KEYRING_TIMEOUT",
-        _seconds,
+        _seconds_upto(600.0),
         "Seconds to wait for the credential store to answer before giving up on it "
-        "(a hanging D-Bus or unlock prompt never hangs the app).",
+        "(a hanging D-Bus or unlock prompt never hangs the app). 0 is refused: every "
+        "wait is bounded.",
     )
     keyring_fallback: bool = _setting(
         False,
@@ -225,7 +290,8 @@ class Settings:
         60.0,
         "LOCK_TIMEOUT",
         _seconds,
-        "Seconds to wait for the cross-process lock before raising ``LockTimeoutError``.",
+        "Seconds to wait for the cross-process lock before raising ``LockTimeoutError`` "
+        "(0 is refused: every wait is bounded).",
     )
     strict: bool = _setting(
         False,
@@ -237,7 +303,8 @@ class Settings:
         None,
         "REDIS_URL",
         _text,
-        "Redis URL for per-user web caches (``redis://host:6379/0``, ``rediss://`` for TLS).",
+        "Redis URL for per-user web caches (``redis://host:6379/0``, ``rediss://`` for TLS). "
+        "A password in it is a secret: ``repr()`` and messages hide it.",
         cli=False,
     )
     redis_prefix: str = _setting(
@@ -258,17 +325,38 @@ class Settings:
     redis_timeout: float = _setting(
         5.0,
         "REDIS_TIMEOUT",
-        _seconds,
+        _seconds_upto(600.0),
         "Seconds to wait for Redis before raising ``StoreError``.",
         cli=False,
     )
 
+    #: The normalized prefix of the environment variables these settings were read from
+    #: (``MSAL_KEYRING_CACHE``, or the application's own): messages name its variables.
+    env_prefix: str = dataclasses.field(
+        default=DEFAULT_ENV_PREFIX, compare=False, repr=False, metadata={"prefix": True}
+    )
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "env_prefix", _check_prefix(self.env_prefix))
         if sum(x is not None for x in (self.key, self.passphrase, self.key_file)) > 1:
             raise ConfigError(
-                "Set only one of key, passphrase and key_file (environment: *_KEY, "
-                "*_PASSPHRASE, *_KEY_FILE): they are alternative ways to protect the file."
+                f"Set only one of key, passphrase and key_file (environment: "
+                f"{self.env_var('key')}, {self.env_var('passphrase')}, "
+                f"{self.env_var('key_file')}): they are alternative ways to protect the file."
             )
+
+    def __repr__(self) -> str:
+        # Secrets never show; a URL keeps its shape but not its password.
+        shown = []
+        for field in _setting_fields():
+            value = getattr(self, field.name)
+            if field.metadata["secret"] or not field.repr:
+                continue
+            if isinstance(value, str):
+                value = redact(value)
+            shown.append(f"{field.name}={value!r}")
+        shown.append(f"env_prefix={self.env_prefix!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def resolve(
@@ -280,16 +368,19 @@ class Settings:
         """Resolve settings: ``overrides`` > ``<env_prefix>_<NAME>`` > defaults.
 
         An override of ``None`` counts as not given. Every bad value raises
-        :class:`~msal_keyring_cache.ConfigError` naming the setting or variable.
+        :class:`~msal_keyring_cache.ConfigError` naming the setting or variable. A
+        variable under the prefix that names no setting (a typo such as
+        ``MSAL_KEYRING_CACHE_BAKEND``) is logged once as a WARNING naming the closest one.
         """
         prefix = _check_prefix(env_prefix)
         env = os.environ if environ is None else environ
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = {f.name: f for f in _setting_fields()}
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ConfigError(
                 f"Unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(known)}"
             )
+        _warn_unknown(prefix, env)
         values: dict[str, Any] = {}
         for name, field in known.items():
             parse: Parser = field.metadata["parse"]
@@ -303,19 +394,80 @@ class Settings:
                 try:
                     values[name] = parse(raw)
                 except _Invalid as exc:
-                    shown = "" if field.metadata["secret"] else f"={raw!r}"
+                    shown = "" if field.metadata["secret"] else f"={redact(raw)!r}"
                     raise ConfigError(f"{var}{shown} is not valid: {exc}.") from None
-        return cls(**values)
+        return cls(**values, env_prefix=prefix)
 
-    def env_var(self, name: str, env_prefix: str = DEFAULT_ENV_PREFIX) -> str:
-        """The environment variable of setting ``name`` under ``env_prefix``."""
-        field = {f.name: f for f in dataclasses.fields(self)}[name]
-        return f"{env_prefix}_{field.metadata['env']}"
+    def env_var(self, name: str, env_prefix: Optional[str] = None) -> str:
+        """The environment variable of setting ``name`` (or ``new_key``, ``new_passphrase``).
+
+        Under the prefix these settings were read with, unless ``env_prefix`` is given.
+        """
+        prefix = self.env_prefix if env_prefix is None else _check_prefix(env_prefix)
+        fields = {f.name: f.metadata["env"] for f in _setting_fields()}
+        suffix = fields.get(name) or EXTRA_VARIABLES.get(name)
+        if suffix is None:
+            raise KeyError(name)
+        return f"{prefix}_{suffix}"
 
     @property
     def service(self) -> str:
         """The keyring service name in effect."""
         return self.keyring_service or self.app_name
+
+
+#: Variables read under the prefix that are not settings (``rotate-key``'s new secrets).
+EXTRA_VARIABLES = {"new_key": "NEW_KEY", "new_passphrase": "NEW_PASSPHRASE"}
+
+_warned_unknown: set[str] = set()
+
+
+def _setting_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
+
+
+def _warn_unknown(prefix: str, env: Mapping[str, str]) -> None:
+    """One WARNING per variable under the prefix that names no setting: a typo does nothing."""
+    head = prefix + "_"
+    suffixes = [f.metadata["env"] for f in _setting_fields()] + list(EXTRA_VARIABLES.values())
+    for var in env:
+        if not var.startswith(head) or var in _warned_unknown:
+            continue
+        suffix = var[len(head) :]
+        if suffix in suffixes:
+            continue
+        _warned_unknown.add(var)
+        close = difflib.get_close_matches(suffix, suffixes, n=1, cutoff=0.6)
+        hint = f"; did you mean {head}{close[0]}?" if close else ""
+        logger.warning("%s is not a setting of msal-keyring-cache and is ignored%s", var, hint)
+
+
+def check_path(value: Any, what: str) -> str:
+    """A file path argument checked as the ``path`` setting is (absolute, ``~`` expanded);
+    :class:`~msal_keyring_cache.ConfigError` naming ``what`` otherwise."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a file path, not {type(value).__name__}.")
+    try:
+        return _path(value)
+    except _Invalid as exc:
+        raise ConfigError(f"{what}={redact(value)!r} is not valid: {exc}.") from None
+
+
+def check_secret(value: Any, what: str) -> str:
+    """A passphrase-like argument checked as the ``passphrase`` setting is (never echoed)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be text, not {type(value).__name__}.")
+    try:
+        return _secret(value)
+    except _Invalid as exc:
+        raise ConfigError(f"{what} is not valid: {exc}.") from None
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URL replaced by ***."""
+    return re.sub(r"(://[^/@\s:]*:)[^/@\s]*@", r"\1***@", text)
 
 
 def _check_prefix(prefix: str) -> str:
@@ -344,14 +496,14 @@ def _parse_override(name: str, field: dataclasses.Field[Any], given: Any) -> Any
     try:
         return parse(given)
     except _Invalid as exc:
-        shown = "" if field.metadata["secret"] else f"={given!r}"
+        shown = "" if field.metadata["secret"] else f"={redact(str(given))!r}"
         raise ConfigError(f"Setting {name}{shown} is not valid: {exc}.") from None
 
 
 def describe_settings(env_prefix: str = DEFAULT_ENV_PREFIX) -> Iterator[dict[str, Any]]:
     """Yield one row per setting: name, env var, type, default and help (for docs and CLI)."""
     prefix = _check_prefix(env_prefix)
-    for field in dataclasses.fields(Settings):
+    for field in _setting_fields():
         parse: Parser = field.metadata["parse"]
         yield {
             "name": field.name,

@@ -268,17 +268,17 @@ class FernetKeys(KeySource):
     def keys_for(self, header: Header) -> list[str]:
         if header.kdf != "none":
             raise DecryptError(
-                f"The cache file is protected by a passphrase, but {self.label} is configured. "
-                "Set the passphrase (…_PASSPHRASE) instead."
+                "The cache file is protected by a passphrase, but a Fernet key is configured: "
+                f"{self.label}. Set the passphrase (…_PASSPHRASE) instead."
             )
         matching = [k for k, fp in zip(self.keys, self._fps) if fp == header.fp]
         if not matching and self.path and self._reread():
             matching = [k for k, fp in zip(self.keys, self._fps) if fp == header.fp]
         if not matching:
             raise DecryptError(
-                f"The cache file was encrypted with a key of fingerprint {header.fp}, which is "
-                f"not among the configured keys from {self.label} (fingerprints "
-                f"{', '.join(self._fps)}). Configure the key the file was written with (a new "
+                f"The cache file was encrypted with a key of fingerprint {header.fp}, but "
+                f"{self.label} has fingerprint(s) {', '.join(self._fps)}. Configure the key "
+                "the file was written with (a new "
                 "key can be put in front of it to rotate), or delete the cache and sign in again. "
                 "The file was not changed."
             )

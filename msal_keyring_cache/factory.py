@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from . import crypto
 from .cache import BackendInfo, PersistentTokenCache
 from .config import DEFAULT_APP_NAME, DEFAULT_ENV_PREFIX, Settings
-from .errors import BackendUnavailableError, CacheError, ConfigError
+from .errors import BackendUnavailableError, CacheError, ConfigError, DecryptError, StoreError
 from .stores.base import Store
 from .stores.keyring_backend import REMEMBERED, classify_backend
 
@@ -29,6 +29,7 @@ __all__ = [
     "default_lock_path",
     "default_path",
     "envelope_key",
+    "generated_key_path",
     "key_source",
 ]
 
@@ -67,13 +68,20 @@ def build_cache(
 
 
 def build_store(
-    settings: Settings, *, env_prefix: str = DEFAULT_ENV_PREFIX
+    settings: Settings, *, env_prefix: Optional[str] = None, read_only: bool = False
 ) -> tuple[Store, BackendInfo]:
-    """The store ``settings`` ask for, and why it was chosen."""
+    """The store ``settings`` ask for, and why it was chosen.
+
+    ``read_only=True`` (``status``, ``accounts``, ``doctor``, ``export``): the store never
+    writes, moves or creates anything, not even a key file; damaged data raises
+    :class:`~msal_keyring_cache.CorruptCacheError` instead of being set aside, and a
+    write raises :class:`~msal_keyring_cache.StoreError`.
+    """
+    env_prefix = env_prefix or settings.env_prefix
     if settings.backend == "file":
-        store = file_store(settings, env_prefix)
+        store = file_store(settings, env_prefix, read_only=read_only)
         return store, BackendInfo("file", "backend=file was configured", store.describe())
-    return choose(settings, env_prefix)
+    return choose(settings, env_prefix, read_only=read_only)
 
 
 def default_path(app_name: str = DEFAULT_APP_NAME) -> str:
@@ -83,21 +91,31 @@ def default_path(app_name: str = DEFAULT_APP_NAME) -> str:
     return os.path.join(user_data_dir(app_name, appauthor=False), "token_cache.bin")
 
 
-def file_store(settings: Settings, env_prefix: str = DEFAULT_ENV_PREFIX) -> Store:
+def file_store(
+    settings: Settings, env_prefix: Optional[str] = None, *, read_only: bool = False
+) -> Store:
     """The encrypted file store ``settings`` describe."""
     from .stores.file import EncryptedFileStore
 
     return EncryptedFileStore(
         settings.path or default_path(settings.app_name),
-        key_source(settings, env_prefix),
+        key_source(settings, env_prefix, read_only=read_only),
         lock_timeout=settings.lock_timeout,
+        read_only=read_only,
     )
 
 
-def key_source(settings: Settings, env_prefix: str = DEFAULT_ENV_PREFIX) -> crypto.KeySource:
-    """The key source for the file: key, passphrase, key file, keyring, or a generated file."""
+def key_source(
+    settings: Settings, env_prefix: Optional[str] = None, *, read_only: bool = False
+) -> crypto.KeySource:
+    """The key source for the file: key, passphrase, key file, keyring, or a generated file.
+
+    ``read_only=True`` never creates a key: a generated key file or envelope key that does
+    not exist yet gives a key source that decrypts nothing (and says why).
+    """
+    env_prefix = env_prefix or settings.env_prefix
     if settings.key:
-        label = f"the configured key (key= or {settings.env_var('key', env_prefix)})"
+        label = f"the configured key from {settings.env_var('key', env_prefix)} (or key=)"
         return crypto.FernetKeys(settings.key, label=label)
     if settings.passphrase:
         return crypto.Passphrase(settings.passphrase)
@@ -112,12 +130,51 @@ def key_source(settings: Settings, env_prefix: str = DEFAULT_ENV_PREFIX) -> cryp
             path=settings.key_file,
         )
     if settings.key_in_keyring:
-        return envelope_key(settings, env_prefix)
-    return generated_key(settings, env_prefix)
+        return envelope_key(settings, env_prefix, read_only=read_only)
+    return generated_key(settings, env_prefix, read_only=read_only)
 
 
-def generated_key(settings: Settings, env_prefix: str) -> crypto.KeySource:
-    """The weak default: a key file generated in the user config directory."""
+def generated_key_path(settings: Settings) -> str:
+    """Where the generated (weak) key file lives: ``cache.key`` in ``app_name``'s config dir."""
+    from platformdirs import user_config_dir
+
+    return os.path.join(user_config_dir(settings.app_name, appauthor=False), "cache.key")
+
+
+class MissingKey(crypto.KeySource):
+    """The key a read-only look needs does not exist: nothing can be decrypted with it."""
+
+    def __init__(
+        self,
+        label: str,
+        why: str,
+        level: crypto.Protection,
+        path: Optional[str],
+        protection: Optional[str] = None,
+    ):
+        self.label = label
+        self.why = why
+        self.tag = "missing"
+        self.protection = protection or f"{label} (does not exist yet)"
+        self.level = level
+        self.path = path
+
+    def keys_for(self, header: crypto.Header) -> list[str]:
+        raise DecryptError(self.why)
+
+    def new_header(self, previous: Optional[crypto.Header]) -> tuple[crypto.Header, str]:
+        raise StoreError(f"{self.label} does not exist, and this look at the cache is read-only.")
+
+
+def generated_key(
+    settings: Settings, env_prefix: Optional[str] = None, *, read_only: bool = False
+) -> crypto.KeySource:
+    """The weak default: a key file generated in the user config directory.
+
+    Its WARNING is logged once, when the key file is made; ``status`` and ``doctor``
+    report the weak protection every time.
+    """
+    env_prefix = env_prefix or settings.env_prefix
     stronger = (
         f"{settings.env_var('key', env_prefix)}, {settings.env_var('passphrase', env_prefix)}, "
         f"{settings.env_var('key_file', env_prefix)} (outside the data directory) or "
@@ -128,16 +185,25 @@ def generated_key(settings: Settings, env_prefix: str) -> crypto.KeySource:
             "No key is configured for the encrypted cache file, and strict mode refuses the "
             f"generated key file beside the user's data. Set one of: {stronger}."
         )
-    from platformdirs import user_config_dir
-
-    path = os.path.join(user_config_dir(settings.app_name, appauthor=False), "cache.key")
+    path = generated_key_path(settings)
+    created = not os.path.exists(path)
+    if created and read_only:
+        return MissingKey(
+            f"generated key file {path}",
+            f"No key is configured and the generated key file {path} does not exist, so "
+            "nothing stored can be decrypted (a new key would never decrypt it either). "
+            f"Configure the key the cache was written with ({stronger}).",
+            crypto.Protection.WEAK,
+            path,
+            f"generated key file {path}, made at the first sign-in (weak: it protects only "
+            "against the cache file leaking alone)",
+        )
     keys = crypto.default_key_file(path)
-    if path not in _warned:
+    if created and path not in _warned:
         _warned.add(path)
         logger.warning(
-            "No key configured for the token cache file; using the generated key file %s. "
-            "It protects only against the cache file leaking alone (anyone who can read "
-            "your files can read both). Stronger: %s.",
+            "No key configured for the token cache file; made the generated key file %s "
+            "(weak: it protects only against the cache file leaking alone). Stronger: %s.",
             path,
             stronger,
         )
@@ -163,7 +229,9 @@ def default_lock_path(settings: Settings) -> str:
     return os.path.join(directory, f"keyring-{tag[:12]}.lock")
 
 
-def _store_for(settings: Settings, account: str, lock_path: str) -> KeyringStore:
+def _store_for(
+    settings: Settings, account: str, lock_path: str, *, read_only: bool = False
+) -> KeyringStore:
     from .stores.credential import KeyringStore
 
     return KeyringStore(
@@ -172,6 +240,7 @@ def _store_for(settings: Settings, account: str, lock_path: str) -> KeyringStore
         lock_path=lock_path,
         keyring_timeout=settings.keyring_timeout,
         lock_timeout=settings.lock_timeout,
+        read_only=read_only,
     )
 
 
@@ -204,13 +273,33 @@ def _open(store: KeyringStore) -> tuple[Optional[str], Optional[CacheError]]:
     return None, None  # pragma: no cover - the second attempt always returns
 
 
-def choose(settings: Settings, env_prefix: str) -> tuple[Store, BackendInfo]:
-    """The store for ``backend="auto"`` or ``"keyring"``, and why (logged once at INFO)."""
+def choose(
+    settings: Settings, env_prefix: Optional[str] = None, *, read_only: bool = False
+) -> tuple[Store, BackendInfo]:
+    """The store for ``backend="auto"`` or ``"keyring"``, and why (logged once at INFO).
+
+    Under ``auto``, a credential store that holds no cache while the encrypted file does
+    (after ``move --to file``, or a cache written while no keyring answered) gives the file:
+    the tokens are where they are, never silently replaced by an empty cache.
+    """
+    env_prefix = env_prefix or settings.env_prefix
     forced = settings.backend == "keyring"
-    store = _store_for(settings, settings.keyring_account, default_lock_path(settings))
+    store = _store_for(
+        settings, settings.keyring_account, default_lock_path(settings), read_only=read_only
+    )
     insecure, error = _open(store)
     backend_var = settings.env_var("backend", env_prefix)
     fallback_var = settings.env_var("keyring_fallback", env_prefix)
+    path = settings.path or default_path(settings.app_name)
+    empty = not forced and os.path.isfile(path)  # the file may hold what the keyring lacks
+    if insecure is None and error is None and empty and store.prime() is None:
+        store.close()
+        held = file_store(settings, env_prefix, read_only=read_only)
+        reason = (
+            f"the credential store holds no token cache, but the encrypted file does "
+            f"(set {backend_var}=file to say so, or move --to keyring)"
+        )
+        return held, _info(BackendInfo("file", reason, held.describe()))
     if insecure is None and error is None:
         reason = (
             f"backend=keyring was configured ({store.resolved_by})"
@@ -227,12 +316,18 @@ def choose(settings: Settings, env_prefix: str) -> tuple[Store, BackendInfo]:
             f"Service), or set {backend_var}=file for the encrypted file."
         )
     if error is not None and not settings.keyring_fallback:
+        said = str(error).replace("…_", f"{settings.env_prefix}_")  # name the real variables
+        advice = (
+            ""
+            if fallback_var in said  # the error already said what to do: once is enough
+            else f" To use the encrypted file whenever this happens, set {fallback_var}=1; "
+            f"to always use it, set {backend_var}=file."
+        )
         raise BackendUnavailableError(
-            f"{error} The token cache may be kept there, so no empty file cache was started "
-            f"in its place. To use the encrypted file whenever this happens, set "
-            f"{fallback_var}=1; to always use it, set {backend_var}=file."
+            f"{said} The token cache may be kept there, so no empty file cache was started "
+            f"in its place.{advice}"
         ) from None
-    fallback = file_store(settings, env_prefix)
+    fallback = file_store(settings, env_prefix, read_only=read_only)
     if error is not None:
         logger.warning(
             "The OS credential store is not usable (%s); using the encrypted file %s "
@@ -254,8 +349,11 @@ def _info(info: BackendInfo) -> BackendInfo:
     return info
 
 
-def envelope_key(settings: Settings, env_prefix: str) -> crypto.KeySource:
+def envelope_key(
+    settings: Settings, env_prefix: Optional[str] = None, *, read_only: bool = False
+) -> crypto.KeySource:
     """The encrypted file's Fernet key, generated once and kept in the credential store."""
+    env_prefix = env_prefix or settings.env_prefix
     path = settings.path or default_path(settings.app_name)
     account = f"{settings.keyring_account}.key"
     store = _store_for(settings, account, path + ".key.lock")
@@ -272,6 +370,16 @@ def envelope_key(settings: Settings, env_prefix: str) -> crypto.KeySource:
             "key another way (…_KEY, …_PASSPHRASE or …_KEY_FILE)."
         )
     data = store.load()
+    if data is None and read_only:
+        return MissingKey(
+            f"the key in the OS credential store (service {settings.service!r}, "
+            f"account {account!r})",
+            f"{var} is set, but the credential store holds no key for the cache file "
+            f"(service {settings.service!r}, account {account!r}); a new key would never "
+            "decrypt what is stored.",
+            crypto.Protection.CREDENTIAL_STORE,
+            None,
+        )
     if data is None:
         with store.lock():
             data = store.load() if store.changed() else None

@@ -61,8 +61,8 @@ def check_regular(path: str) -> None:
         raise _not_regular(path)
 
 
-def _not_regular(path: str) -> ConfigError:
-    return ConfigError(
+def _not_regular(path: str) -> StoreError:
+    return StoreError(
         f"{path} is not a regular file (a directory, FIFO, socket or device); refusing to "
         "use it. Remove it or point the setting at another path."
     )
@@ -136,7 +136,7 @@ def open_regular(path: str, flags: int) -> Optional[int]:
     """Open an existing regular file without following a link and without blocking.
 
     ``None`` if it does not exist. A FIFO, device or directory is refused with
-    :class:`ConfigError` before anything is read: ``O_NONBLOCK`` keeps the open of a FIFO
+    :class:`StoreError` before anything is read: ``O_NONBLOCK`` keeps the open of a FIFO
     from waiting for a writer, and ``fstat`` tells what was opened.
     """
     try:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,9 +32,15 @@ class Run:
         return json.loads(self.out)
 
 
+#: The installed console script (``pip install -e .`` puts it beside the interpreter).
+SCRIPT = Path(PYTHON).with_name("msal-keyring-cache")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [PYTHON, "-m", "msal_keyring_cache"]
+
+
 def cli(*args: str, env: Optional[dict[str, str]] = None, stdin: str = "") -> Run:
+    """Run the real console script in a subprocess (HOME: the test's own, fresh)."""
     proc = subprocess.run(
-        [PYTHON, "-m", "msal_keyring_cache", *args],
+        [*COMMAND, *args],
         capture_output=True,
         text=True,
         input=stdin,
@@ -153,6 +160,12 @@ def test_console_script_matches_module() -> None:
         (["--env-prefix", "1bad", "status"], {}),
         (["export"], {"MSAL_KEYRING_CACHE_BACKEND": "file"}),
         (["move", "--to", "cloud"], {}),
+        (["--keyring-timeout", "0", "status"], {}),
+        (["--lock-timeout", "nan", "status"], {}),
+        (["--app-name", "../x", "status"], {}),
+        (["status"], {"MSAL_KEYRING_CACHE_PATH": "cache/"}),
+        (["export", "--plaintext", "--output", "out/"], {}),
+        (["rotate-key", "--new-key-file", "keys/"], {"MSAL_KEYRING_CACHE_BACKEND": "file"}),
     ],
 )
 def test_bad_flags_and_values_are_one_line_exit_2(args: list[str], env: dict[str, str]) -> None:
@@ -276,6 +289,24 @@ def test_clear_one_account(
     assert "access_token" in app.acquire_token_silent(SCOPES, account=alice)
     assert idp.token_requests == 0
     assert not app.get_accounts(username="bob@example.com")
+
+
+def test_clear_removes_set_aside_and_temporary_copies(signed_in: dict[str, str]) -> None:
+    path = Path(signed_in["MSAL_KEYRING_CACHE_PATH"])
+    blob = path.read_bytes()
+    leftovers = [
+        path.with_name(path.name + ".corrupt-20260101T000000-abcdef"),
+        path.with_name(f".{path.name}.0123456789ab.tmp"),
+    ]
+    for leftover in leftovers:
+        leftover.write_bytes(blob)  # both would still decrypt to every refresh token
+    unrelated = path.with_name("notes.txt")
+    unrelated.write_text("mine")
+    run = cli("clear", "--yes", env=signed_in)
+    assert run.code == 0, run.err
+    assert not path.exists()
+    assert not any(p.exists() for p in leftovers)
+    assert unrelated.read_text() == "mine"
 
 
 def test_clear_unknown_account(signed_in: dict[str, str]) -> None:
@@ -439,8 +470,12 @@ def test_rotate_key_file(key_file_env: dict[str, str], idp: LoopbackIdentityProv
     before = cli("export", "--plaintext", env=key_file_env).out
     run = cli("rotate-key", "--json", env=key_file_env)
     assert run.code == 0, run.err
-    [new] = _keys(key_file_env)
+    # The old key stays after the new one: another cache may use the same key file.
+    new, kept = _keys(key_file_env)
+    assert kept == old
     assert new != old
+    assert run.json()["old_keys_kept"] is True
+    assert "--drop-old" in run.json()["next"]
     assert run.json()["fingerprint"] == crypto.fingerprint(new) == _file_fp(key_file_env)
     assert old not in run.out + run.err
     assert new not in run.out + run.err
@@ -464,22 +499,70 @@ def test_rotate_key_from_environment(signed_in: dict[str, str], key: str) -> Non
     assert len(rows.json()["accounts"]) == 2
 
 
+ROTATE_CHILD = """
+import os, sys, time
+from msal_keyring_cache import Settings, manage
+wanted, fd = sys.argv[1], int(sys.argv[2])
+def progress(step):
+    if step == wanted:
+        os.write(fd, step.encode() + b"\\n")
+        time.sleep(600)  # the parent kills us here
+manage.rotate_key(Settings.resolve(), progress=progress)
+"""
+
+
+def kill_rotation_at(step: str, env: dict[str, str]) -> int:
+    """Run :func:`manage.rotate_key` in a child; SIGKILL it when it reports ``step``."""
+    import signal
+
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen(
+        [PYTHON, "-c", ROTATE_CHILD, step, str(write_end)],
+        env=child_env(**env),
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        reported = pipe.readline().strip().decode()
+        assert reported == step
+        child.send_signal(signal.SIGKILL)
+    return child.wait(timeout=60)
+
+
 @pytest.mark.parametrize("step", ["keys-added", "reencrypted"])
 def test_interrupted_rotate_key_loses_nothing(key_file_env: dict[str, str], step: str) -> None:
     [old] = _keys(key_file_env)
     before = cli("export", "--plaintext", env=key_file_env).out
-    killed = cli("rotate-key", env={**key_file_env, "_MSAL_KEYRING_CACHE_CRASH_AFTER": step})
-    assert killed.code == -9  # SIGKILL mid-way
+    assert kill_rotation_at(step, key_file_env) == -9  # SIGKILL mid-way, from outside
     keys = _keys(key_file_env)
     assert len(keys) == 2
     assert keys[1] == old
     expected_fp = crypto.fingerprint(keys[0] if step == "reencrypted" else old)
     assert _file_fp(key_file_env) == expected_fp
     assert cli("export", "--plaintext", env=key_file_env).out == before  # nothing lost
-    again = cli("rotate-key", env=key_file_env)
+    again = cli("rotate-key", "--drop-old", env=key_file_env)
     assert again.code == 0, again.err
     assert len(_keys(key_file_env)) == 1
     assert cli("export", "--plaintext", env=key_file_env).out == before
+
+
+def test_rotate_key_drop_old(key_file_env: dict[str, str]) -> None:
+    [old] = _keys(key_file_env)
+    run = cli("rotate-key", "--drop-old", env=key_file_env)
+    assert run.code == 0, run.err
+    [new] = _keys(key_file_env)
+    assert new != old
+    assert "holds only the new key" in run.out
+
+
+def test_no_crash_hook_in_production_code() -> None:
+    import msal_keyring_cache
+
+    root = Path(msal_keyring_cache.__file__).parent
+    for source in root.rglob("*.py"):
+        text = source.read_text()
+        assert "os.kill(" not in text, source
+        assert "CRASH_AFTER" not in text, source
 
 
 def test_rotate_key_refuses_a_passphrase_without_the_new_one(tmp_path: Path) -> None:
@@ -545,3 +628,364 @@ def test_demo_text(tmp_path: Path) -> None:
     assert "Token-endpoint requests by the second process: 0." in run.out
     assert "OpenID discovery" in run.out
     assert "access_token" not in run.out
+
+
+# -- read-only looks (issue 16) ------------------------------------------------------------
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (to prove nothing moved or was created)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("command", ["status", "accounts", "doctor", "export"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"garbage that is not ours",
+        b'{"AccessToken": {}, "RefreshToken": {"k": {"secret": "rt"}}, "Account": {}}',
+        b'{"format":"msal-keyring-cache","version":1,"kdf":"none","fp":"x","gen":"y"}\ntrunc',
+    ],
+    ids=["garbage", "plaintext-msal", "truncated"],
+)
+def test_looking_at_a_damaged_cache_changes_nothing(
+    file_env: dict[str, str], tmp_path: Path, command: str, content: bytes
+) -> None:
+    path = Path(file_env["MSAL_KEYRING_CACHE_PATH"])
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(content)
+    path.chmod(0o600)
+    before = tree(tmp_path)
+    args = [command, "--plaintext"] if command == "export" else [command, "--json"]
+    run = cli(*args, env=file_env)
+    assert run.code == 1, (run.out, run.err)
+    assert tree(tmp_path) == before  # nothing moved aside, rewritten or created
+    if command == "export":
+        assert run.out == ""
+        if b"RefreshToken" in content:
+            assert "migrate --from" in run.err  # says what to do
+    else:
+        doc = run.json()  # exactly one JSON document, also on error
+        problem = doc.get("problem") or " ".join(
+            c["detail"] + c["fix"] for c in doc.get("checks", []) if c["status"] == "fail"
+        )
+        assert problem
+        if b"RefreshToken" in content:
+            text = json.dumps(doc)
+            assert "migrate --from" in text
+            assert '"rt"' not in text
+
+
+def test_status_with_no_key_creates_no_key(tmp_path: Path) -> None:
+    home = Path(os.environ["HOME"])
+    before = tree(home)
+    env = {"MSAL_KEYRING_CACHE_BACKEND": "file"}
+    run = cli("status", "--json", env=env)
+    assert run.code == 0, run.err
+    assert run.json()["problem"] is None
+    assert tree(home) == before  # no key file, no directory, no lock
+    assert "generated key file" in run.json()["protection"]
+    # A cache whose generated key was lost: reported, and no new key is made.
+    data = home / ".local" / "share" / "msal-keyring-cache"
+    assert cli("clear", "--yes", env=env).code == 0
+    from msal_keyring_cache import build_cache as build
+
+    cache = build(backend="file", path=str(data / "token_cache.bin"))
+    cache.deserialize('{"Account": {}}')
+    cache.close()
+    key_file = home / ".config" / "msal-keyring-cache" / "cache.key"
+    key_file.unlink()
+    before = tree(home)
+    lost = cli("status", "--json", env=env)
+    assert lost.code == 1
+    assert "does not exist" in lost.json()["problem"]
+    assert tree(home) == before
+    assert not key_file.exists()
+
+
+def test_doctor_runs_every_check_when_the_path_is_a_directory(
+    file_env: dict[str, str], tmp_path: Path
+) -> None:
+    target = tmp_path / "a-directory"
+    target.mkdir()
+    env = {**file_env, "MSAL_KEYRING_CACHE_PATH": str(target)}
+    run = cli("doctor", "--json", env=env)
+    assert run.code == 1
+    checks = run.json()["checks"]
+    names = [c["name"] for c in checks]
+    assert f"cache file {target}" in names
+    assert {"backend", "protection", "lock", "decrypt"} <= set(names) or "backend" in names
+    assert len(checks) >= 5
+    [bad] = [c for c in checks if c["name"] == f"cache file {target}"]
+    assert bad["status"] == "fail"
+    assert "directory" in bad["detail"]
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["status", "accounts", "doctor", "export"])
+def test_looking_at_a_fifo_never_blocks(file_env: dict[str, str], command: str) -> None:
+    path = Path(file_env["MSAL_KEYRING_CACHE_PATH"])
+    path.parent.mkdir(mode=0o700)
+    os.mkfifo(path)
+    args = [command, "--plaintext"] if command == "export" else [command, "--json"]
+    run = cli(*args, env=file_env)  # returns (cli() has a timeout), does not hang
+    assert run.code == 1
+    assert "not a regular file" in (run.out + run.err)
+
+
+def test_a_path_with_a_trailing_slash_is_refused(tmp_path: Path) -> None:
+    run = cli("status", "--path", str(tmp_path / "newdir") + "/")
+    assert_one_line_error(run, 2)
+    assert "directory" in run.err
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_a_mistyped_variable_is_named_with_the_closest_one(signed_in: dict[str, str]) -> None:
+    run = cli("status", env={**signed_in, "MSAL_KEYRING_CACHE_BAKEND": "file"})
+    assert run.code == 0, run.err
+    warnings_ = [line for line in run.err.splitlines() if "BAKEND" in line]
+    assert len(warnings_) == 1
+    assert "MSAL_KEYRING_CACHE_BACKEND" in warnings_[0]
+
+
+def test_the_weak_key_warning_comes_once_per_key_file() -> None:
+    env = {"MSAL_KEYRING_CACHE_BACKEND": "file"}
+    first = cli("import", "--from", "-", env=env, stdin=SAMPLE_CACHE)
+    assert first.code == 0, first.err
+    assert first.err.count("made the generated key file") == 1
+    again = cli("import", "--from", "-", env=env, stdin=SAMPLE_CACHE)
+    assert again.code == 0, again.err
+    assert "key file" not in again.err
+    assert "weak" in cli("status", env=env).out  # status still says so
+
+
+def test_export_output_is_private(signed_in: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "dump.json"
+    run = cli("export", "--plaintext", "--output", str(out), env=signed_in)
+    assert run.code == 0, run.err
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    assert len(json.loads(out.read_text())["RefreshToken"]) == 2
+    assert run.out == ""
+    # stdout redirected to a file: a warning
+    with open(tmp_path / "redirected.json", "w") as fh:
+        proc = subprocess.run(
+            [*COMMAND, "export", "--plaintext"],
+            stdout=fh,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(**signed_in),
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 0
+    assert "--output" in proc.stderr
+
+
+def test_subcommand_help_is_short_and_points_to_settings() -> None:
+    for command in ("status", "generate-key", "rotate-key"):
+        run = cli(command, "--help")
+        assert run.code == 0
+        assert "--app-name" not in run.out
+        assert "msal-keyring-cache settings" in run.out
+        assert len(run.out.splitlines()) < 30
+    listed = cli("settings")
+    assert listed.code == 0
+    assert "--app-name" in listed.out
+    assert "MSAL_KEYRING_CACHE_KEY " in listed.out or "MSAL_KEYRING_CACHE_KEY\n" in listed.out
+    doc = cli("settings", "--json").json()
+    assert {r["name"] for r in doc["settings"]} >= {"app_name", "backend", "key", "lock_timeout"}
+
+
+def test_import_takes_from_like_migrate(signed_in: dict[str, str], tmp_path: Path) -> None:
+    dump = cli("export", "--plaintext", env=signed_in).out
+    plain = tmp_path / "dump.json"
+    plain.write_text(dump)
+    for args in (["--from", str(plain)], [str(plain)]):
+        env = {
+            "MSAL_KEYRING_CACHE_BACKEND": "file",
+            "MSAL_KEYRING_CACHE_PATH": str(tmp_path / f"c{len(args)}.bin"),
+            "MSAL_KEYRING_CACHE_KEY": generate_key(),
+        }
+        run = cli("import", *args, "--json", env=env)
+        assert run.code == 0, run.err
+        assert run.json()["entries"] > 0
+    missing = cli("import", "--json")
+    assert missing.code == 2
+    assert missing.json()["ok"] is False
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["accounts", "--json"],
+        ["status", "--json"],
+        ["doctor", "--json"],
+        ["clear", "--account", "x", "--yes", "--json"],
+        ["move", "--to", "keyring", "--json"],
+        ["rotate-key", "--json"],
+        ["status", "--json", "--lock-timeout", "0"],
+        ["status", "--json", "--bogus"],
+    ],
+)
+def test_every_json_command_prints_one_document_on_error(
+    args: list[str], file_env: dict[str, str]
+) -> None:
+    env = {**file_env, "MSAL_KEYRING_CACHE_KEY": generate_key()}
+    path = Path(file_env["MSAL_KEYRING_CACHE_PATH"])
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(b"not ours")
+    env["MSAL_KEYRING_CACHE_KEYRING_TIMEOUT"] = "1"
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+    run = cli(*args, env=env)
+    assert run.code != 0
+    doc = json.loads(run.out)  # one document, nothing else on stdout
+    assert isinstance(doc, dict)
+
+
+def test_verbose_shows_what_the_cache_did(
+    signed_in: dict[str, str], idp: LoopbackIdentityProvider, key: str
+) -> None:
+    run = cli("-v", "accounts", env=signed_in)
+    assert run.code == 0, run.err
+    assert "backend=file was configured" in run.err
+    assert "Read" in run.err
+    assert_no_secret(run, idp, key)
+    write = cli("-v", "clear", "--account", USERS[1], "--yes", env=signed_in)
+    assert write.code == 0, write.err
+    assert "Got the lock" in write.err  # lock waits
+    assert "writes" in write.err  # what the store did
+    assert_no_secret(write, idp, key)
+
+
+# -- refused deletes (issue 10) --------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_keyring(tmp_path: Path) -> dict[str, str]:
+    return {
+        "PYTHON_KEYRING_BACKEND": "tests.fake_keyring.FileKeyring",
+        "FAKE_KEYRING_FILE": str(tmp_path / "keyring.json"),
+        "MSAL_KEYRING_CACHE_PATH": str(tmp_path / "data" / "token_cache.bin"),
+        "MSAL_KEYRING_CACHE_KEY": generate_key(),
+    }
+
+
+def _fill(env: dict[str, str]) -> None:
+    run = cli("import", "--from", "-", env=env, stdin=SAMPLE_CACHE)
+    assert run.code == 0, run.err
+
+
+SAMPLE_CACHE = json.dumps(
+    {
+        "Account": {
+            "h-e-r": {
+                "home_account_id": "h",
+                "environment": "e",
+                "realm": "r",
+                "username": "carol@example.com",
+                "local_account_id": "l",
+                "authority_type": "MSSTS",
+            }
+        },
+        "RefreshToken": {
+            "h-e-refreshtoken-c--": {
+                "home_account_id": "h",
+                "environment": "e",
+                "credential_type": "RefreshToken",
+                "client_id": "c",
+                "secret": "sample-refresh-token",
+            }
+        },
+    }
+)
+
+
+def test_a_refused_delete_is_never_reported_as_a_sign_out(fake_keyring: dict[str, str]) -> None:
+    env = {**fake_keyring, "MSAL_KEYRING_CACHE_BACKEND": "keyring"}
+    _fill(env)
+    refused = {**env, "FAKE_KEYRING_REFUSE_DELETE": "1"}
+    run = cli("clear", "--yes", env=refused)
+    assert_one_line_error(run, 1)
+    assert "Nobody was signed out" in run.err
+    assert "sample-refresh-token" not in run.err
+    assert cli("accounts", "--json", env=env).json()["accounts"][0]["username"] == (
+        "carol@example.com"
+    )
+    moved = cli("move", "--to", "file", env=refused)
+    assert_one_line_error(moved, 1)
+    assert "delete" in moved.err
+    # Without the refusal, clear works and says so.
+    done = cli("clear", "--yes", env=env)
+    assert done.code == 0, done.err
+    assert "signed out" in done.out
+
+
+def test_after_move_status_shows_where_the_tokens_are(fake_keyring: dict[str, str]) -> None:
+    env = dict(fake_keyring)  # backend auto: the fake keyring answers
+    _fill(env)
+    assert cli("status", "--json", env=env).json()["backend"] == "keyring"
+    moved = cli("move", "--to", "file", env=env)
+    assert moved.code == 0, moved.err
+    status = cli("status", "--json", env=env).json()
+    assert status["backend"] == "file"
+    assert status["accounts"] == ["carol@example.com"]
+    assert "configured" not in status["reason"]
+    back = cli("move", "--to", "keyring", env=env)
+    assert back.code == 0, back.err
+    status = cli("status", "--json", env=env).json()
+    assert status["backend"] == "keyring"
+    assert status["accounts"] == ["carol@example.com"]
+
+
+def test_demo_explains_the_protection_in_plain_words() -> None:
+    run = cli("demo", env={"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
+    assert run.code == 0, run.err
+    assert "keyring.backends" not in run.out
+    protection = next(line for line in run.out.splitlines() if "Protection:" in line)
+    assert "weak" in protection
+    assert "MSAL_KEYRING_CACHE_KEY" in protection
+
+
+@pytest.fixture
+def read_only_fs(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs the test mounts (root only), remounted read-only by the test."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_doctor_and_status_on_a_read_only_file_system(
+    read_only_fs: Path, idp: LoopbackIdentityProvider, key: str
+) -> None:
+    env = {
+        "MSAL_KEYRING_CACHE_BACKEND": "file",
+        "MSAL_KEYRING_CACHE_PATH": str(read_only_fs / "data" / "token_cache.bin"),
+        "MSAL_KEYRING_CACHE_KEY": key,
+    }
+    cache = build_cache(backend="file", path=env["MSAL_KEYRING_CACHE_PATH"], key=key)
+    sign_in(idp.public_app(token_cache=cache), USERS[0])
+    cache.close()
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_fs)], check=True)
+    status = cli("status", "--json", env=env)
+    assert status.code == 0, status.err  # reading keeps working
+    assert status.json()["accounts"] == [USERS[0]]
+    run = cli("doctor", "--json", env=env)
+    checks = {c["name"]: c for c in run.json()["checks"]}
+    directory = checks[f"directory {read_only_fs / 'data'}"]
+    assert directory["status"] == "warn"
+    assert "read-only file system" in directory["detail"]
+    assert checks["decrypt"]["status"] == "ok"  # every other check still ran
+    assert {"backend", "protection", "lock"} <= set(checks)
+    assert run.code == 0, run.out

@@ -40,7 +40,7 @@ SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
     "key_in_keyring": ("1", True, "off", False),
     "keyring_service": ("svc", "svc", "svc2", "svc2"),
     "keyring_account": ("acct", "acct", "acct2", "acct2"),
-    "keyring_timeout": ("2.5", 2.5, "0", 0.0),
+    "keyring_timeout": ("2.5", 2.5, "0.25", 0.25),
     "keyring_fallback": ("yes", True, "FALSE", False),
     "lock_timeout": ("10", 10.0, "0.5", 0.5),
     "strict": ("on", True, "0", False),
@@ -60,9 +60,9 @@ BAD: dict[str, list[str]] = {
     "key_in_keyring": ["maybe", "2", "enabled"],
     "keyring_service": [" "],
     "keyring_account": [" "],
-    "keyring_timeout": ["soon", "-1", "nan", "inf", "1e999"],
+    "keyring_timeout": ["soon", "-1", "nan", "inf", "1e999", "0", "601"],
     "keyring_fallback": ["y", "ja"],
-    "lock_timeout": ["ten", "-0.5", "NaN"],
+    "lock_timeout": ["ten", "-0.5", "NaN", "0", "1e9"],
     "strict": ["strict"],
     "redis_url": ["  "],
     "redis_prefix": ["  "],
@@ -70,8 +70,9 @@ BAD: dict[str, list[str]] = {
     "redis_timeout": ["x", "-2"],
 }
 
-FIELDS = [f.name for f in dataclasses.fields(Settings)]
-SECRET = {f.name for f in dataclasses.fields(Settings) if f.metadata["secret"]}
+SETTING_FIELDS = [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
+FIELDS = [f.name for f in SETTING_FIELDS]
+SECRET = {f.name for f in SETTING_FIELDS if f.metadata["secret"]}
 EXCLUSIVE = {"key", "passphrase", "key_file"}
 
 

@@ -240,10 +240,36 @@ def cli_reference_md() -> str:
             if path:
                 out += _arguments_table(sub, common)
             else:
-                out += ["### Settings options", "", *_arguments_table(sub)]
+                out += [*_arguments_table(sub), "### Settings options", "", *_settings_options()]
             if sub.epilog:
                 out += ["```text", sub.epilog.strip(), "```", ""]
     return "\n".join(out)
+
+
+def _settings_options() -> list[str]:
+    """Every setting's flag (hidden from ``--help``; ``msal-keyring-cache settings`` lists
+    them), accepted by every command. Flags stay whole: the site's CSS never wraps them."""
+    from msal_keyring_cache.config import describe_settings
+
+    flags = cli_flags()
+    rows = [
+        "Every command takes these flags (its `--help` leaves them out; "
+        "`msal-keyring-cache settings` lists them). Each wins over its environment variable.",
+        "",
+        "| Flag | Environment variable | Meaning |",
+        "| --- | --- | --- |",
+    ]
+    for row in describe_settings():
+        found = flags.get(row["name"]) if row["cli"] and not row["secret"] else None
+        if not found:
+            continue
+        names = ", ".join(_code(f) for f in found)
+        rows.append(f"| {names} | {_code(row['env'])} | {_cell(row['help'])} |")
+    rows.append(
+        "| `--env-prefix PREFIX` | — | Read `PREFIX_*` variables instead of "
+        "`MSAL_KEYRING_CACHE_*`. |"
+    )
+    return [*rows, ""]
 
 
 def _one_line_help(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> str:

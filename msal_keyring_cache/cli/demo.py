@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -15,11 +16,13 @@ import tempfile
 import time
 from typing import Any, Optional
 
-from .. import crypto
+from .. import crypto, manage
 from ..cache import PersistentTokenCache
 from ..config import Settings, describe_settings
 from ..errors import CacheError
-from .common import CommandError, _Context, _env_var, _safe_describe, _write_key_file
+from .common import CommandError, _Context
+
+logger = logging.getLogger("msal_keyring_cache")
 
 # -- demo ----------------------------------------------------------------------------------------
 
@@ -38,7 +41,7 @@ def _demo_settings(ctx: _Context, root: str) -> Settings:
     if "key_file" not in overrides:
         key_file = os.path.join(root, "cache.key")
         if not os.path.exists(key_file):
-            _write_key_file(key_file, [crypto.generate_key()])
+            manage.write_private(key_file, crypto.generate_key() + "\n")
         overrides["key_file"] = key_file
     return Settings.resolve(ctx.env_prefix, environ={}, **overrides)
 
@@ -174,14 +177,17 @@ def cmd_demo(ctx: _Context) -> int:
             ) from None
         token_during = sum(1 for r in during if r.path.endswith("/oauth2/v2.0/token"))
         other = sorted({r.path for r in during if not r.path.endswith("/oauth2/v2.0/token")})
-        where = _safe_describe(cache)
+        described = cache.store.describe()
         ok = bool(child.get("ok")) and child.get("token_digest") == digest and not during
         report = {
             "ok": ok,
             "backend": info.backend,
             "reason": info.reason,
-            "location": where.get("location"),
-            "protection": where.get("protection"),
+            "location": described.location,
+            "protection": described.protection_text,
+            "protection_level": described.protection.value,
+            "demo_key_file": described.key_file is not None
+            and os.path.dirname(described.key_file) == root,
             "identity_provider": f"127.0.0.1:{port}",
             "user": DEMO_USER,
             "sign_in_ms": _ms(sign_in),
@@ -214,7 +220,7 @@ def cmd_demo(ctx: _Context) -> int:
 
 
 def _child_env(ctx: _Context) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_env_var(ctx, ""))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ctx.env_prefix + "_")}
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     return env
@@ -234,9 +240,24 @@ def _print_demo(ctx: _Context, report: dict[str, Any]) -> None:
         f"1. Signed in {report['user']} with msal.PublicClientApplication (device code flow) in "
         f"{report['sign_in_ms']} ms: {report['sign_in_token_requests']} token request."
     )
-    p(f"   Token cache: {report['backend']} ({report['reason']})")
+    logger.debug("Demo backend: %s (%s)", report["backend"], report["reason"])
+    if report["backend"] == "keyring":
+        p("   Token cache: the OS credential store (a secure one answered).")
+    else:
+        p(
+            "   Token cache: the encrypted file (no secure OS credential store answered here; "
+            "why: -v or msal-keyring-cache doctor)."
+        )
     p(f"   Where: {report['location']}")
-    p(f"   Protection: {report['protection']}")
+    if report["demo_key_file"]:
+        p(
+            "   Protection: a key file the demo generated beside the cache, like the default "
+            "generated key: weak, it only protects against the cache file leaking alone. "
+            "Make it strong with MSAL_KEYRING_CACHE_KEY (msal-keyring-cache generate-key), "
+            "MSAL_KEYRING_CACHE_PASSPHRASE, or MSAL_KEYRING_CACHE_KEY_IN_KEYRING=1."
+        )
+    else:
+        p(f"   Protection: {report['protection']}")
     p(
         f"2. A second process (pid {child['pid']}) got the token silently in "
         f"{child['silent_ms']} ms (msal app built in {child['app_ms']} ms; the process ran "

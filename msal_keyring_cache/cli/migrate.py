@@ -37,8 +37,12 @@ def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``import`` subcommand's own arguments."""
-    parser.add_argument("source", metavar="PATH", help="JSON cache file, or - for stdin.")
+    """The ``import`` subcommand's own arguments: ``--from PATH`` as ``migrate`` takes it
+    (a bare ``PATH`` still works)."""
+    parser.add_argument(
+        "--from", dest="source", metavar="PATH", help="JSON cache file, or - for stdin."
+    )
+    parser.add_argument("path_arg", nargs="?", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument(
         "--replace", action="store_true", help="Replace the whole cache instead of merging."
     )
@@ -122,6 +126,9 @@ def _list(ctx: _Context) -> int:
 
 
 def cmd_import(ctx: _Context) -> int:
+    ctx.args.source = ctx.args.source or ctx.args.path_arg
+    if not ctx.args.source:
+        raise UsageError("import needs --from PATH (or - for standard input)")
     settings = ctx.settings()
     if ctx.args.source == "-":
         text = sys.stdin.read()

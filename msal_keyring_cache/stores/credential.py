@@ -36,7 +36,7 @@ import secrets
 from typing import Any, Callable, Optional, TypeVar
 
 from ..crypto import Protection
-from ..errors import ConfigError, KeyringTimeoutError, StoreError
+from ..errors import ConfigError, CorruptCacheError, KeyringTimeoutError, StoreError
 from ..files import atomic_write, read_file_keep_open
 from ..locking import CrossProcessLock
 from ..watch import FileIdentity
@@ -98,8 +98,11 @@ class KeyringStore(Store):
         lock_timeout: float = 60.0,
         max_value_length: Optional[int] = None,
         keyring: Any = None,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
+        #: Never write: damaged data raises CorruptCacheError, writes raise StoreError.
+        self.read_only = read_only
         if not service or not account:
             raise ConfigError("KeyringStore needs a non-empty service and account.")
         if max_value_length is not None and max_value_length < 200:
@@ -266,6 +269,12 @@ class KeyringStore(Store):
             if attempt == _READ_ATTEMPTS - 1:
                 with self._lock:  # no writer can interfere now: a mismatch is real damage
                     result = self._read_once()
+                if result is _NOTHING and self.read_only:
+                    raise CorruptCacheError(
+                        f"The token cache in the OS credential store (service "
+                        f"{self.service!r}, account {self.account!r}) is damaged (a chunk is "
+                        "missing or fails its digest)."
+                    )
                 if result is _NOTHING:
                     logger.warning(
                         "The token cache in the OS credential store (service %r, account %r) "
@@ -316,7 +325,12 @@ class KeyringStore(Store):
         self._loaded = True
         return data
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError("The credential-store entry was opened read-only.")
+
     def save(self, data: bytes) -> None:
+        self._writable()
         self.stats.saves += 1
         try:
             text = data.decode("utf-8")
@@ -347,6 +361,7 @@ class KeyringStore(Store):
             self._delete(self._chunk_service(gen, index))
 
     def clear(self) -> None:
+        self._writable()
         with self._lock:
             value = self._get(self.service)
             if value is not None and value.startswith(_MANIFEST):

@@ -68,10 +68,11 @@ class EncryptedFileStore(Store):
         read_only: bool = False,
     ) -> None:
         super().__init__()
+        #: Never write, move or create anything: damaged data raises, writes raise.
+        self.read_only = read_only
         self.path = os.path.abspath(os.path.expanduser(path))
         check_regular(self.path)
         self.key_source = key_source
-        self.read_only = read_only
         self._lock = CrossProcessLock(self.path + ".lock", lock_timeout)
         self._identity = FileIdentity(self.path)
         self._gen = Generation(self.path + ".gen")
@@ -129,6 +130,10 @@ class EncryptedFileStore(Store):
                 plaintext = crypto.unseal(token, key, header, 0)
             except CorruptCacheError as exc:
                 os.close(fd)
+                if self.read_only:
+                    raise CorruptCacheError(
+                        f"{self.path} is not a readable encrypted token cache: {exc}."
+                    ) from None
                 self._set_aside(blob, str(exc))
                 continue
             except BaseException:
@@ -145,6 +150,10 @@ class EncryptedFileStore(Store):
                     crypto.unseal(r, key, header, seq) for seq, r in enumerate(records, 1)
                 ]
             except CorruptCacheError as exc:
+                if self.read_only:
+                    raise CorruptCacheError(
+                        f"A journal record of the token cache {self.path} is damaged: {exc}."
+                    ) from None
                 return self._salvage(blob, plaintext, records, str(exc))
             return plaintext
         self._forget()
