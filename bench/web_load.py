@@ -1,16 +1,21 @@
-"""Load test of per-user web caches on a real Redis: many users, many requests, many threads.
+"""Load test of the per-user web caches: many users, many requests, worker processes.
 
-Each request is ``with caches.for_user(user) as cache: cache.add(<a token response>)``,
-adding one access token with its own scope (real msal ``add``, realistic token sizes).
-At the end every user must hold exactly one access token per request: anything less
-is a lost update. Reports requests/s and p50/p99 of load+save (the time spent in
-``for_user`` entering and leaving, not in the request body).
+Like a pre-forking WSGI server (gunicorn): ``--workers`` processes, each with its own
+``UserCaches`` and ``--threads`` request threads; the requests of one user land on any
+worker, so the same user's requests race across processes. Each request is
+``with caches.for_user(user) as cache: cache.add(<a token response>)`` (real msal ``add``,
+token sizes like Entra's). At the end every user must hold exactly one access token per
+request: anything less is a lost update. Reports load+save per second (completed
+requests / wall time) and p50/p99 of load+save (the time spent entering and leaving
+``for_user``, not in the request body).
 
-    python bench/web_load.py                         # 1,000 users x 20 requests, 16 threads
-    python bench/web_load.py --cluster               # the same on a 3-node Redis Cluster
-    python bench/web_load.py --url redis://host:6379/0 --users 100 --requests 5 --json
+    python bench/web_load.py                                  # every store, default shapes
+    python bench/web_load.py --store redis --workers 2 --threads 2
+    python bench/web_load.py --store postgresql --users 100 --requests 5 --json
+    python bench/web_load.py --store redis --url redis://host:6379/0
 
-Without ``--url`` it starts a private redis-server (or cluster) on loopback and stops it
+Without ``--url`` it starts a private server (redis-server, a 3-node cluster, or
+PostgreSQL as in the tests) on loopback, or a temporary SQLite file, and removes it
 after. Bounded: ``--max-seconds`` stops issuing requests (exit code 2 when reached).
 """
 
@@ -19,9 +24,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import multiprocessing
+import os
 import queue
 import random
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,6 +48,13 @@ from msal_keyring_cache.web import UserCaches  # noqa: E402
 
 CLIENT_ID = "00000000-0000-0000-0000-00000000c11d"
 ENDPOINT = "https://127.0.0.1/bench-tenant/oauth2/v2.0/token"
+#: The shape each store is measured in by default (the targets of issue 14).
+SHAPES = {
+    "redis": (2, 2),  # 2 worker processes x 2 threads = 4 concurrent requests
+    "cluster": (2, 2),
+    "postgresql": (2, 2),
+    "sqlite": (1, 2),  # one process: SQLite is the single-server store
+}
 
 
 def _b64(data: dict[str, Any]) -> str:
@@ -70,33 +85,41 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run(caches: UserCaches, users: int, requests: int, threads: int,
-        max_seconds: float, seed: int = 1) -> dict[str, Any]:  # fmt: skip
-    """Run the load; return the figures (and verify that no update was lost)."""
-    tasks: list[tuple[int, int]] = [(u, r) for r in range(requests) for u in range(users)]
-    random.Random(seed).shuffle(tasks)
-    work: queue.Queue[tuple[int, int]] = queue.Queue()
+def _caches(spec: dict[str, Any]) -> UserCaches:
+    return UserCaches.from_url(spec["url"], key=spec["key"], prefix=spec["prefix"],
+                               cluster=spec["cluster"], ttl=3600, timeout=10)  # fmt: skip
+
+
+def worker(spec: dict[str, Any], tasks: list[tuple[int, int]], ready: Any, go: Any,
+           results: Any) -> None:  # fmt: skip
+    """One worker process: its own caches, ``threads`` request threads over ``tasks``."""
+    caches = _caches(spec)
+    with caches.for_user("warm-up"):  # connect before the clock starts
+        pass
+    events = {(u, r): token_event(u, r) for u, r in tasks}  # made before the clock too
+    work: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
     for task in tasks:
         work.put(task)
     timings: list[float] = []
-    done = [0] * users
+    done: dict[int, int] = {}
     errors: list[str] = []
     lock = threading.Lock()
-    deadline = time.monotonic() + max_seconds
+    ready.put(os.getpid())
+    go.wait()
+    deadline = time.monotonic() + spec["max_seconds"]
 
-    def worker() -> None:
+    def run() -> None:
         while time.monotonic() < deadline:
             try:
                 user, request = work.get_nowait()
             except queue.Empty:
                 return
-            event = token_event(user, request)
             try:
                 start = time.perf_counter()
                 context = caches.for_user(f"user-{user}")
                 cache = context.__enter__()
                 loaded = time.perf_counter()
-                cache.add(event)
+                cache.add(events[(user, request)])
                 body_done = time.perf_counter()
                 context.__exit__(None, None, None)
                 end = time.perf_counter()
@@ -106,26 +129,63 @@ def run(caches: UserCaches, users: int, requests: int, threads: int,
                 continue
             with lock:
                 timings.append((loaded - start) + (end - body_done))
-                done[user] += 1
+                done[user] = done.get(user, 0) + 1
 
-    started = time.perf_counter()
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    started, cpu = time.time(), time.process_time()
+    pool = [threading.Thread(target=run) for _ in range(spec["threads"])]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    elapsed = time.perf_counter() - started
+    results.put({"timings": timings, "done": done, "errors": errors, "started": started,
+                 "ended": time.time(), "cpu": time.process_time() - cpu,
+                 "conflicts": caches.stats.conflicts})  # fmt: skip
+    caches.close()
 
+
+def run(spec: dict[str, Any], users: int, requests: int, workers: int) -> dict[str, Any]:
+    """Run the load over ``workers`` processes; return the figures (and check for loss)."""
+    tasks = [(u, r) for r in range(requests) for u in range(users)]
+    random.Random(1).shuffle(tasks)
+    context = multiprocessing.get_context("spawn")
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    procs = [
+        context.Process(target=worker, args=(spec, tasks[i::workers], ready, go, results))
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    go.set()
+    parts = [results.get(timeout=spec["max_seconds"] + 120) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    timings = [t for p in parts for t in p["timings"]]
+    errors = [e for p in parts for e in p["errors"]]
+    done = [0] * users
+    for part in parts:
+        for user, count in part["done"].items():
+            done[user] += count
+    elapsed = max(p["ended"] for p in parts) - min(p["started"] for p in parts)
+    load = os.getloadavg()[0]
+
+    caches = _caches(spec)
     lost = 0
     for user in range(users):
         with caches.for_user(f"user-{user}") as cache:
             kept = len(list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)))
         lost += max(0, done[user] - kept)
+    for user in range(users):
+        caches.delete_user(f"user-{user}")
+    caches.delete_user("warm-up")
+    caches.close()
     completed = sum(done)
     return {
         "users": users,
         "requests_per_user": requests,
-        "threads": threads,
+        "workers": workers,
+        "threads": spec["threads"],
         "completed": completed,
         "planned": len(tasks),
         "errors": len(errors),
@@ -135,51 +195,91 @@ def run(caches: UserCaches, users: int, requests: int, threads: int,
         "load_save_p50_ms": round(percentile(timings, 0.50) * 1000, 2),
         "load_save_p99_ms": round(percentile(timings, 0.99) * 1000, 2),
         "load_save_mean_ms": round(statistics.fmean(timings) * 1000, 2) if timings else 0.0,
-        "conflicts_merged": caches.stats.conflicts,
+        # CPU of the worker processes per request (load+save and the msal add in the body):
+        # what a request costs the app server, whatever else the machine is doing.
+        "worker_cpu_ms_per_request": round(
+            sum(p["cpu"] for p in parts) / max(1, completed) * 1000, 3
+        ),
+        "machine_load_1min": round(load, 1),
+        "conflicts_merged": sum(p["conflicts"] for p in parts),
         "lost_updates": lost,
         "stopped_early": completed + len(errors) < len(tasks),
     }
 
 
+class _Service:
+    """A private server for one store, or nothing when ``--url`` is given."""
+
+    def __init__(self, store: str, url: Optional[str]) -> None:
+        self.store, self.url, self.server, self.tmp = store, url, None, ""
+        if url:
+            return
+        if store == "sqlite":
+            self.tmp = tempfile.mkdtemp(prefix="web-load-")
+            self.url = f"sqlite:///{self.tmp}/tokens.db"
+        elif store == "postgresql":
+            from tests.services_postgres import PostgresServer
+
+            self.server = PostgresServer(fsync=True).start()  # as in production: durable
+            self.url = self.server.url
+        else:
+            from tests.services_redis import RedisClusterServers, RedisServer
+
+            self.tmp = tempfile.mkdtemp(prefix="web-load-")
+            kind = RedisClusterServers if store == "cluster" else RedisServer
+            self.server = kind(Path(self.tmp)).start()
+            self.url = self.server.url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            remove = getattr(self.server, "remove", None)
+            (remove or self.server.stop)()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", help="Redis URL (default: start a private server on loopback)")
-    parser.add_argument("--cluster", action="store_true", help="Redis Cluster (3 nodes)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--store", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--url", help="an existing server (default: start a private one)")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=20, help="requests per user")
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--workers", type=int, help="worker processes (default: per store)")
+    parser.add_argument("--threads", type=int, help="request threads per worker")
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
+    stores = list(SHAPES) if args.store == "all" else [args.store]
+    if args.url and len(stores) > 1:
+        parser.error("--url needs --store")
 
-    service: Any = None
-    url = args.url
-    if url is None:
-        from tests.services_redis import RedisClusterServers, RedisServer
-
-        workdir = Path(tempfile.mkdtemp(prefix="web-load-"))
-        service = (RedisClusterServers(workdir) if args.cluster else RedisServer(workdir)).start()
-        url = service.url
-    try:
-        prefix = "bench-" + secrets.token_hex(4)
-        caches = UserCaches.from_url(url, key=generate_key(), prefix=prefix, cluster=args.cluster,
-                                     ttl=3600)  # fmt: skip
-        figures = run(caches, args.users, args.requests, args.threads, args.max_seconds)
-        figures["backend"] = "cluster" if args.cluster else "standalone"
-        for user in range(args.users):
-            caches.delete_user(f"user-{user}")
-        caches.close()
-    finally:
-        if service is not None:
+    rows = []
+    for store in stores:
+        workers, threads = SHAPES[store]
+        service = _Service(store, args.url)
+        try:
+            spec = {"url": service.url, "key": generate_key(), "cluster": store == "cluster",
+                    "prefix": "bench-" + secrets.token_hex(4), "threads": args.threads or threads,
+                    "max_seconds": args.max_seconds}  # fmt: skip
+            figures = run(spec, args.users, args.requests, args.workers or workers)
+        finally:
             service.stop()
+        rows.append({"store": store, **figures})
     if args.json:
-        print(json.dumps(figures))
+        print(json.dumps(rows if len(rows) > 1 else rows[0]))
     else:
-        for name, value in figures.items():
-            print(f"{name:>20}: {value}")
-    if figures["lost_updates"] or figures["errors"]:
+        print("| store | workers × threads | load+save/s | p50 ms | p99 ms | worker CPU ms/request "
+              "| conflicts merged | lost | errors | machine load |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['store']} | {r['workers']} × {r['threads']} | {r['requests_per_s']:,.0f} "
+                  f"| {r['load_save_p50_ms']} | {r['load_save_p99_ms']} "
+                  f"| {r['worker_cpu_ms_per_request']} | {r['conflicts_merged']} "
+                  f"| {r['lost_updates']} | {r['errors']} "
+                  f"| {r['machine_load_1min']} |")  # fmt: skip
+    if any(r["lost_updates"] or r["errors"] for r in rows):
         return 1
-    return 2 if figures["stopped_early"] else 0
+    return 2 if any(r["stopped_early"] for r in rows) else 0
 
 
 if __name__ == "__main__":

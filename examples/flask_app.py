@@ -1,4 +1,4 @@
-"""A Flask web app that signs users in and keeps each user's tokens in Redis, encrypted.
+"""A Flask web app that signs users in and keeps each user's tokens encrypted, server-side.
 
 * ``/login`` starts the authorization-code flow (PKCE, state and nonce by msal).
 * ``/auth/callback`` redeems the code, learns who signed in and stores the tokens in
@@ -7,11 +7,14 @@
   the cache while it is valid, else by refresh token (the cache is then saved).
 * ``/logout`` deletes the user's cache (:meth:`UserCaches.delete_user`).
 
-Run it against the loopback identity provider and a local Redis::
+``--store`` picks where the caches live: ``redis://…``, ``postgresql://…``,
+``sqlite:///PATH`` (one cache per user in that store), or ``session`` (each user's cache
+inside a server-side Flask-Session session, through ``caches.for_session(...)``).
+Run it against the loopback identity provider::
 
-    MSAL_KEYRING_CACHE_REDIS_URL=redis://127.0.0.1:6379/0 \\
     MSAL_KEYRING_CACHE_KEY=$(msal-keyring-cache generate-key) \\
-    python examples/flask_app.py          # then open http://127.0.0.1:5000/login
+    python examples/flask_app.py --store sqlite:////tmp/tokens.db
+    # then open http://127.0.0.1:5000/login
 
 Set ``AUTHORITY``, ``CLIENT_ID`` and ``CLIENT_SECRET`` to use Microsoft Entra ID instead.
 The browser session holds only the user's id and name (and, during sign-in, msal's
@@ -20,15 +23,20 @@ flow state); tokens never leave the server.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import secrets
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 import msal
 from flask import Flask, abort, jsonify, redirect, request, session, url_for
 
-from msal_keyring_cache.web import UserCaches
+from msal_keyring_cache.web import UserCaches, UserTokenCache
 
 SCOPES = ["User.Read"]
 
@@ -44,6 +52,7 @@ def create_app(
     msal_options: Optional[dict[str, Any]] = None,
     authorize: Optional[Callable[[str], str]] = None,
     response_mode: str = "query",
+    session_dir: Optional[str] = None,
 ) -> Flask:
     """The app. ``msal_options`` go to every ``ConfidentialClientApplication``.
 
@@ -58,6 +67,24 @@ def create_app(
     scopes = scopes or SCOPES
     app = Flask(__name__)
     app.secret_key = secret_key
+    in_session = caches.backend.kind == "session"
+    if in_session:  # server-side sessions: the browser gets only a session id
+        from cachelib.file import FileSystemCache
+        from flask_session import Session
+
+        folder = session_dir or tempfile.mkdtemp(prefix="flask-sessions-")
+        app.config.update(SESSION_TYPE="cachelib", SESSION_CACHELIB=FileSystemCache(folder))
+        Session(app)
+
+    @contextmanager
+    def user_cache(user_id: str) -> Iterator[UserTokenCache]:
+        if in_session:
+            with caches.for_session(session, user_id) as cache:
+                yield cache
+        else:
+            with caches.for_user(user_id) as cache:
+                yield cache
+
     if response_mode == "form_post":
         app.config.update(SESSION_COOKIE_SAMESITE="None", SESSION_COOKIE_SECURE=True)
     # msal caches discovery documents here, so a new msal app per request is cheap.
@@ -100,7 +127,11 @@ def create_app(
             return jsonify(error=result["error"]), 400
         claims = result["id_token_claims"]
         user_id = f"{claims['oid']}.{claims['tid']}"  # msal's home_account_id
-        caches.merge(user_id, signed_in.serialize())
+        if in_session:
+            with caches.for_session(session, user_id) as cache:
+                cache.absorb(json.loads(signed_in.serialize()))
+        else:
+            caches.merge(user_id, signed_in.serialize())
         session["user"] = {"id": user_id, "name": claims.get("preferred_username")}
         return redirect(url_for("index"))
 
@@ -109,7 +140,7 @@ def create_app(
         user = session.get("user")
         if not user:
             return jsonify(signed_in=False, login=url_for("login"))
-        with caches.for_user(user["id"]) as cache:
+        with user_cache(user["id"]) as cache:
             client = msal_app(cache)
             accounts = client.get_accounts()
             result = client.acquire_token_silent(scopes, account=accounts[0]) if accounts else None
@@ -122,16 +153,25 @@ def create_app(
     @app.get("/logout")
     def logout() -> Any:
         user = session.pop("user", None)
-        if user:
+        if in_session:
+            session.clear()  # the cache goes with the session
+        elif user:
             caches.delete_user(user["id"])
         return redirect(url_for("index"))
 
     return app
 
 
-def _demo() -> tuple[UserCaches, dict[str, Any], Callable[[], None]]:
+def make_caches(store: Optional[str]) -> UserCaches:
+    """The caches for ``--store``: a URL, ``session``, or (None) the environment's settings."""
+    if store == "session":
+        return UserCaches.in_sessions(key=os.environ["MSAL_KEYRING_CACHE_KEY"].split(","))
+    return UserCaches.from_env(**({"web_url": store} if store else {}))
+
+
+def _demo(store: Optional[str]) -> tuple[UserCaches, dict[str, Any], Callable[[], None]]:
     """Settings from the environment; the loopback identity provider when none is set."""
-    caches = UserCaches.from_env()
+    caches = make_caches(store)
     if os.environ.get("AUTHORITY"):
         return caches, {
             "client_id": os.environ["CLIENT_ID"],
@@ -151,7 +191,13 @@ def _demo() -> tuple[UserCaches, dict[str, Any], Callable[[], None]]:
 
 
 if __name__ == "__main__":
-    caches, settings, stop = _demo()
+    parser = argparse.ArgumentParser(description="The Flask example of msal-keyring-cache.")
+    parser.add_argument(
+        "--store",
+        help="redis://…, postgresql://…, sqlite:///PATH or session "
+        "(default: MSAL_KEYRING_CACHE_WEB_URL)",
+    )
+    caches, settings, stop = _demo(parser.parse_args().store)
     try:
         create_app(caches, secret_key=secrets.token_hex(32), **settings).run("127.0.0.1", 5000)
     finally:

@@ -152,6 +152,17 @@ def _whole_seconds(raw: str) -> int:
     return value
 
 
+def _length(raw: str) -> int:
+    """number of characters (>= 200)"""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _Invalid("expected a whole number of characters, such as 1280") from None
+    if not 200 <= value <= 10_000_000:
+        raise _Invalid("expected a whole number of characters from 200 to 10000000")
+    return value
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -226,7 +237,8 @@ class Settings:
         "PATH",
         _path,
         "Encrypted cache file. Default: ``token_cache.bin`` in the user data directory "
-        "of ``app_name``. With the keyring backend its lock and stamp files live beside it.",
+        "of ``app_name``. (The keyring backend keeps its lock and stamp files per "
+        "credential-store entry, in the user data directory of msal-keyring-cache.)",
     )
     key: Optional[tuple[str, ...]] = _setting(
         None,
@@ -286,6 +298,14 @@ class Settings:
         "exists but is locked or not answering (by default that is an error, so a "
         "cache kept in the locked store is not silently replaced by an empty one).",
     )
+    max_value_length: Optional[int] = _setting(
+        None,
+        "MAX_VALUE_LENGTH",
+        _length,
+        "Characters per credential-store entry; a longer cache is split into chunks. "
+        "Default: the backend's known limit (Windows: 1,280), else learnt the first time "
+        "the store refuses a value as too large (remembered, logged once at INFO).",
+    )
     lock_timeout: float = _setting(
         60.0,
         "LOCK_TIMEOUT",
@@ -299,35 +319,48 @@ class Settings:
         _flag,
         "Refuse weak protection: no generated key file beside the user's data.",
     )
-    redis_url: Optional[str] = _setting(
+    web_url: Optional[str] = _setting(
         None,
-        "REDIS_URL",
+        "WEB_URL",
         _text,
-        "Redis URL for per-user web caches (``redis://host:6379/0``, ``rediss://`` for TLS). "
+        "Store of the per-user web caches: ``redis://host:6379/0`` (``rediss://`` for TLS), "
+        "``sqlite:///PATH``, ``postgresql://user:password@host/db`` or another SQLAlchemy URL. "
         "A password in it is a secret: ``repr()`` and messages hide it.",
         cli=False,
     )
-    redis_prefix: str = _setting(
+    web_prefix: str = _setting(
         "msal-keyring-cache",
-        "REDIS_PREFIX",
+        "WEB_PREFIX",
         _text,
-        "Key prefix for per-user web caches in Redis.",
+        "Start of every record name of the per-user web caches; bound into every value.",
         cli=False,
     )
-    redis_ttl: int = _setting(
+    web_ttl: int = _setting(
         90 * 24 * 3600,
-        "REDIS_TTL",
+        "WEB_TTL",
         _whole_seconds,
-        "Seconds a user's cache lives in Redis after its last write (default 90 days, "
-        "the lifetime of an idle refresh token).",
+        "Seconds a user's web cache lives after its last write (default 90 days, "
+        "the lifetime of an idle refresh token; at most 10 years).",
         cli=False,
     )
-    redis_timeout: float = _setting(
+    web_timeout: float = _setting(
         5.0,
-        "REDIS_TIMEOUT",
+        "WEB_TIMEOUT",
         _seconds_upto(600.0),
-        "Seconds to wait for Redis before raising ``StoreError``.",
+        "Seconds to wait for the web caches' store before raising ``StoreError``.",
         cli=False,
+    )
+    redis_url: Optional[str] = _setting(
+        None, "REDIS_URL", _text, "Old name of ``web_url``.", cli=False
+    )
+    redis_prefix: Optional[str] = _setting(
+        None, "REDIS_PREFIX", _text, "Old name of ``web_prefix``.", cli=False
+    )
+    redis_ttl: Optional[int] = _setting(
+        None, "REDIS_TTL", _whole_seconds, "Old name of ``web_ttl``.", cli=False
+    )
+    redis_timeout: Optional[float] = _setting(
+        None, "REDIS_TIMEOUT", _seconds_upto(600.0), "Old name of ``web_timeout``.", cli=False
     )
 
     #: The normalized prefix of the environment variables these settings were read from
@@ -344,6 +377,10 @@ class Settings:
                 f"{self.env_var('key')}, {self.env_var('passphrase')}, "
                 f"{self.env_var('key_file')}): they are alternative ways to protect the file."
             )
+        for old, new in _ALIASES.items():  # redis_* are the old names of web_*
+            value = getattr(self, old)
+            if value is not None and getattr(self, new) == _DEFAULT_OF[new]:
+                object.__setattr__(self, new, value)
 
     def __repr__(self) -> str:
         # Secrets never show; a URL keeps its shape but not its password.
@@ -468,6 +505,11 @@ def check_secret(value: Any, what: str) -> str:
 def redact(text: str) -> str:
     """``text`` with the password of any ``scheme://user:password@host`` URL replaced by ***."""
     return re.sub(r"(://[^/@\s:]*:)[^/@\s]*@", r"\1***@", text)
+
+
+_ALIASES = {"redis_url": "web_url", "redis_prefix": "web_prefix", "redis_ttl": "web_ttl",
+            "redis_timeout": "web_timeout"}  # fmt: skip
+_DEFAULT_OF = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 
 def _check_prefix(prefix: str) -> str:

@@ -191,7 +191,11 @@ def _keyring_probe(settings: Settings) -> Iterator[Check]:
         yield Check("credential store", level, _line(str(exc)), fix)
         return
     name = store.keyring_name
-    insecure = classify_backend(backend)
+    try:
+        insecure = classify_backend(backend, settings.keyring_timeout)  # bounded: D-Bus
+    except CacheError as exc:
+        yield Check("credential store", soft, _line(str(exc)), fix)
+        return
     if insecure is not None:
         yield Check("credential store", soft, f"{insecure}; the encrypted file is used", fix)
         return

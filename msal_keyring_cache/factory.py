@@ -10,12 +10,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import crypto
 from .cache import BackendInfo, PersistentTokenCache
 from .config import DEFAULT_APP_NAME, DEFAULT_ENV_PREFIX, Settings
-from .errors import BackendUnavailableError, CacheError, ConfigError, DecryptError, StoreError
+from .errors import (
+    BackendUnavailableError,
+    CacheError,
+    ConfigError,
+    CorruptCacheError,
+    DecryptError,
+    StoreError,
+)
 from .stores.base import Store
 from .stores.keyring_backend import REMEMBERED, classify_backend
 
@@ -222,30 +229,47 @@ def generated_key(
 _logged: set[tuple[str, str, str]] = set()
 
 
-def default_lock_path(settings: Settings) -> str:
-    """The lock file beside the cache file's default location (stamp file next to it)."""
-    directory = os.path.dirname(settings.path or default_path(settings.app_name))
-    tag = hashlib.sha256(f"{settings.service}\0{settings.keyring_account}".encode()).hexdigest()
-    return os.path.join(directory, f"keyring-{tag[:12]}.lock")
+def default_lock_path(settings: Settings, account: Optional[str] = None) -> str:
+    """The lock file of the credential-store entry ``(service, account)`` (stamp beside it).
+
+    Derived from the entry alone — not from ``app_name`` or ``path`` — in one per-user
+    directory, so every process that shares the entry shares its lock and change stamp.
+    """
+    from platformdirs import user_data_dir
+
+    account = account or settings.keyring_account
+    tag = hashlib.sha256(f"{settings.service}\0{account}".encode()).hexdigest()
+    directory = os.path.join(user_data_dir(DEFAULT_APP_NAME, appauthor=False), "keyring")
+    return os.path.join(directory, f"keyring-{tag[:16]}.lock")
 
 
 def _store_for(
-    settings: Settings, account: str, lock_path: str, *, read_only: bool = False
+    settings: Settings,
+    account: Optional[str] = None,
+    *,
+    read_only: bool = False,
+    validate: Optional[Callable[[str], bool]] = None,
 ) -> KeyringStore:
     from .stores.credential import KeyringStore
 
+    account = account or settings.keyring_account
     return KeyringStore(
         settings.service,
         account,
-        lock_path=lock_path,
+        lock_path=default_lock_path(settings, account),
         keyring_timeout=settings.keyring_timeout,
         lock_timeout=settings.lock_timeout,
+        max_value_length=settings.max_value_length,
         read_only=read_only,
+        validate=validate,
     )
 
 
 def _open(store: KeyringStore) -> tuple[Optional[str], Optional[CacheError]]:
-    """Resolve, classify and probe (one read). Returns (why-not-secure, error)."""
+    """Resolve, classify and probe (one read). Returns (why-not-secure, error).
+
+    Every step is bounded by the store's ``keyring_timeout``.
+    """
     for attempt in range(2):
         try:
             if attempt == 0:
@@ -258,19 +282,35 @@ def _open(store: KeyringStore) -> tuple[Optional[str], Optional[CacheError]]:
         # SSH, say): decide again from keyring's own discovery, as a first run would.
         retry = attempt == 0 and store.resolved_by == REMEMBERED
         if not store.direct:
-            insecure = classify_backend(store.keyring)
+            try:
+                insecure = classify_backend(store.keyring, store.keyring_timeout)
+            except CacheError as exc:
+                if retry:
+                    continue
+                return None, exc
             if insecure is not None:
                 if retry:
                     continue
                 return insecure, None
         try:
             store.prime()
+        except CorruptCacheError:
+            raise  # damaged data (read-only store): report it, it is not an unusable store
         except CacheError as exc:
             if retry:
                 continue
             return None, exc
         return None, None
     return None, None  # pragma: no cover - the second attempt always returns
+
+
+def _file_holds_data(settings: Settings) -> Optional[str]:
+    """The cache file's path if it exists and is not empty (``auto`` goes where data is)."""
+    path = settings.path or default_path(settings.app_name)
+    try:
+        return path if os.path.getsize(path) > 0 else None
+    except OSError:
+        return None
 
 
 def choose(
@@ -280,32 +320,47 @@ def choose(
 
     Under ``auto``, a credential store that holds no cache while the encrypted file does
     (after ``move --to file``, or a cache written while no keyring answered) gives the file:
-    the tokens are where they are, never silently replaced by an empty cache.
+    the tokens are where they are, never silently replaced by an empty cache. With
+    ``key_in_keyring``, ``auto`` is envelope mode (the file holds the cache, the credential
+    store its key). ``read_only``: nothing is written, moved or created.
     """
     env_prefix = env_prefix or settings.env_prefix
     forced = settings.backend == "keyring"
-    store = _store_for(
-        settings, settings.keyring_account, default_lock_path(settings), read_only=read_only
-    )
-    insecure, error = _open(store)
     backend_var = settings.env_var("backend", env_prefix)
     fallback_var = settings.env_var("keyring_fallback", env_prefix)
-    path = settings.path or default_path(settings.app_name)
-    empty = not forced and os.path.isfile(path)  # the file may hold what the keyring lacks
-    if insecure is None and error is None and empty and store.prime() is None:
-        store.close()
-        held = file_store(settings, env_prefix, read_only=read_only)
+    envelope_var = settings.env_var("key_in_keyring", env_prefix)
+    if settings.key_in_keyring:
+        if forced:
+            raise ConfigError(
+                f"backend=keyring keeps the whole cache in the credential store, but "
+                f"{envelope_var}=1 asks for the cache in the encrypted file with only its key "
+                f"there. Choose one: unset {envelope_var}, or set {backend_var}=auto or file."
+            )
+        # Envelope mode: the file holds the cache, the credential store holds its key.
+        store_file = file_store(settings, env_prefix, read_only=read_only)
         reason = (
-            f"the credential store holds no token cache, but the encrypted file does "
-            f"(set {backend_var}=file to say so, or move --to keyring)"
+            f"{envelope_var}=1: the encrypted file holds the cache and the OS credential "
+            "store holds its key"
         )
-        return held, _info(BackendInfo("file", reason, held.describe()))
+        return store_file, _info(BackendInfo("file", reason, store_file.describe()))
+    store = _store_for(settings, read_only=read_only)
+    insecure, error = _open(store)
     if insecure is None and error is None:
-        reason = (
-            f"backend=keyring was configured ({store.resolved_by})"
-            if forced
-            else f"a secure OS credential store answered ({store.resolved_by})"
-        )
+        if forced:
+            reason = f"backend=keyring was configured ({store.resolved_by})"
+        else:
+            moved = store.probed_empty and _file_holds_data(settings)
+            if moved:
+                # The data is in the file (e.g. after `move --to file`): go where it is.
+                store.close()
+                fallback = file_store(settings, env_prefix, read_only=read_only)
+                reason = (
+                    f"the OS credential store answered but holds no token cache, and the "
+                    f"encrypted file {moved} does (moved there?); set {backend_var}=keyring "
+                    "to use the credential store"
+                )
+                return fallback, _info(BackendInfo("file", reason, fallback.describe()))
+            reason = f"a secure OS credential store answered ({store.resolved_by})"
         return store, _info(BackendInfo("keyring", reason, store.describe()))
     if forced:
         if error is not None:
@@ -352,11 +407,22 @@ def _info(info: BackendInfo) -> BackendInfo:
 def envelope_key(
     settings: Settings, env_prefix: Optional[str] = None, *, read_only: bool = False
 ) -> crypto.KeySource:
-    """The encrypted file's Fernet key, generated once and kept in the credential store."""
+    """The encrypted file's Fernet key, kept in the credential store.
+
+    A key is made only when neither the key entry nor the encrypted file exists: an entry
+    that reads back empty while the file exists (a spurious "not found", a wiped entry)
+    raises instead, so the only key that decrypts the file is never replaced. With
+    ``read_only`` nothing is ever made, set aside or written: a missing key raises.
+    """
     env_prefix = env_prefix or settings.env_prefix
     path = settings.path or default_path(settings.app_name)
     account = f"{settings.keyring_account}.key"
-    store = _store_for(settings, account, path + ".key.lock")
+    store = _store_for(
+        settings,
+        account,
+        read_only=read_only,
+        validate=lambda text: crypto.is_fernet_key(text.strip()),
+    )
     var = settings.env_var("key_in_keyring", env_prefix)
     insecure, error = _open(store)
     if error is not None:
@@ -369,34 +435,42 @@ def envelope_key(
             f"{var} is set, but {insecure}. Use a secure credential store, or configure the "
             "key another way (…_KEY, …_PASSPHRASE or …_KEY_FILE)."
         )
+    entry = f"service {settings.service!r}, account {account!r}"
     data = store.load()
     if data is None and read_only:
         return MissingKey(
-            f"the key in the OS credential store (service {settings.service!r}, "
-            f"account {account!r})",
-            f"{var} is set, but the credential store holds no key for the cache file "
-            f"(service {settings.service!r}, account {account!r}); a new key would never "
-            "decrypt what is stored.",
+            f"the key in the OS credential store ({entry})",
+            f"{var} is set, but the credential store holds no key for the cache file {path} "
+            f"({entry}); nothing was created (read-only), and a new key would never decrypt "
+            "what is stored.",
             crypto.Protection.CREDENTIAL_STORE,
             None,
         )
     if data is None:
         with store.lock():
-            data = store.load() if store.changed() else None
-            if data is None:  # first use: make the key, once, under the lock
+            data = store.load()
+            if data is None:
+                if os.path.lexists(path):
+                    raise DecryptError(
+                        f"The cache file {path} exists, but its key is not in the OS "
+                        f"credential store ({entry}: it read back empty). No new key was made: "
+                        "it could never decrypt that file. If the credential store was only "
+                        "slow or locked, try again; if the key is gone for good, delete the "
+                        "cache file (everyone signs in again) or restore the entry."
+                    )
+                # First use: no key and no file. Make the key, once, under the lock.
                 data = crypto.generate_key().encode()
                 store.save(data)
     key = data.decode("ascii", "replace").strip()
     if not crypto.is_fernet_key(key):
         raise ConfigError(
-            f"The credential-store entry (service {settings.service!r}, account {account!r}) "
-            "does not hold a Fernet key. Delete that entry to have a new key made (the cache "
-            "file then starts empty), or configure the key another way."
+            f"The credential-store entry ({entry}) does not hold a Fernet key. Restore the "
+            "key, or delete that entry and the cache file to start over, or configure the "
+            "key another way."
         )
     return crypto.FernetKeys(
         (key,),
-        label=f"the key in the OS credential store (service {settings.service!r}, "
-        f"account {account!r}, {store.keyring_name})",
+        label=f"the key in the OS credential store ({entry}, {store.keyring_name})",
         tag="keyring",
         protection="key in the OS credential store",
         level=crypto.Protection.CREDENTIAL_STORE,

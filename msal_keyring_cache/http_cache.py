@@ -364,6 +364,7 @@ class CredentialEntry:
             # Reuse the resolved backend; a store reading Secret Service directly lets
             # this one do the same (importing keyring costs ~35 ms).
             keyring=None if store.direct else store.keyring,
+            validate=lambda _text: True,  # the http cache checks (and replaces) its own format
         )
         self.lock = self._entry.lock()
         self.where = f"in the credential store (service {store.service!r}, account {account!r})"

@@ -14,7 +14,12 @@ from tests.helpers import IN_CI, PYTHON, ROOT, child_env, require, require_tool
 
 __all__ = ["IN_CI", "PYTHON", "ROOT", "child_env", "require", "require_tool"]  # old import path
 
-pytest_plugins = ["tests.services_secret_service", "tests.services_redis"]
+pytest_plugins = [
+    "tests.services_secret_service",
+    "tests.services_redis",
+    "tests.services_postgres",
+    "tests.services_web",
+]
 
 
 @pytest.fixture

@@ -16,13 +16,15 @@ from msal_keyring_cache import BackendUnavailableError, build_cache
 from msal_keyring_cache.stores.credential import KeyringStore
 from msal_keyring_cache.stores.file import EncryptedFileStore
 from tests import test_keyring_store
+from tests.fakes import HangingKeyring
+from tests.fakes import ScopedKeyring as MemoryKeyring
 from tests.helpers import PYTHON, child_env
-from tests.test_keyring_store import HangingKeyring, MemoryKeyring, assert_no_token_text, sign_in
+from tests.test_keyring_store import assert_no_token_text, sign_in
 
 memory_keyring = test_keyring_store.memory_keyring  # the fixture, shared
 
 HERE = "tests.test_backend_choice"
-MEMORY = "tests.test_keyring_store.MemoryKeyring"
+MEMORY = "tests.fakes.ScopedKeyring"
 
 
 class LowPriorityKeyring(MemoryKeyring):
@@ -68,7 +70,9 @@ def test_auto_uses_a_secure_backend_and_says_why_once(
     assert "PYTHON_KEYRING_BACKEND" in info.reason
     assert info.details["keyring_backend"] == MEMORY
     assert info.details["service"] == "choice-test"
-    assert info.details["lock_file"].startswith(str(Path(cache_args["path"]).parent))
+    # The lock belongs to the credential-store entry, not to the app or its file path.
+    assert not info.details["lock_file"].startswith(str(Path(cache_args["path"]).parent))
+    assert Path(info.details["lock_file"]).name.startswith("keyring-")
     chosen = [r for r in caplog.records if "Token cache backend" in r.getMessage()]
     assert len(chosen) == 1
     assert chosen[0].levelno == logging.INFO
@@ -134,7 +138,7 @@ def test_a_locked_store_is_an_error_not_a_fresh_empty_file_cache(
 def test_a_hanging_store_is_abandoned_after_the_keyring_timeout(
     monkeypatch: pytest.MonkeyPatch, memory_keyring: type[MemoryKeyring], cache_args: dict[str, Any]
 ) -> None:
-    use(monkeypatch, "tests.test_keyring_store.HangingKeyring")
+    use(monkeypatch, "tests.fakes.HangingKeyring")
     monkeypatch.setenv("MSAL_KEYRING_CACHE_KEYRING_TIMEOUT", "0.2")
     with pytest.raises(BackendUnavailableError, match=r"did not answer .* within 0.2 s"):
         build_cache(**cache_args)

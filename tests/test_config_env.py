@@ -44,10 +44,15 @@ SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
     "keyring_fallback": ("yes", True, "FALSE", False),
     "lock_timeout": ("10", 10.0, "0.5", 0.5),
     "strict": ("on", True, "0", False),
+    "web_url": ("redis://h:6379/0", "redis://h:6379/0", "sqlite:////t/x.db", "sqlite:////t/x.db"),
+    "web_prefix": ("p", "p", "q", "q"),
+    "web_ttl": ("60", 60, " 7776000 ", 7776000),
+    "web_timeout": ("1", 1.0, "0.25", 0.25),
     "redis_url": ("redis://h:6379/0", "redis://h:6379/0", "rediss://h/1", "rediss://h/1"),
     "redis_prefix": ("p", "p", "q", "q"),
     "redis_ttl": ("60", 60, " 7776000 ", 7776000),
     "redis_timeout": ("1", 1.0, "0.25", 0.25),
+    "max_value_length": ("1280", 1280, " 300 ", 300),
 }
 
 BAD: dict[str, list[str]] = {
@@ -64,10 +69,15 @@ BAD: dict[str, list[str]] = {
     "keyring_fallback": ["y", "ja"],
     "lock_timeout": ["ten", "-0.5", "NaN", "0", "1e9"],
     "strict": ["strict"],
+    "web_url": ["  "],
+    "web_prefix": ["  "],
+    "web_ttl": ["1.5", "0", "-5", "day", "99999999999999999999"],
+    "web_timeout": ["x", "-2", "0", "nan", "1e9"],
     "redis_url": ["  "],
     "redis_prefix": ["  "],
-    "redis_ttl": ["1.5", "0", "-5", "day"],
-    "redis_timeout": ["x", "-2"],
+    "redis_ttl": ["1.5", "0", "-5", "day", "99999999999999999999"],
+    "redis_timeout": ["x", "-2", "0"],
+    "max_value_length": ["x", "199", "1.5", "-1", "99999999999"],
 }
 
 SETTING_FIELDS = [f for f in dataclasses.fields(Settings) if "env" in f.metadata]

@@ -169,7 +169,7 @@ def test_second_process_makes_no_request_with_the_real_secret_service(
     assert doc["cache"] == "keyring:http-cache-tests\0token-cache"
     assert any(DISCOVERY in e["key"] for e in doc["entries"])
     assert not any(t[:40] in value for t in idp.issued)
-    assert not [p for p in (tmp_path / "kr").iterdir() if p.name.endswith(".http")]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".http")]
     assert_no_token_text(idp, tmp_path)
 
 

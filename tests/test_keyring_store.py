@@ -10,15 +10,12 @@ import os
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any
 
 import pytest
 from keyring import errors as keyring_errors
-from keyring.backend import KeyringBackend
-from keyring.compat import properties
 
 from msal_keyring_cache import (
     BackendUnavailableError,
@@ -27,96 +24,20 @@ from msal_keyring_cache import (
     build_cache,
 )
 from msal_keyring_cache.stores.credential import WINDOWS_MAX_VALUE_LENGTH, KeyringStore
+from tests.fakes import HangingKeyring, RaisingKeyring, ScopedKeyring, WindowsLikeKeyring
 from tests.helpers import PYTHON, child_env
 
 SCOPES = ["User.Read"]
 
 
-# -- in-process keyring backends (registered with keyring, viable only inside a test) -----
-
-
-class MemoryKeyring(KeyringBackend):
-    """A keyring kept in a class-level dict, counting calls. Viable only when a test says."""
-
-    test_priority: ClassVar[Optional[float]] = None
-    entries: ClassVar[dict[tuple[str, str], str]] = {}
-    calls: ClassVar[dict[str, int]] = {"get": 0, "set": 0, "delete": 0}
-    guard = threading.Lock()
-
-    @properties.classproperty
-    def priority(cls) -> float:
-        if cls.test_priority is None:
-            raise RuntimeError("a test backend, viable only inside its tests")
-        return cls.test_priority
-
-    def get_password(self, service: str, username: str) -> Optional[str]:
-        with self.guard:
-            type(self).calls["get"] += 1
-            return self.entries.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        with self.guard:
-            type(self).calls["set"] += 1
-            self.entries[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        with self.guard:
-            type(self).calls["delete"] += 1
-            if self.entries.pop((service, username), None) is None:
-                raise keyring_errors.PasswordDeleteError("not found")
-
-
-class CredWriteError(Exception):
-    """What pywin32's CredWrite raises for a value over 2,560 bytes."""
-
-
-class WinLikeKeyring(MemoryKeyring):
-    """Rejects values over 1,280 characters the way Windows Credential Manager does."""
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        if len(password) > WINDOWS_MAX_VALUE_LENGTH:
-            raise CredWriteError(1783, "CredWrite", "The stub received bad data.")
-        time.sleep(0)  # let a racing reader in between chunk writes
-        super().set_password(service, username, password)
-
-    def get_password(self, service: str, username: str) -> Optional[str]:
-        time.sleep(0)
-        return super().get_password(service, username)
-
-
-class RaisingKeyring(MemoryKeyring):
-    """Raises ``to_raise`` from every call."""
-
-    to_raise: ClassVar[BaseException] = RuntimeError("unset")
-
-    def get_password(self, service: str, username: str) -> Optional[str]:
-        raise self.to_raise
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        raise self.to_raise
-
-
-class HangingKeyring(MemoryKeyring):
-    """Never answers (an unlock prompt nobody sees) until the test releases it."""
-
-    release = threading.Event()
-
-    def get_password(self, service: str, username: str) -> Optional[str]:
-        self.release.wait(30)
-        return None
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.release.wait(30)
-
-
 @pytest.fixture
-def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[MemoryKeyring]]:
+def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[ScopedKeyring]]:
     """Make the in-process backends viable and empty for this test."""
-    monkeypatch.setattr(MemoryKeyring, "test_priority", 5.0)
-    monkeypatch.setattr(MemoryKeyring, "entries", {})
-    monkeypatch.setattr(MemoryKeyring, "calls", {"get": 0, "set": 0, "delete": 0})
+    monkeypatch.setattr(ScopedKeyring, "test_priority", 5.0)
+    monkeypatch.setattr(ScopedKeyring, "entries", {})
+    monkeypatch.setattr(ScopedKeyring, "calls", {"get": 0, "set": 0, "delete": 0})
     HangingKeyring.release.clear()
-    yield MemoryKeyring
+    yield ScopedKeyring
     HangingKeyring.release.set()
 
 
@@ -139,30 +60,30 @@ def sign_in(idp: Any, cache: PersistentTokenCache, user: str = "alice@example.co
 
 
 def test_one_backend_write_per_sign_in_and_none_per_silent_hit(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring], idp: Any
+    tmp_path: Path, memory_keyring: type[ScopedKeyring], idp: Any
 ) -> None:
-    store = make_store(tmp_path, MemoryKeyring())
+    store = make_store(tmp_path, ScopedKeyring())
     cache = PersistentTokenCache(store)
     idp.reset()
     app = sign_in(idp, cache)
     assert store.stats.saves == 1
-    assert MemoryKeyring.calls["set"] == 1
-    assert len(MemoryKeyring.entries) == 1  # unchunked: one entry holds the whole cache
-    gets = MemoryKeyring.calls["get"]
+    assert ScopedKeyring.calls["set"] == 1
+    assert len(ScopedKeyring.entries) == 1  # unchunked: one entry holds the whole cache
+    gets = ScopedKeyring.calls["get"]
     account = app.get_accounts()[0]
     for _ in range(20):
         assert "access_token" in app.acquire_token_silent(SCOPES, account=account)
     # Warm silent hits: no credential-store round trip, no write, no token request.
-    assert MemoryKeyring.calls["get"] == gets
-    assert MemoryKeyring.calls["set"] == 1
+    assert ScopedKeyring.calls["get"] == gets
+    assert ScopedKeyring.calls["set"] == 1
     assert store.stats.saves == 1
     assert idp.token_requests == 1
 
 
 def test_another_instance_sees_a_write_through_the_stamp_file(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring]
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
 ) -> None:
-    writer, reader = make_store(tmp_path, MemoryKeyring()), make_store(tmp_path, MemoryKeyring())
+    writer, reader = make_store(tmp_path, ScopedKeyring()), make_store(tmp_path, ScopedKeyring())
     assert reader.changed()  # never loaded
     assert reader.load() is None
     assert not reader.changed()
@@ -173,7 +94,7 @@ def test_another_instance_sees_a_write_through_the_stamp_file(
     assert not reader.changed()
     stamp = Path(writer.stamp_path)
     assert oct(stamp.stat().st_mode & 0o777) == "0o600"
-    assert json.loads(stamp.read_text())["backend"].endswith("MemoryKeyring")
+    assert json.loads(stamp.read_text())["backend"].endswith("ScopedKeyring")
     writer.clear()
     assert reader.changed()
     assert reader.load() is None
@@ -188,34 +109,34 @@ def big_cache(version: int, size: int = 110_000) -> bytes:
 
 
 def test_a_100kb_cache_round_trips_through_a_windows_sized_backend(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring]
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
 ) -> None:
-    store = make_store(tmp_path, WinLikeKeyring(), max_value_length=WINDOWS_MAX_VALUE_LENGTH)
+    store = make_store(tmp_path, WindowsLikeKeyring(), max_value_length=WINDOWS_MAX_VALUE_LENGTH)
     data = big_cache(1)
     with store.lock():
         store.save(data)
     chunks = -(-len(data) // WINDOWS_MAX_VALUE_LENGTH)
     assert chunks == 86
-    assert MemoryKeyring.calls["set"] == chunks + 1  # the chunks, then the manifest
-    assert all(len(v) <= WINDOWS_MAX_VALUE_LENGTH for v in MemoryKeyring.entries.values())
-    other = make_store(tmp_path, WinLikeKeyring(), max_value_length=WINDOWS_MAX_VALUE_LENGTH)
+    assert ScopedKeyring.calls["set"] == chunks + 1  # the chunks, then the manifest
+    assert all(len(v) <= WINDOWS_MAX_VALUE_LENGTH for v in ScopedKeyring.entries.values())
+    other = make_store(tmp_path, WindowsLikeKeyring(), max_value_length=WINDOWS_MAX_VALUE_LENGTH)
     assert other.load() == data
     # A new generation replaces the old one: the old chunks are deleted.
     with store.lock():
         store.save(big_cache(2, 50_000))
-    assert len(MemoryKeyring.entries) == -(-50_000 // WINDOWS_MAX_VALUE_LENGTH) + 1
+    assert len(ScopedKeyring.entries) == -(-50_000 // WINDOWS_MAX_VALUE_LENGTH) + 1
     assert other.changed()
     assert other.load() == big_cache(2, 50_000)
     # Small again: back to one plain entry, every chunk gone.
     with store.lock():
         store.save(b"{}")
-    assert MemoryKeyring.entries == {("test-service", "token-cache"): "{}"}
+    assert ScopedKeyring.entries == {("test-service", "token-cache"): "{}"}
 
 
 def test_the_windows_backend_is_chunked_without_configuration(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring]
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
 ) -> None:
-    class WinVaultKeyring(WinLikeKeyring):
+    class WinVaultKeyring(WindowsLikeKeyring):
         pass
 
     WinVaultKeyring.__module__ = "keyring.backends.Windows"
@@ -227,21 +148,46 @@ def test_the_windows_backend_is_chunked_without_configuration(
     assert "1280" in store.describe().extra["chunking"]
 
 
-def test_an_unchunked_value_too_large_for_the_backend_is_a_clear_store_error(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring]
+def test_a_store_that_refuses_long_values_is_chunked_with_no_configuration(
+    tmp_path: Path, memory_keyring: type[ScopedKeyring], caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = make_store(tmp_path, WinLikeKeyring())
+    """Issue 16: CredWrite's 1783 switches to chunks by itself, remembered, said once at INFO."""
+    store = make_store(tmp_path, WindowsLikeKeyring())  # no max_value_length, unknown backend
+    with caplog.at_level(logging.INFO, "msal_keyring_cache"), store.lock():
+        store.save(big_cache(1))
+        store.save(big_cache(2))
+    said = [r for r in caplog.records if "too large" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].levelno == logging.INFO
+    assert "000001" not in caplog.text
+    assert all(len(v) <= WINDOWS_MAX_VALUE_LENGTH for v in ScopedKeyring.entries.values())
+    assert json.loads(Path(store.stamp_path).read_text())["limit"] == WINDOWS_MAX_VALUE_LENGTH
+    # Another process (a new store) learns the limit from the stamp: no refused write.
+    other = make_store(tmp_path, WindowsLikeKeyring())
+    assert other.load() == big_cache(2)
+    sets = ScopedKeyring.calls["set"]
+    with other.lock():
+        other.save(big_cache(3))
+    assert ScopedKeyring.calls["set"] - sets == -(-len(big_cache(3)) // 1280) + 1
+    assert make_store(tmp_path, WindowsLikeKeyring()).load() == big_cache(3)
+
+
+def test_a_refusal_that_is_not_about_size_is_a_clear_store_error(
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
+) -> None:
+    store = make_store(tmp_path, _raising(keyring_errors.PasswordSetError("cannot")))
     with pytest.raises(StoreError, match="refused to write") as caught, store.lock():
         store.save(big_cache(1))
     assert "000001" not in str(caught.value)
+    assert "MAX_VALUE_LENGTH" in str(caught.value)
 
 
 def test_a_reader_racing_a_writer_never_sees_a_mixed_generation(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring]
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
 ) -> None:
     limit = WINDOWS_MAX_VALUE_LENGTH
-    writer = make_store(tmp_path, WinLikeKeyring(), max_value_length=limit)
-    reader = make_store(tmp_path, WinLikeKeyring(), max_value_length=limit)
+    writer = make_store(tmp_path, WindowsLikeKeyring(), max_value_length=limit)
+    reader = make_store(tmp_path, WindowsLikeKeyring(), max_value_length=limit)
     with writer.lock():
         writer.save(big_cache(0, 60_000))
     stop = threading.Event()
@@ -272,18 +218,26 @@ def test_a_reader_racing_a_writer_never_sees_a_mixed_generation(
     assert len(seen) >= 2
 
 
-def test_damaged_chunks_start_the_cache_empty_with_a_warning(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring], caplog: pytest.LogCaptureFixture
+def test_damaged_chunks_are_kept_aside_and_the_cache_starts_empty(
+    tmp_path: Path, memory_keyring: type[ScopedKeyring], caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = make_store(tmp_path, WinLikeKeyring(), max_value_length=WINDOWS_MAX_VALUE_LENGTH)
+    store = make_store(tmp_path, WindowsLikeKeyring(), max_value_length=WINDOWS_MAX_VALUE_LENGTH)
     with store.lock():
         store.save(big_cache(1))
-    chunk = next(k for k in MemoryKeyring.entries if k[0].endswith(".3"))
-    MemoryKeyring.entries[chunk] = "tampered"
-    other = make_store(tmp_path, WinLikeKeyring(), max_value_length=WINDOWS_MAX_VALUE_LENGTH)
+    manifest = ScopedKeyring.entries[("test-service", "token-cache")]
+    chunk = next(k for k in ScopedKeyring.entries if k[0].endswith(".3"))
+    ScopedKeyring.entries[chunk] = "tampered"
+    other = make_store(tmp_path, WindowsLikeKeyring(), max_value_length=WINDOWS_MAX_VALUE_LENGTH)
     with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
         assert other.load() is None
     assert "damaged" in caplog.text
+    aside = [k for k in ScopedKeyring.entries if ".corrupt-" in k[1]]
+    assert len(aside) == 1
+    assert ScopedKeyring.entries[aside[0]] == manifest  # it still names the kept chunks
+    assert chunk in ScopedKeyring.entries
+    # clear removes all of it: entry, set-aside copy and the damaged generation's chunks.
+    other.clear()
+    assert ScopedKeyring.entries == {}
 
 
 # -- errors and hangs ---------------------------------------------------------------------
@@ -301,7 +255,7 @@ def _third_party_errors() -> list[tuple[BaseException, str]]:
         (keyring_errors.KeyringLocked("Failed to unlock the collection!"), "is locked"),
         (keyring_errors.InitError("Failed to create the collection"), "could not be used"),
         (keyring_errors.NoKeyringError("No recommended backend"), "could not be used"),
-        (OSError(5, "Access is denied"), "Access is denied"),
+        (OSError(5, "Access is denied"), r"errno 5\] Input/output error"),
         (ss.SecretServiceNotAvailableException("no service"), "could not be used"),
         (ss.LockedException("locked item"), "is locked"),
         (ss.PromptDismissedException("dismissed"), "is locked"),
@@ -310,7 +264,7 @@ def _third_party_errors() -> list[tuple[BaseException, str]]:
 
 @pytest.mark.parametrize(("exc", "words"), _third_party_errors(), ids=lambda x: type(x).__name__)
 def test_keyring_and_dbus_errors_arrive_as_backend_unavailable(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring], exc: BaseException, words: str
+    tmp_path: Path, memory_keyring: type[ScopedKeyring], exc: BaseException, words: str
 ) -> None:
     store = make_store(tmp_path, _raising(exc))
     with pytest.raises(BackendUnavailableError, match=words) as caught:
@@ -320,10 +274,17 @@ def test_keyring_and_dbus_errors_arrive_as_backend_unavailable(
 
 
 def test_a_write_error_is_a_store_error_that_does_not_quote_the_value(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring]
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
 ) -> None:
     secret = '{"RefreshToken": "rt.SECRET-VALUE"}'
-    for exc in (keyring_errors.PasswordSetError("cannot"), ValueError(secret)):
+    for exc in (
+        keyring_errors.PasswordSetError("cannot"),
+        ValueError(secret),
+        RuntimeError(secret),
+        OSError(5, secret),
+        AttributeError(secret),
+        ImportError(secret),
+    ):
         store = make_store(tmp_path, _raising(exc))
         with pytest.raises(StoreError) as caught, store.lock():
             store.save(secret.encode())
@@ -331,7 +292,7 @@ def test_a_write_error_is_a_store_error_that_does_not_quote_the_value(
 
 
 def test_a_hanging_backend_is_abandoned_after_the_keyring_timeout(
-    tmp_path: Path, memory_keyring: type[MemoryKeyring]
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
 ) -> None:
     store = make_store(tmp_path, HangingKeyring(), keyring_timeout=0.2)
     with pytest.raises(BackendUnavailableError, match=r"did not answer .* within 0.2 s"):

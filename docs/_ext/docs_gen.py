@@ -289,7 +289,7 @@ def _one_line_help(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> st
 OPTIONAL_API = [
     ("Keyring store", "msal_keyring_cache.stores.credential", "KeyringStore",
      "the OS credential store (issue 3)"),
-    ("Web apps: per-user caches in Redis", "msal_keyring_cache.web", "UserCaches",
+    ("Web apps: per-user caches", "msal_keyring_cache.web", "UserCaches",
      "per-user caches on Redis (issue 6)"),
 ]  # fmt: skip
 

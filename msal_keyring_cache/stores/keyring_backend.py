@@ -11,9 +11,23 @@ import os
 import threading
 from typing import Any, Callable, Optional, TypeVar
 
-from ..errors import BackendUnavailableError, CacheError, KeyringTimeoutError, StoreError
+from ..errors import (
+    BackendUnavailableError,
+    CacheError,
+    ConfigError,
+    KeyringTimeoutError,
+    StoreError,
+)
 
-__all__ = ["REMEMBERED", "bounded", "classify_backend", "qualname", "resolve_backend", "translate"]
+__all__ = [
+    "REMEMBERED",
+    "bounded",
+    "classify_backend",
+    "qualname",
+    "resolve_backend",
+    "too_large",
+    "translate",
+]
 
 _UNUSABLE = {"keyring.backends.fail.Keyring", "keyring.backends.null.Keyring"}
 # Only these may be imported by the name a stamp file remembers (it is a user file, but
@@ -32,24 +46,70 @@ def qualname(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+# Errors whose text is the backend's own wording, never the arguments it was called with.
+_QUIET_MODULES = {"keyring", "secretstorage", "jeepney", "dbus"}
+
+
 def _describe_error(exc: BaseException) -> str:
-    """Type and text of a third-party error, without ever echoing a value we passed in."""
+    """Type of a third-party error, plus its text only when that text cannot echo a value.
+
+    A backend's ``RuntimeError``/``OSError``/``ValueError`` text may quote whatever it was
+    given (the whole cache). Only ``OSError``'s ``strerror`` (the OS's own words for an
+    error number) and the errors keyring and the D-Bus libraries define themselves are
+    known to carry no argument; everything else is named by type alone.
+    """
     name = type(exc).__name__
     module = type(exc).__module__.split(".")[0]
     if isinstance(exc, OSError):
-        detail = exc.strerror or " ".join(str(a) for a in exc.args[:3] if not isinstance(a, bytes))
-        return f"{name}: {detail}"[:300]
-    if module in {"keyring", "secretstorage", "jeepney", "dbus"} or isinstance(
-        exc, (RuntimeError, ImportError, AttributeError)
-    ):
-        return f"{name}: {exc}"[:300]
-    return name  # an unknown error's text could quote the value being written
+        if isinstance(exc.errno, int) and isinstance(exc.strerror, str):
+            return f"{name}: [errno {exc.errno}] {os.strerror(exc.errno)}"[:300]
+        winerror = getattr(exc, "winerror", None)
+        return f"{name} (error {winerror})" if isinstance(winerror, int) else name
+    code = _error_code(exc)
+    if module in _QUIET_MODULES:
+        text = str(exc)
+        if len(text) <= 200:  # keyring's own messages are short sentences
+            return f"{name}: {text}"
+        return name
+    return f"{name} (error {code})" if code is not None else name
+
+
+def _error_code(exc: BaseException) -> Optional[int]:
+    """A Windows-style error number (``winerror`` or the first argument), if any."""
+    code = getattr(exc, "winerror", None)
+    if isinstance(code, int):
+        return code
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+        return args[0]
+    return None
+
+
+#: Windows error numbers for "this value is too large for one credential":
+#: ERROR_INVALID_PARAMETER (87), RPC_X_BAD_STUB_DATA (1783), ERROR_BAD_LENGTH (24),
+#: ERROR_INSUFFICIENT_BUFFER (122).
+_TOO_LARGE_CODES = {87, 1783, 24, 122}
+
+
+def too_large(exc: BaseException) -> bool:
+    """Whether a write error means "value too large for one entry" (Windows and kin)."""
+    code = _error_code(exc)
+    if code in _TOO_LARGE_CODES:
+        return True
+    text = str(exc).lower() if type(exc).__module__.split(".")[0] in _QUIET_MODULES else ""
+    return "too large" in text or "too long" in text
 
 
 def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
-    """Run ``fn`` in a worker thread; give up after ``timeout`` seconds (0 = no limit)."""
-    if timeout <= 0:
-        return fn()
+    """Run ``fn`` in a worker thread; give up after ``timeout`` seconds.
+
+    The timeout must be a positive, finite number: there is no "wait forever".
+    """
+    if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
+        raise ConfigError(
+            f"The keyring timeout must be a positive number of seconds, not {timeout!r} "
+            "(…_KEYRING_TIMEOUT): every credential-store call is bounded."
+        )
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -90,9 +150,9 @@ def translate(exc: BaseException, what: str, keyring_name: str) -> CacheError:
     if what.startswith(("set", "delete")) or name in {"PasswordSetError", "PasswordDeleteError"}:
         return StoreError(
             f"The OS credential store ({keyring_name}) refused to write the token cache "
-            f"({what}: {detail}). If the entry is too large for it, set a maximum value "
-            "length so it is split into chunks; otherwise use the encrypted file "
-            "(…_BACKEND=file)."
+            f"({what}: {detail}). If the entry is too large for it, set a smaller maximum "
+            "value length (…_MAX_VALUE_LENGTH) so it is split into chunks; otherwise use "
+            "the encrypted file (…_BACKEND=file)."
         )
     return BackendUnavailableError(
         f"The OS credential store ({keyring_name}) could not be used ({what}: {detail}). "
@@ -105,18 +165,23 @@ def translate(exc: BaseException, what: str, keyring_name: str) -> CacheError:
 
 
 def resolve_backend(remembered: Optional[str], timeout: float) -> tuple[Any, str]:
-    """The keyring backend to use and how it was found.
+    """The keyring backend to use and how it was found, within ``timeout`` seconds.
 
     Honours keyring's own order — ``PYTHON_KEYRING_BACKEND``, a backend the application
     set with ``keyring.set_keyring``, ``keyringrc.cfg`` — then the backend a stamp file
     remembers (skipping keyring's ~40 ms entry-point scan and priority probes), and
-    only then keyring's discovery by priority.
+    only then keyring's discovery by priority. All of it (imports, priority probes,
+    construction, ``KEYRING_PROPERTY_*`` attributes) runs in one bounded call.
     """
+    return bounded(lambda: _resolve(remembered), timeout, "choosing the keyring backend")
+
+
+def _resolve(remembered: Optional[str]) -> tuple[Any, str]:
     import keyring.core
 
     def load(fn: Callable[[], Any], source: str) -> Any:
         try:
-            return bounded(fn, timeout, f"loading the backend named by {source}")
+            return fn()
         except CacheError:
             raise
         except Exception as exc:
@@ -143,7 +208,7 @@ def resolve_backend(remembered: Optional[str], timeout: float) -> tuple[Any, str
             except Exception:  # noqa: S110 - fall through to discovery
                 pass
     try:
-        found = bounded(keyring.core.get_keyring, timeout, "discovering backends")
+        found = keyring.core.get_keyring()
     except CacheError:
         raise
     except Exception as exc:
@@ -178,15 +243,21 @@ def _unchain(backend: Any) -> Any:
     return backend
 
 
-def classify_backend(backend: Any) -> Optional[str]:
-    """``None`` for a secure, usable backend, else why not (``auto`` falls back then)."""
+def classify_backend(backend: Any, timeout: float) -> Optional[str]:
+    """``None`` for a secure, usable backend, else why not (``auto`` falls back then).
+
+    Reading ``priority`` may talk to D-Bus (keyring's SecretService backend checks the
+    service is there): bounded by ``timeout`` like every other call.
+    """
     name = qualname(backend)
     if name in _UNUSABLE:
         return f"keyring found no usable credential store (it resolved {name})"
     if "plaintext" in name.lower():
         return f"keyring resolved {name}, which keeps secrets unencrypted"
     try:
-        priority = float(type(backend).priority)
+        priority = bounded(lambda: float(type(backend).priority), timeout, "probing the backend")
+    except CacheError:
+        raise
     except Exception as exc:
         return f"keyring backend {name} is not viable here ({_describe_error(exc)})"
     if priority < 1:
