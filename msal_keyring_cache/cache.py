@@ -14,13 +14,20 @@ Rules (see docs/how-it-works):
   that, so the lock order is always in-process → cross-process → msal.
 * msal prunes expired access tokens while it searches; such a prune changes only
   memory and is folded into the next write, never written on its own.
+* A write that fails stays pending: the caller gets the :class:`~.errors.CacheError`,
+  memory keeps the change, and the next write stores it (on top of whatever others
+  wrote meanwhile, so a refresh token rotated during the failure is not lost).
+* After ``fork`` the child gets fresh in-process locks (the parent's could be held
+  by a thread that does not exist in the child).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +35,8 @@ from typing import Any, Optional
 
 import msal
 
-from .stores.base import Description, Store, apply_delta
+from .errors import CacheError, ConfigError, CorruptCacheError
+from .stores.base import Description, Store, apply_delta, parse_json, validate_cache
 
 __all__ = ["BackendInfo", "PersistentTokenCache"]
 
@@ -79,6 +87,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # the next write stores those that differ now. Kept in memory only.
         self._before: dict[tuple[str, str], Any] = {}
         self._rewrite = False  # a change not expressible per entry (deserialize)
+        # Changes whose write failed, by (type, key): re-applied after every catch-up
+        # and written by the next write. A failed whole rewrite keeps _rewrite set.
+        self._pending: dict[tuple[str, str], Any] = {}
+        _caches.add(self)
         #: msal's ``http_cache=`` mapping, persisted beside this cache (discovery answers:
         #: a new process then makes no request on a silent hit), or ``None``, the default.
         #: ``build_cache(..., http_cache=True)`` sets it; see :mod:`~msal_keyring_cache.http_cache`.
@@ -118,8 +130,16 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     # -- writes ----------------------------------------------------------------
 
     def add(self, event: dict[str, Any], **kwargs: Any) -> None:
-        with self._writing():
-            super().add(event, **kwargs)
+        try:
+            with self._writing():
+                super().add(event, **kwargs)
+        except CacheError as exc:
+            if event.get("grant_type") != "refresh_token" or self._depth:
+                raise
+            # msal stores a rotated refresh token in a second call (update_rt) right after
+            # this one: raising here would stop msal before it and lose that token. The
+            # change stays pending; the second call writes again and raises if it fails.
+            logger.warning("Could not save the token cache yet (%s); retrying.", exc)
 
     def modify(
         self,
@@ -139,8 +159,14 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 super().modify(credential_type, old_entry, new_key_value_pairs)
 
     def deserialize(self, state: Optional[str]) -> None:
-        """Replace the whole cache with ``state`` (msal's JSON) and store it: one write."""
-        parsed = json.loads(state) if state else {}
+        """Replace the whole cache with ``state`` (msal's JSON) and store it: one write.
+
+        ``state`` is checked entry by entry first (the shape: objects, text, numbers; see
+        :func:`~.stores.base.validate_cache`): a bad entry raises
+        :class:`~msal_keyring_cache.ConfigError` and changes nothing. Unlike :meth:`merge`
+        it does not insist on the fields msal needs, as msal's own ``deserialize`` does not.
+        """
+        parsed = _imported(state, complete=False)
         with self._writing():
             with self._lock:
                 self._cache = parsed
@@ -150,17 +176,19 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     def merge(self, state: str) -> int:
         """Add every entry of another cache's JSON, keeping the newer of two same entries.
 
-        Returns how many entries were added or replaced. One write, if any.
+        Returns how many entries were added or replaced. One write, if any. ``state`` is
+        validated entry by entry first: anything msal could not use raises
+        :class:`~msal_keyring_cache.ConfigError` and changes nothing.
         """
-        incoming = json.loads(state) if state else {}
-        if not isinstance(incoming, dict):
-            raise ValueError("not a serialized msal token cache (expected a JSON object)")
+        incoming = _imported(state)
         changed = 0
         with self._writing(), self._lock:
             for kind, entries in incoming.items():
                 if not isinstance(entries, dict):
-                    continue
+                    continue  # an unknown top-level key msal ignores
                 mine = self._cache.setdefault(kind, {})
+                if not isinstance(mine, dict):
+                    mine = self._cache[kind] = {}
                 for key, entry in entries.items():
                     old = mine.get(key, _MISSING)
                     if old == entry or (old is not _MISSING and _age(entry) < _age(old)):
@@ -180,6 +208,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 self._cache = {}
                 self.has_state_changed = True  # memory changed since the last serialize()
             self._before.clear()
+            self._pending.clear()
             self._rewrite = False
 
     def reload(self) -> None:
@@ -208,20 +237,20 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             deltas = self.store.read_changes() if self.store.changed() else []
         if not deltas:
             return
+        changes = [parse_json(delta, "a journal record") for delta in deltas]
         with self._lock:
-            for delta in deltas:
-                apply_delta(self._cache, json.loads(delta))
+            for change in changes:
+                apply_delta(self._cache, change)
+            self._reapply_pending()
         logger.debug("Applied %d change(s) from the %s store", len(deltas), self.store.backend)
 
     def _reload(self) -> None:
         data = self.store.load()
-        parsed: Any = {}
+        parsed: dict[str, Any] = {}
         if data:
             try:
-                parsed = json.loads(data)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict):
+                parsed = parse_json(data, "the stored cache")
+            except CorruptCacheError:
                 logger.warning(
                     "The %s store holds data that is not an msal token cache; starting "
                     "empty (it will be replaced on the next sign-in).",
@@ -229,8 +258,11 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 )
                 parsed = {}
         with self._lock:
+            if self._rewrite:  # a whole rewrite that failed is still to be written
+                return
             self._cache = parsed  # other processes' writes: has_state_changed is untouched
-        self._before.clear()  # unsaved prunes are redone by msal's next search
+            self._before.clear()  # unsaved prunes are redone by msal's next search
+            self._reapply_pending()
         logger.debug(
             "Loaded the token cache from the %s store (%d bytes)",
             self.store.backend,
@@ -247,36 +279,121 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 finally:
                     self._depth -= 1
                 return
-            with self.store.lock():
-                if self.store.changed():
+            failure: Optional[CacheError] = None
+            lock: Any = self.store.lock()
+            try:
+                lock.__enter__()
+            except CacheError as exc:  # a timeout, a read-only file system
+                failure, lock = exc, None
+            try:
+                if lock is not None and self.store.changed():
                     self._catch_up()
+            except CacheError as exc:
+                failure = exc
+            # Even without the lock or the others' changes, msal's change is applied in
+            # memory and kept pending (the identity provider may already have rotated a
+            # refresh token); the caller gets the error after it.
+            try:
                 self._depth = 1
                 try:
                     yield
                 finally:
                     self._depth = 0
-                    self._persist()
+                    if failure is None:
+                        self._persist()
+                    else:
+                        self._keep_pending()
+            finally:
+                if lock is not None:
+                    lock.__exit__(None, None, None)
+            if failure is not None:
+                raise failure
+
+    def _changes(self) -> dict[tuple[str, str], Any]:
+        """Entries changed since the last write (and those still pending), by (type, key)."""
+        changes: dict[tuple[str, str], Any] = {}
+        with self._lock:
+            for credential_type, key in [*self._before, *self._pending]:
+                now = self._cache.get(credential_type, {}).get(key, _MISSING)
+                before = self._before.get((credential_type, key), _MISSING)
+                if now != before or (credential_type, key) in self._pending:
+                    changes[(credential_type, key)] = now
+            self._before.clear()
+        return changes
+
+    def _keep_pending(self) -> None:
+        self._pending.update(self._changes())
+
+    def _reapply_pending(self) -> None:
+        """Put changes whose write failed back on top of what the store holds (under _lock)."""
+        for (credential_type, key), value in self._pending.items():
+            table = self._cache.setdefault(credential_type, {})
+            self._before.setdefault((credential_type, key), table.get(key, _MISSING))
+            if value is _MISSING:
+                table.pop(key, None)
+            else:
+                table[key] = value
 
     def _persist(self) -> None:
+        # Runs under the cross-process lock, and must: the delta is this call's change
+        # applied on top of what others wrote (known only after catching up under the
+        # lock), and the record it becomes is sealed with its place in the file (the next
+        # sequence number, known only under the lock). Moving the JSON encoding (~4 µs for
+        # a sign-in's entries) and the encryption (~10 µs) out of the lock would need a
+        # speculative record that is thrown away whenever another process wrote first; the
+        # fsync that makes the write durable costs ~2 ms here and dominates the critical
+        # section (measured: docs/how-it-works.md, "Durability").
+        changes = self._changes()
         delta: dict[str, dict[str, Any]] = {}
-        with self._lock:
-            for (credential_type, key), before in self._before.items():
-                now = self._cache.get(credential_type, {}).get(key, _MISSING)
-                if now != before:
-                    delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
-            self._before.clear()
-        rewrite, self._rewrite = self._rewrite, False
-        if rewrite:
-            self.store.save(self._dump())
-        elif delta:
-            self.store.append(json.dumps(delta, separators=(",", ":")).encode(), self._dump)
-        else:
-            return
+        for (credential_type, key), now in changes.items():
+            delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
+        try:
+            if self._rewrite:
+                self.store.save(self._dump())
+            elif delta:
+                self.store.append(json.dumps(delta, separators=(",", ":")).encode(), self._dump)
+            else:
+                return
+        except BaseException:
+            # Nothing is forgotten: the change stays in memory and pending, and the next
+            # write (after taking in what others wrote) stores it.
+            self._pending.update(changes)
+            raise
+        self._rewrite = False
+        self._pending.clear()
         logger.debug("Saved the token cache to the %s store", self.store.backend)
 
     def _dump(self) -> bytes:
         with self._lock:
             return json.dumps(self._cache, separators=(",", ":")).encode()
+
+
+def _imported(state: Optional[str], *, complete: bool = True) -> dict[str, Any]:
+    """A cache document from outside, parsed and validated (``ConfigError`` if unusable)."""
+    if not state:
+        return {}
+    try:
+        doc = parse_json(state, "the cache to import")
+    except CorruptCacheError as exc:
+        raise ConfigError(f"Not an msal token cache: {exc}; nothing was imported.") from None
+    return validate_cache(doc, complete=complete)
+
+
+_caches: weakref.WeakSet[PersistentTokenCache] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # A thread of the parent may have held these locks at fork time; it does not exist
+    # in the child, so the child starts with fresh ones. The store's kept descriptors
+    # stay valid (reads use pread, so a shared file offset does not matter).
+    for cache in list(_caches):
+        cache._io_lock = threading.RLock()
+        cache._lock = threading.RLock()
+        cache._depth = cache._deferring = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _age(entry: Any) -> int:

@@ -2,27 +2,35 @@
 
 A file is one header line of JSON, then newline-terminated Fernet tokens (records)::
 
-    {"format":"msal-keyring-cache","version":1,"kdf":"none","fp":"…","source":"key","gen":"…"}
-    gAAAAAB…    <- snapshot: the whole cache as JSON
-    gAAAAAB…    <- journal: one record per later write, the entries it changed
+    {"format":"msal-keyring-cache","version":2,"kdf":"none","fp":"…","source":"key","gen":"…"}
+    gAAAAAB…    <- record 0, the snapshot: the whole cache as JSON
+    gAAAAAB…    <- records 1, 2 …, the journal: one per later write, the entries it changed
 
 * ``kdf`` is ``none`` (a Fernet key given directly) or ``scrypt`` (a passphrase;
   the header then carries ``salt``, ``n``, ``r`` and ``p``).
 * ``fp`` is the fingerprint of the key that encrypted the file: an HMAC of a fixed
   label under the key, so a wrong key is told apart from a damaged file without
   decrypting, and the fingerprint reveals nothing of the key.
-* ``gen`` is a random generation id, new on every write.
+* ``gen`` is a random id (128 bits) new on every whole-file write: it names this
+  file among all files ever written under the key.
 * ``source`` says where the key came from (for ``status``; not trusted for anything).
 
+Version 2 binds every record to its place: the plaintext inside each Fernet token starts
+with ``<gen> <seq>\n`` (``seq`` 0 for the snapshot, then 1, 2 … for journal records), so a
+record that was reordered, dropped from the middle, replayed, or spliced in from another
+file under the same key fails the check. Version 1 files (no binding) are still read and
+are rewritten as version 2 by the next write. What cannot be detected: docs/security.md.
+
 Nothing in the header is secret. Fernet authenticates every record (AES-128-CBC with
-HMAC-SHA256), so any change is detected. A record is complete only with its newline:
-a writer killed mid-append leaves a tail that readers ignore and the next writer cuts.
+HMAC-SHA256). A record is complete only with its newline: a writer killed mid-append
+leaves a tail that readers ignore and the next writer cuts.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -47,13 +55,20 @@ __all__ = [
     "generate_key",
     "is_fernet_key",
     "parse_header",
+    "scrypt_allowed",
+    "seal",
+    "unseal",
 ]
 
 FORMAT = "msal-keyring-cache"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)
 MAX_HEADER = 4096
 # scrypt, cost as the cryptography docs suggest for interactive use (16 MiB, ~50 ms).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+#: A header may ask for at most this multiple of the work and memory the library itself
+#: uses (n·r·p and 128·n·r bytes): a crafted header cannot make a start take minutes.
+SCRYPT_LIMIT = 4
 _FP_LABEL = b"msal-keyring-cache key fingerprint v1"
 
 
@@ -88,11 +103,12 @@ class Header:
     n: int = 0
     r: int = 0
     p: int = 0
+    version: int = VERSION
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": self.version,
             "kdf": self.kdf,
             "fp": self.fp,
             "source": self.source,
@@ -123,18 +139,23 @@ def parse_header(blob: bytes) -> tuple[Header, bytes]:
     token = blob[end + 1 : token_end] if token_end > 0 else b""
     try:
         doc = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CorruptCacheError("the file header is not valid JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CorruptCacheError("the file is not an msal-keyring-cache file")
-    if doc.get("version") != VERSION:
-        raise CorruptCacheError(f"the file has unknown format version {doc.get('version')!r}")
+    version = doc.get("version")
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise CorruptCacheError(f"the file has unknown format version {str(version)[:20]!r}")
     kdf = _field(doc, "kdf", str)
+    gen = _field(doc, "gen", str)
+    if not (0 < len(gen) <= 64 and gen.isascii() and gen.isalnum()):
+        raise CorruptCacheError("the file header has an invalid 'gen'")
     header = Header(
-        fp=_field(doc, "fp", str),
-        gen=_field(doc, "gen", str),
-        kdf=kdf,
+        fp=_field(doc, "fp", str)[:64],
+        gen=gen,
+        kdf=kdf[:20],
         source=str(doc.get("source", "key"))[:40],
+        version=version,
     )
     if kdf == "scrypt":
         try:
@@ -143,16 +164,27 @@ def parse_header(blob: bytes) -> tuple[Header, bytes]:
             raise CorruptCacheError("the file header has an invalid salt") from None
         n, r, p = (_field(doc, x, int) for x in "nrp")
         # Bounds keep a crafted header from making the KDF run for minutes.
-        if not (16 <= len(salt) <= 64 and 2**10 <= n <= 2**20 and n & (n - 1) == 0):
-            raise CorruptCacheError("the file header has out-of-range scrypt parameters")
-        if not (1 <= r <= 32 and 1 <= p <= 16):
-            raise CorruptCacheError("the file header has out-of-range scrypt parameters")
-        header = Header(header.fp, header.gen, kdf, header.source, salt, n, r, p)
+        if not (16 <= len(salt) <= 64 and scrypt_allowed(n, r, p)):
+            raise CorruptCacheError(
+                "the file header asks for scrypt parameters beyond what this library writes"
+            )
+        header = Header(header.fp, gen, kdf, header.source, salt, n, r, p, version)
     elif kdf != "none":
-        raise CorruptCacheError(f"the file header names unknown key derivation {kdf!r}")
+        raise CorruptCacheError(f"the file header names unknown key derivation {kdf[:20]!r}")
     if not token:
         raise CorruptCacheError("the file is truncated (no complete encrypted snapshot)")
     return header, token
+
+
+def scrypt_allowed(n: int, r: int, p: int) -> bool:
+    """Whether scrypt ``(n, r, p)`` stays within :data:`SCRYPT_LIMIT` times our own cost."""
+    if not (n >= 2**10 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+        return False
+    work, memory = n * r * p, 128 * n * r
+    return (
+        work <= SCRYPT_LIMIT * SCRYPT_N * SCRYPT_R * SCRYPT_P
+        and memory <= SCRYPT_LIMIT * 128 * SCRYPT_N * SCRYPT_R
+    )
 
 
 def split_records(blob: bytes, start: int) -> tuple[list[bytes], int]:
@@ -240,6 +272,8 @@ class FernetKeys(KeySource):
                 f"{self.label}. Set the passphrase (…_PASSPHRASE) instead."
             )
         matching = [k for k, fp in zip(self.keys, self._fps) if fp == header.fp]
+        if not matching and self.path and self._reread():
+            matching = [k for k, fp in zip(self.keys, self._fps) if fp == header.fp]
         if not matching:
             raise DecryptError(
                 f"The cache file was encrypted with a key of fingerprint {header.fp}, but "
@@ -250,8 +284,24 @@ class FernetKeys(KeySource):
             )
         return matching
 
+    def _reread(self) -> bool:
+        """Read the key file again (a key rotation by another process); whether it changed.
+
+        Called once per fingerprint mismatch, so a running process picks up a rotated key
+        instead of failing until restarted.
+        """
+        try:
+            keys = read_key_file(self.path or "")
+        except ConfigError:
+            return False
+        if keys == self.keys:
+            return False
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "_fps", tuple(fingerprint(k) for k in keys))
+        return True
+
     def new_header(self, previous: Optional[Header]) -> tuple[Header, str]:
-        return Header(fp=self._fps[0], gen=secrets.token_hex(8), source=self.tag), self.keys[0]
+        return Header(fp=self._fps[0], gen=secrets.token_hex(16), source=self.tag), self.keys[0]
 
 
 _derived: dict[bytes, str] = {}
@@ -308,30 +358,73 @@ class Passphrase(KeySource):
         else:
             salt, n, r, p = os.urandom(16), SCRYPT_N, SCRYPT_R, SCRYPT_P
         key = self.derive(salt, n, r, p)
-        header = Header(fingerprint(key), secrets.token_hex(8), "scrypt", self.tag, salt, n, r, p)
+        header = Header(fingerprint(key), secrets.token_hex(16), "scrypt", self.tag, salt, n, r, p)
         return header, key
 
 
 def encrypt(plaintext: bytes, source: KeySource, previous: Optional[Header] = None) -> bytes:
     """A new file: header and snapshot record of ``plaintext``, under ``source``'s first key."""
     header, key = source.new_header(previous)
-    return header.to_bytes() + b"\n" + encrypt_record(plaintext, key)
+    return header.to_bytes() + b"\n" + seal(plaintext, key, header, 0)
+
+
+_fernets: dict[str, Any] = {}
+
+
+def _fernet(key: str) -> Any:
+    # One Fernet object per key: building one costs more than a small record's crypto.
+    fernet = _fernets.get(key)
+    if fernet is None:
+        from cryptography.fernet import Fernet
+
+        if len(_fernets) > 16:
+            _fernets.clear()
+        fernet = _fernets[key] = Fernet(key.encode())
+    return fernet
+
+
+def seal(payload: bytes, key: str, header: Header, seq: int) -> bytes:
+    """Record number ``seq`` of the file with ``header``: one newline-terminated token.
+
+    Version 2 prefixes the plaintext with ``<gen> <seq>\n``, binding the record to this
+    file and this place in it.
+    """
+    if header.version >= 2:
+        payload = b"%s %d\n" % (header.gen.encode(), seq) + payload
+    return bytes(_fernet(key).encrypt(payload)) + b"\n"
+
+
+def unseal(token: bytes, key: str, header: Header, seq: int) -> bytes:
+    """The payload of record ``seq`` (without its newline); :class:`CorruptCacheError` if
+    it is damaged or was not written at this place of this file."""
+    plaintext = decrypt_record(token, key)
+    if header.version < 2:
+        # Version 1 records are JSON objects; a version-2 record (its binding first) under
+        # a header edited to say version 1 is refused, not parsed as junk.
+        if not plaintext.startswith(b"{"):
+            raise CorruptCacheError("a record does not match the file's format version")
+        return plaintext
+    end = plaintext.find(b"\n", 0, 100)
+    if end < 0 or plaintext[:end] != b"%s %d" % (header.gen.encode(), seq):
+        raise CorruptCacheError(
+            f"journal record {seq} is out of place (records were reordered, dropped, "
+            "replayed or copied in from another file)"
+        )
+    return plaintext[end + 1 :]
 
 
 def encrypt_record(plaintext: bytes, key: str) -> bytes:
-    """One newline-terminated record."""
-    from cryptography.fernet import Fernet
-
-    return Fernet(key.encode()).encrypt(plaintext) + b"\n"
+    """One newline-terminated record without binding (version 1; tests and tools)."""
+    return bytes(_fernet(key).encrypt(plaintext)) + b"\n"
 
 
 def decrypt_record(token: bytes, key: str) -> bytes:
-    """Decrypt one record (without its newline); :class:`CorruptCacheError` if damaged."""
-    from cryptography.fernet import Fernet, InvalidToken
+    """Decrypt one token (without its newline); :class:`CorruptCacheError` if damaged."""
+    from cryptography.fernet import InvalidToken
 
     try:
-        return Fernet(key.encode()).decrypt(token)
-    except InvalidToken:
+        return bytes(_fernet(key).decrypt(token))
+    except (InvalidToken, ValueError, TypeError):
         raise CorruptCacheError(
             "the encrypted data is damaged (its key fingerprint matches, but it fails "
             "authentication)"
@@ -350,7 +443,7 @@ def decrypt(blob: bytes, source: KeySource) -> tuple[bytes, Header]:
     file's key and :class:`CorruptCacheError` when the file is damaged.
     """
     header, token = parse_header(blob)
-    return decrypt_record(token, file_key(header, source)), header
+    return unseal(token, file_key(header, source), header, 0), header
 
 
 def read_key_file(path: str) -> tuple[str, ...]:
@@ -391,6 +484,12 @@ def default_key_file(path: str) -> tuple[str, ...]:
             os.link(tmp, path)  # fails if another process made one first: use theirs
         except FileExistsError:
             pass
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot create the key file {path}: {exc.strerror}. Configure a key "
+                "(…_KEY, …_KEY_FILE or …_PASSPHRASE) or fix the directory."
+            ) from None
         finally:
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return read_key_file(path)

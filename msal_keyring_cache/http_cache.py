@@ -52,8 +52,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 from . import crypto
 from .errors import CacheError, CorruptCacheError
 from .files import atomic_write, read_file_keep_open
-from .locking import CrossProcessLock, FileIdentity
+from .locking import CrossProcessLock
 from .stores.base import Store
+from .watch import FileIdentity
 
 if TYPE_CHECKING:
     from .stores.credential import KeyringStore
@@ -313,7 +314,7 @@ class SealedFile:
         header, token = crypto.parse_header(blob)
         if blob.count(b"\n") != 2:
             raise CorruptCacheError("it has more than one record")
-        data = crypto.decrypt_record(token, crypto.file_key(header, self.source))
+        data = crypto.unseal(token, crypto.file_key(header, self.source), header, 0)
         self._header = header
         return data
 

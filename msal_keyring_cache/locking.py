@@ -1,4 +1,4 @@
-"""Cross-process lock and exact change detection, both on plain files.
+"""The cross-process lock, on a plain file (change detection: :mod:`.watch`).
 
 :class:`CrossProcessLock` — why we own it, and why it is correct
 -----------------------------------------------------------------
@@ -42,12 +42,6 @@ kernel and is woken when the lock is released:
   existing lock file on a read-only file system is still locked (read-only).
 * **Windows** keeps ``filelock`` (``msvcrt.locking``, polled): a ``LockFileEx`` port
   could not be tested here, and an untested lock is worse than a polling one.
-
-:class:`FileIdentity` tells whether a file was replaced since we last read or
-wrote it, exactly and without reading it: files are only ever replaced whole
-(``os.replace``), so "same inode" means "same content". We keep the file we saw
-open, so its inode cannot be freed and reused by a later file — which is what makes
-an inode comparison exact where mtime (coarse ticks) and size are not.
 """
 
 from __future__ import annotations
@@ -66,7 +60,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError, LockTimeoutError, StoreError
 
-__all__ = ["CrossProcessLock", "FileIdentity"]
+__all__ = ["CrossProcessLock"]
 
 _FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _FLAGS |= getattr(os, "O_NONBLOCK", 0)  # a FIFO at the lock path must not block open()
@@ -395,64 +389,3 @@ if sys.platform != "win32":
         after_in_parent=_after_fork_parent,
         after_in_child=_after_fork_child,
     )
-
-
-class FileIdentity:
-    """Remembers which version of a file we last saw; :meth:`changed` says if it moved on."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: Optional[int] = None
-        self._id: Optional[tuple[int, ...]] = None
-        self._prefix: Optional[bytes] = None  # Windows: the header, which holds a random gen
-
-    def remember(self, fd: Optional[int], prefix: Optional[bytes] = None) -> None:
-        """Own ``fd``, open on the version just read or written (``None``: no file)."""
-        self.forget()
-        if fd is None:
-            return
-        if os.name == "posix":
-            st = os.fstat(fd)
-            self._fd, self._id = fd, (st.st_dev, st.st_ino)
-        else:  # an open file would block os.replace on Windows
-            os.close(fd)
-            self._prefix = prefix
-
-    def forget(self) -> None:
-        """Close the kept file; the next :meth:`changed` reports whether a file exists."""
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = self._id = self._prefix = None
-
-    @property
-    def fd(self) -> Optional[int]:
-        """The descriptor kept open on the remembered version (POSIX), if any."""
-        return self._fd
-
-    def changed(self) -> bool:
-        """Whether the file now at ``path`` is another version than the one remembered."""
-        return self.check()[0]
-
-    def check(self) -> tuple[bool, int]:
-        """``(replaced, size)``: whether ``path`` is another version, and its size now.
-
-        Files that are only appended to stay the same version; their size tells the rest.
-        """
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return self._id is not None or self._prefix is not None, 0
-        if os.name != "posix":
-            return self._changed_by_prefix(), st.st_size
-        return self._id != (st.st_dev, st.st_ino), st.st_size
-
-    def _changed_by_prefix(self) -> bool:
-        try:
-            with open(self.path, "rb") as fh:
-                return fh.read(len(self._prefix or b"") or 1) != self._prefix
-        except FileNotFoundError:
-            return self._prefix is not None
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # interpreter shutdown
-            self.forget()

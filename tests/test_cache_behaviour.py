@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
 import pytest
 
-from msal_keyring_cache import MemoryStore, PersistentTokenCache, build_cache
+from msal_keyring_cache import MemoryStore, PersistentTokenCache, build_cache, crypto
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 
 APP = "msal-keyring-cache-tests"
@@ -39,6 +40,57 @@ def test_threads_and_two_cache_objects_in_one_process_lose_nothing(
     fresh = build_cache(APP, backend="file", path=str(cache_path), key=key)
     targets = {e["target"] for e in json.loads(fresh.serialize())["AccessToken"].values()}
     assert targets == {f"api://t/thread{n}-{i}/.default" for n in range(6) for i in range(15)}
+
+
+def test_no_token_text_in_debug_logs_over_sign_in_and_refresh(
+    cache_path: Path, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger: ours, msal's, filelock's, urllib3's
+    with LoopbackIdentityProvider(access_token_lifetime=3600) as idp:
+        cache = build_cache(APP, backend="file", path=str(cache_path), key=key)
+        app = idp.public_app(token_cache=cache)
+        app.acquire_token_by_username_password("alice@example.com", "pw-secret", ["User.Read"])
+        account = app.get_accounts()[0]
+        result = app.acquire_token_silent(["User.Read"], account=account, force_refresh=True)
+        assert result
+        assert result["token_source"] == "identity_provider"
+        issued = list(idp.issued)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("msal_keyring"))
+    assert "Saved the token cache" in ours
+    _assert_no_token_text(text, issued)
+    assert key not in text
+    assert "pw-secret" not in ours
+
+
+def _assert_no_token_text(text: str, issued: list[str]) -> None:
+    assert issued
+    for token in issued:
+        for part in token.split("."):
+            if len(part) > 20:
+                assert part not in text
+
+
+def test_no_token_text_in_debug_logs_while_loading_an_existing_cache(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    idp.reset()
+    writer = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    app = idp.public_app(token_cache=writer)
+    app.acquire_token_by_username_password("alice@example.com", "pw", ["User.Read"])
+    caplog.set_level(logging.DEBUG)
+    # A fresh cache loads the file (snapshot + journal), then takes in another's append.
+    reader = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    reader_app = idp.public_app(token_cache=reader)
+    (account,) = reader_app.get_accounts()
+    assert reader_app.acquire_token_silent(["User.Read"], account)
+    app.acquire_token_by_username_password("bob@example.com", "pw", ["User.Read"])
+    assert len(reader_app.get_accounts()) == 2
+    reader.reload()
+    ours = [r for r in caplog.records if r.name.startswith("msal_keyring")]
+    assert any("Loaded the token cache" in r.getMessage() for r in ours)
+    assert any("Applied" in r.getMessage() for r in ours)
+    _assert_no_token_text("\n".join(r.getMessage() for r in ours), list(idp.issued))
 
 
 def test_merge_keeps_the_newer_entry_and_deserialize_replaces(
@@ -81,3 +133,65 @@ def test_memory_store_cache_works_as_a_plain_msal_cache(idp: LoopbackIdentityPro
     app.remove_account(app.get_accounts()[0])
     assert app.get_accounts() == []
     assert "memory" in repr(cache)
+
+
+_REPLACER = r"""
+import sys
+from msal_keyring_cache import EncryptedFileStore, PersistentTokenCache, crypto
+path, key = sys.argv[1], sys.argv[2]
+store = EncryptedFileStore(path, crypto.FernetKeys((key,)))
+with store.lock():
+    print("locked", flush=True)
+    assert sys.stdin.readline() == "go\n"
+    store.save(b'{"Account": {"k": {"home_account_id": "h", "environment": "e", '
+               b'"realm": "r", "username": "replacer@example.com"}}}')
+print("done", flush=True)
+"""
+
+
+def test_good_file_written_just_before_the_set_aside_stays(
+    cache_path: Path, key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader finds a damaged file; before it can set it aside, another process replaces it
+    with a good one. The good file must stay (issue 17). Ordered by pipes, no sleeps."""
+    import subprocess
+
+    from msal_keyring_cache.stores import file as file_store
+    from tests.helpers import PYTHON, child_env
+
+    cache_path.parent.mkdir(mode=0o700)
+    cache_path.write_bytes(b"garbage that is no cache\n")
+    cache_path.chmod(0o600)
+    replacer = subprocess.Popen(
+        [PYTHON, "-c", _REPLACER, str(cache_path), key],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=child_env(),
+        text=True,
+    )
+    assert replacer.stdin is not None
+    assert replacer.stdout is not None
+    assert replacer.stdout.readline() == "locked\n"
+    real_read = file_store._read_keep_open
+    reads = []
+
+    def observed(path: str) -> object:
+        found = real_read(path)
+        reads.append(found[0] if found else None)
+        if len(reads) == 1:  # the damaged file was read: now let the replacer write
+            replacer.stdin.write("go\n")  # type: ignore[union-attr]
+            replacer.stdin.flush()  # type: ignore[union-attr]
+        return found
+
+    monkeypatch.setattr(file_store, "_read_keep_open", observed)
+    reader = PersistentTokenCache(
+        file_store.EncryptedFileStore(str(cache_path), crypto.FernetKeys((key,)))
+    )
+    with caplog.at_level(logging.WARNING, logger="msal_keyring_cache"):
+        doc = json.loads(reader.serialize())  # blocks on the lock until the replacer is done
+    assert replacer.stdout.readline() == "done\n"
+    assert replacer.wait(timeout=30) == 0
+    assert reads[0] == b"garbage that is no cache\n"
+    assert [a["username"] for a in doc["Account"].values()] == ["replacer@example.com"]
+    assert not list(cache_path.parent.glob(cache_path.name + ".corrupt-*"))
+    assert "moved aside" not in caplog.text

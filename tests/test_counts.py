@@ -4,11 +4,19 @@ Counts, never wall-clock times: store writes per sign-in / refresh / client-cred
 miss / silent hit are 1 / <= 2 / 1 / 0 on the file store, an unchanged store is never
 reloaded, an expired access token msal prunes during a read rides along with the next
 write, and importing the package pulls in none of the heavy optional libraries.
+
+Writes are counted by the kernel, not by the store (issue 17): inotify reports every
+close of the cache file after writing and every rename onto it, and ``os.stat`` must
+change exactly when a write was counted.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,10 +34,83 @@ SCOPES = ["api://counts/User.Read"]
 
 
 def file_cache(path: Path, key: str) -> PersistentTokenCache:
-    return build_cache("counts-test", backend="file", path=str(path), key=key)
+    cache = build_cache("counts-test", backend="file", path=str(path), key=key)
+    if str(path) in _observers:
+        _observers[str(path)].caches.append(cache)
+    return cache
+
+
+class Writes:
+    """Physical writes to one file, seen by the kernel (inotify) and by ``os.stat``."""
+
+    IN_CLOSE_WRITE, IN_MOVED_TO = 0x8, 0x80
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self._fd >= 0
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mask = self.IN_CLOSE_WRITE | self.IN_MOVED_TO
+        assert libc.inotify_add_watch(self._fd, str(path.parent).encode(), mask) >= 0
+        self.count = 0
+        self.caches: list[PersistentTokenCache] = []
+        self._stat = self._look()
+        self.stat_changes = 0
+
+    def _look(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def poll(self) -> int:
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            data = b""
+        offset = 0
+        while offset < len(data):
+            _wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
+            name = data[offset + 16 : offset + 16 + size].rstrip(b"\0").decode()
+            offset += 16 + size
+            if name == self.path.name and mask & (self.IN_CLOSE_WRITE | self.IN_MOVED_TO):
+                self.count += 1
+        now = self._look()
+        if now != self._stat:
+            self.stat_changes += 1
+            self._stat = now
+        return self.count
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+_observers: dict[str, Writes] = {}
+
+
+@pytest.fixture(autouse=True)
+def _observe(cache_path: Path) -> Iterator[None]:
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    _observers[str(cache_path)] = Writes(cache_path)
+    yield
+    _observers.pop(str(cache_path)).close()
 
 
 def writes(cache: PersistentTokenCache) -> int:
+    """The cache's writes; the kernel must have seen exactly the writes of all caches on it."""
+    observer = _observers.get(cache.store.path)  # type: ignore[attr-defined]
+    if observer is not None:
+        before = observer.count
+        seen = observer.poll()
+        if seen != before:
+            assert observer.stat_changes, "a write the file's stat does not show"
+        observer.stat_changes = 0
+        made = sum(c.store.stats.saves for c in observer.caches)
+        assert seen == made, f"the kernel saw {seen} writes, the stores made {made}"
     return cache.store.stats.saves
 
 
@@ -79,6 +160,22 @@ def test_client_credential_miss_writes_once(
         result = app.acquire_token_for_client([f"api://counts/{n}/.default"])
         assert result.get("token_source") == "identity_provider"
         assert writes(cache) == n + 1
+
+
+def test_every_save_is_one_physical_write_compaction_included(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = file_cache(cache_path, key)
+    app = idp.confidential_app(token_cache=cache)
+    inode, replaced = None, 0
+    for n in range(70):  # past MAX_RECORDS: some of these writes replace the file
+        app.acquire_token_for_client([f"api://counts/many/{n}/.default"])
+        assert writes(cache) == n + 1
+        now = os.stat(cache_path).st_ino
+        replaced += now != inode
+        inode = now
+    assert replaced >= 2  # created, then compacted at least once
+    assert cache.store.stats.appends == 70 - replaced
 
 
 def test_silent_hit_neither_writes_nor_reloads(

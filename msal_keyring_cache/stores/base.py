@@ -1,35 +1,163 @@
-"""The one small protocol every store implements, and the journal delta format it carries.
+"""The one small protocol every store implements, and the data formats it carries.
 
 A *delta* is the JSON object ``{credential_type: {key: entry or null}}``: the entries one
 msal call changed (``null`` = removed). Stores with a journal keep deltas as records;
 :func:`apply_delta` is the one place that knows how to apply one.
+
+A *cache document* is msal's serialized cache: ``{credential_type: {key: entry}}``.
+:func:`validate_cache` checks one entry by entry before it is taken in from outside
+(``import``, ``merge``, ``deserialize``, migration); :func:`parse_json` turns every
+malformed input into :class:`~msal_keyring_cache.CorruptCacheError`.
 """
 
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Union
 
 from ..crypto import Protection
+from ..errors import ConfigError, CorruptCacheError
 
-__all__ = ["Description", "Store", "StoreStats", "apply_delta"]
+__all__ = [
+    "Description",
+    "Store",
+    "StoreStats",
+    "apply_delta",
+    "parse_json",
+    "validate_cache",
+]
 
 #: A value ``describe()`` may carry: plain, never a secret.
 Fact = Union[str, int, float, bool, None]
 
 
+def parse_json(data: Union[bytes, str], what: str) -> dict[str, Any]:
+    """Parse ``data`` as a JSON object; any malformed input is :class:`CorruptCacheError`.
+
+    ``what`` names the data in the message (e.g. ``"a journal record"``); the data itself
+    is never quoted. Deep nesting, bad UTF-8 and non-objects are all refused.
+    """
+    try:
+        # Strict UTF-8 first: json.loads(bytes) decodes with "surrogatepass", which is
+        # several times slower on a large cache (and a lone surrogate is damage anyway).
+        doc = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (ValueError, RecursionError, UnicodeError, TypeError):
+        raise CorruptCacheError(f"{what} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise CorruptCacheError(f"{what} is not a JSON object")
+    return doc
+
+
 def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
-    """Apply a journal delta ``{credential_type: {key: entry or None}}`` to a cache dict."""
+    """Apply a journal delta ``{credential_type: {key: entry or None}}`` to a cache dict.
+
+    Raises :class:`CorruptCacheError` (changing nothing) if ``delta`` is not of that shape.
+    """
+    for entries in delta.values():
+        if not isinstance(entries, dict) or not all(
+            isinstance(e, dict) or e is None for e in entries.values()
+        ):
+            raise CorruptCacheError("a journal record is not an msal cache change")
     for credential_type, entries in delta.items():
         table = state.setdefault(credential_type, {})
+        if not isinstance(table, dict):
+            table = state[credential_type] = {}
         for key, entry in entries.items():
             if entry is None:
                 table.pop(key, None)
             else:
                 table[key] = entry
+
+
+#: Fields msal's key makers and searches read, which must be text when present.
+_TEXT_FIELDS = (
+    "home_account_id",
+    "environment",
+    "client_id",
+    "realm",
+    "target",
+    "ext_cache_key",
+    "credential_type",
+    "family_id",
+    "username",
+    "authority_type",
+)
+#: Fields msal turns into numbers (``int(entry[...])``), when present.
+_TIME_FIELDS = ("expires_on", "extended_expires_on", "refresh_on", "cached_at")
+#: What each credential type needs for msal to use it.
+_REQUIRED = {
+    "AccessToken": ("secret", "expires_on"),
+    "RefreshToken": ("secret",),
+    "IdToken": ("secret",),
+    "Account": ("home_account_id", "environment"),
+    "AppMetadata": ("client_id", "environment"),
+}
+
+
+def validate_cache(doc: Any, *, complete: bool = True) -> dict[str, Any]:
+    """Check that ``doc`` is an msal cache document msal can use; return it unchanged.
+
+    Each of msal's credential types (``AccessToken``, ``RefreshToken``, ``IdToken``,
+    ``Account``, ``AppMetadata``) must map to an object of entries; every entry must be an
+    object; the fields msal's key makers read must be text; time fields must be whole
+    numbers (``int()`` accepts them, as msal does); and each entry must have the fields
+    msal needs (``secret`` and ``expires_on`` for an access token, …). Other top-level
+    keys are kept as they are, as msal keeps them. The first bad entry makes the whole
+    document refused with :class:`~msal_keyring_cache.ConfigError` naming its type and
+    position — never its content, which may be a token.
+
+    ``complete=False`` checks the shape only (objects, text, numbers) and not the required
+    fields: :meth:`~msal_keyring_cache.PersistentTokenCache.deserialize` keeps msal's own
+    contract that way (msal's test suite deserializes partial entries).
+    """
+    if not isinstance(doc, dict):
+        raise ConfigError("Not an msal token cache: expected a JSON object of credential types.")
+    for kind, required in _REQUIRED.items():
+        entries = doc.get(kind, {})
+        if not isinstance(entries, dict):
+            raise ConfigError(
+                f"Not an msal token cache: the {kind!r} section is not an object of entries; "
+                "nothing was imported."
+            )
+        for pos, entry in enumerate(entries.values(), 1):
+            problem = _entry_problem(entry, required if complete else ())
+            if problem:
+                raise ConfigError(
+                    f"Not a usable msal token cache: {kind} entry {pos} {problem}; nothing "
+                    "was imported."
+                )
+    return doc
+
+
+def _entry_problem(entry: Any, required: tuple[str, ...]) -> Optional[str]:
+    if not isinstance(entry, dict):
+        return "is not an object"
+    for name in required:
+        if name not in entry:
+            return f"has no {name!r}"
+    for name in _TEXT_FIELDS:
+        if name in entry and not isinstance(entry[name], (str, type(None))):
+            return f"has a {name!r} that is not text"
+    if "secret" in entry and not isinstance(entry["secret"], str):
+        return "has a 'secret' that is not text"
+    for name in _TIME_FIELDS:
+        if name in entry and not _is_time(entry[name]):
+            return f"has a {name!r} that is not a whole number"
+    return None
+
+
+def _is_time(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return False
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ Layout in the credential store (service ``S``, account ``A``):
 
 Change detection costs no credential-store round trip: every save replaces a small,
 non-secret *stamp* file beside the lock file (under the lock), and
-:class:`~msal_keyring_cache.locking.FileIdentity` tells whether it moved on. The stamp
+:class:`~msal_keyring_cache.watch.FileIdentity` tells whether it moved on. The stamp
 also remembers which keyring backend holds the cache (a later process loads that
 backend directly instead of paying keyring's backend discovery), the size limit learnt,
 and every chunk generation and set-aside entry not yet deleted, so :meth:`clear`
@@ -50,7 +50,8 @@ from typing import Any, Callable, Optional, TypeVar, Union
 from ..crypto import Protection
 from ..errors import ConfigError, CorruptCacheError, KeyringTimeoutError, StoreError
 from ..files import atomic_write, check_not_symlink, ensure_private_dir, read_file_keep_open
-from ..locking import CrossProcessLock, FileIdentity
+from ..locking import CrossProcessLock
+from ..watch import FileIdentity
 from .base import Description, Store
 from .keyring_backend import REMEMBERED, bounded, qualname, resolve_backend, too_large, translate
 from .secret_service import SECRET_SERVICE, DirectSecretService, direct_reads_allowed

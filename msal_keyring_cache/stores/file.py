@@ -11,15 +11,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
+import weakref
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 from .. import crypto
-from ..errors import CorruptCacheError, StoreError
-from ..files import atomic_write, check_not_symlink, loose_permissions, move_aside
+from ..errors import CacheError, CorruptCacheError, StoreError
+from ..files import (
+    atomic_write,
+    check_regular,
+    leftovers,
+    loose_permissions,
+    move_aside,
+    open_regular,
+)
 from ..files import read_file_keep_open as _read_keep_open
-from ..locking import CrossProcessLock, FileIdentity
-from .base import Description, Store, apply_delta
+from ..locking import CrossProcessLock
+from ..watch import FileIdentity, Generation
+from .base import Description, Store, apply_delta, parse_json
 
 __all__ = ["EncryptedFileStore"]
 
@@ -29,13 +40,21 @@ logger = logging.getLogger("msal_keyring_cache")
 MAX_RECORDS = 64
 MIN_JOURNAL_BYTES = 64 * 1024
 
+_warned_mode: set[str] = set()
+
 
 class EncryptedFileStore(Store):
     """The cache encrypted into ``path``; its lock is ``path + ".lock"``.
 
     A wrong key raises :class:`~msal_keyring_cache.DecryptError` and leaves the file
-    byte-identical. A damaged file (garbage, truncated, empty, unknown header) is moved
-    aside to ``<path>.corrupt-*``, a WARNING is logged, and the cache starts empty.
+    byte-identical. A damaged file (garbage, truncated, empty, unknown header, a journal
+    record out of place) is moved aside to ``<path>.corrupt-*``, a WARNING is logged, and
+    the cache starts empty (keeping the records before the damage).
+
+    With ``read_only=True`` the store never writes, moves, creates or deletes anything —
+    no directory, no lock file: :meth:`load` and :meth:`read_changes` report damage as
+    :class:`~msal_keyring_cache.CorruptCacheError`, and :meth:`save`, :meth:`append` and
+    :meth:`clear` raise :class:`~msal_keyring_cache.StoreError`.
     """
 
     backend = "file"
@@ -52,25 +71,50 @@ class EncryptedFileStore(Store):
         #: Never write, move or create anything: damaged data raises, writes raise.
         self.read_only = read_only
         self.path = os.path.abspath(os.path.expanduser(path))
-        check_not_symlink(self.path)
+        check_regular(self.path)
         self.key_source = key_source
         self._lock = CrossProcessLock(self.path + ".lock", lock_timeout)
         self._identity = FileIdentity(self.path)
+        self._gen = Generation(self.path + ".gen")
+        self._locked = 0  # depth of our own hold on the cross-process lock
         self._header: Optional[crypto.Header] = None
         self._key = ""  # the key of the file we hold (records are appended under it)
         self._snapshot_end = 0  # bytes of header + snapshot record
         self._offset = 0  # end of the last complete record we handed out
         self._size = 0  # file size when we last looked
-        self._records = 0  # journal records in the file up to _offset
+        self._records = 0  # journal records in the file up to _offset (= last seq)
         self._queue: list[bytes] = []  # decrypted records read but not handed out
+        self._suspect = False  # an append failed midway: the next write replaces the file
+        _stores.add(self)
 
-    def lock(self) -> CrossProcessLock:
-        return self._lock
+    def lock(self) -> Any:
+        if self.read_only:
+            return contextlib.nullcontext(self)  # readers need no lock; writes are refused
+        return _Guarded(self._lock, self)
 
     def changed(self) -> bool:
         self.stats.checks += 1
+        if self._queue:
+            return True
+        gen = self._gen
+        # The warm hit: the shared counter vouches that nothing changed (no system call).
+        # Under the lock (about to write) the answer must be exact: always check the file.
+        if not self._locked and gen.unchanged():
+            return False
+        value = gen.peek()  # read before the exact check: a later write changes it
         replaced, size = self._identity.check()
-        return replaced or size != self._size or bool(self._queue)
+        moved = replaced or size != self._size
+        gen.mark(None if moved else value)
+        return moved
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every change to the file: the shared counter is odd meanwhile."""
+        self._gen.begin()
+        try:
+            yield
+        finally:
+            self._gen.end()
 
     def load(self) -> Optional[bytes]:
         self.stats.loads += 1
@@ -80,9 +124,10 @@ class EncryptedFileStore(Store):
                 break
             blob, fd = found
             try:
+                self._check_mode(fd)
                 header, token = crypto.parse_header(blob)
                 key = crypto.file_key(header, self.key_source)
-                plaintext = crypto.decrypt_record(token, key)
+                plaintext = crypto.unseal(token, key, header, 0)
             except CorruptCacheError as exc:
                 os.close(fd)
                 if self.read_only:
@@ -94,13 +139,16 @@ class EncryptedFileStore(Store):
             except BaseException:
                 os.close(fd)
                 raise
-            self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
+            newline = blob.find(b"\n") + 1
+            self._identity.remember(fd, blob[:newline])
             self._header, self._key = header, key
-            self._snapshot_end = blob.find(b"\n") + 1 + len(token) + 1
+            self._snapshot_end = newline + len(token) + 1
             records, self._offset = crypto.split_records(blob, self._snapshot_end)
             self._records, self._size = len(records), len(blob)
             try:
-                self._queue = [crypto.decrypt_record(r, key) for r in records]
+                self._queue = [
+                    crypto.unseal(r, key, header, seq) for seq, r in enumerate(records, 1)
+                ]
             except CorruptCacheError as exc:
                 if self.read_only:
                     raise CorruptCacheError(
@@ -113,29 +161,42 @@ class EncryptedFileStore(Store):
 
     def _salvage(self, blob: bytes, snapshot: bytes, records: list[bytes], reason: str) -> bytes:
         """A journal record is damaged: keep the snapshot and the good records before it."""
+        header = self._header or crypto.Header(fp="", gen="0")
         good: list[bytes] = []
-        for record in records:
+        for seq, record in enumerate(records, 1):
             try:
-                good.append(crypto.decrypt_record(record, self._key))
+                good.append(crypto.unseal(record, self._key, header, seq))
             except CorruptCacheError:
                 break
         data = _apply(snapshot, good)
-        with self._lock:
+        if self.read_only:
+            self._set_aside(blob, reason)  # raises: nothing is changed read-only
+        with self.lock():
             if self._set_aside(blob, reason, "the entries written before the damage are kept"):
                 self.save(data)
         return data
 
     def read_changes(self) -> Optional[list[bytes]]:
         replaced, size = self._identity.check()
-        if replaced or (self._identity.fd is None and os.name == "posix"):
+        if replaced or self._header is None or (self._identity.fd is None and os.name == "posix"):
             return None
         if size != self._size:
-            if size < self._offset:  # only compaction shrinks a file, and it replaces it
+            if size < self._offset:
+                # Only compaction shrinks a file, and it replaces it: records we already
+                # read were cut off (a restore of an older copy, or tampering).
+                logger.warning(
+                    "The token cache %s lost journal records another process had "
+                    "written; loading it again.",
+                    self.path,
+                )
                 return None
             tail = self._read_from(self._offset)
             records, consumed = crypto.split_records(tail, 0)
             try:
-                self._queue.extend(crypto.decrypt_record(r, self._key) for r in records)
+                self._queue.extend(
+                    crypto.unseal(r, self._key, self._header, seq)
+                    for seq, r in enumerate(records, self._records + 1)
+                )
             except CorruptCacheError:
                 return None  # a full load salvages what is good and sets the file aside
             self._records += len(records)
@@ -144,67 +205,106 @@ class EncryptedFileStore(Store):
         queue, self._queue = self._queue, []
         return queue
 
-    def _writable(self) -> None:
-        if self.read_only:
-            raise StoreError(f"The token cache {self.path} was opened read-only.")
-
     def save(self, data: bytes) -> None:
-        self._writable()
-        self.stats.saves += 1
+        self._refuse_if_read_only()
         blob = crypto.encrypt(data, self.key_source, self._header)
-        fd = atomic_write(self.path, blob)
         header, _token = crypto.parse_header(blob)
+        key = crypto.file_key(header, self.key_source)
+        with self._writing():
+            fd = atomic_write(self.path, blob)  # raises StoreError; the old file stays whole
+        self.stats.saves += 1
         self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
-        self._header, self._key = header, crypto.file_key(header, self.key_source)
+        self._header, self._key = header, key
         self._snapshot_end = self._offset = self._size = len(blob)
-        self._records, self._queue = 0, []
+        self._records, self._queue, self._suspect = 0, [], False
 
     def append(self, delta: bytes, full: Callable[[], bytes]) -> None:
-        self._writable()
+        self._refuse_if_read_only()
         replaced, _ = self._identity.check()
         journal = self._offset - self._snapshot_end
+        header = self._header
         if (
             replaced
-            or self._header is None
+            or header is None
+            or header.version < crypto.VERSION  # an old file: rewrite it in today's format
+            or self._suspect
             or self._records >= MAX_RECORDS
             or journal > max(self._snapshot_end, MIN_JOURNAL_BYTES)
-            or self._header.fp != self.key_source.new_header(self._header)[0].fp  # rotated
+            or header.fp != self.key_source.new_header(header)[0].fp  # rotated
         ):
             self.save(full())
             return
-        record = crypto.encrypt_record(delta, self._key)
+        record = crypto.seal(delta, self._key, header, self._records + 1)
+        try:
+            fd = open_regular(self.path, os.O_WRONLY)
+        except CacheError:
+            fd = None
+        if fd is None:  # gone, or replaced by something that is not a file
+            self.save(full())
+            return
+        try:
+            try:
+                st = os.fstat(fd)
+            except OSError as exc:
+                raise StoreError(f"Cannot write {self.path}: {exc.strerror}.") from None
+            if (st.st_dev, st.st_ino) != self._identity.inode or st.st_nlink != 1:
+                # Another name for this file (a hard link) would receive our records
+                # too: replace the file instead, which breaks the link.
+                os.close(fd)
+                fd = None
+                self.save(full())
+                return
+            with self._writing():
+                self._write_at(fd, record)
+        finally:
+            if fd is not None:
+                os.close(fd)
         self.stats.saves += 1
         self.stats.appends += 1
-        try:
-            fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
-            try:
-                os.ftruncate(fd, self._offset)  # cut a dead tail a killed writer left
-                os.lseek(fd, self._offset, os.SEEK_SET)
-                view = memoryview(record)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot write {self.path}: {exc.strerror}. Check free disk space and the "
-                "file's permissions."
-            ) from None
         self._offset += len(record)
         self._size = self._offset
         self._records += 1
 
+    def _write_at(self, fd: int, record: bytes) -> None:
+        try:
+            os.ftruncate(fd, self._offset)  # cut a dead tail a killed writer left
+            os.lseek(fd, self._offset, os.SEEK_SET)
+            view = memoryview(record)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as exc:
+            # Part of the record may be in the file (and seen by readers): never write
+            # at this place again; the next write replaces the whole file.
+            self._suspect = True
+            raise StoreError(
+                f"Cannot write {self.path}: {exc.strerror}. Check free disk space and the "
+                "file's permissions; the change is kept in memory and written by the next write."
+            ) from None
+
     def clear(self) -> None:
-        self._writable()
-        with self._lock:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+        """Delete the file and everything the store left beside it.
+
+        That includes ``.corrupt-*`` copies and ``.tmp`` files of killed writers, which hold
+        tokens too. The lock file stays: other processes may be waiting on it.
+        """
+        self._refuse_if_read_only()
+        with self.lock(), self._writing():
+            for path in [self.path, *leftovers(self.path)]:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StoreError(
+                        f"Cannot delete {path}: {exc.strerror}. Delete it by hand; the "
+                        "sign-out is not complete until it is gone."
+                    ) from None
             self._forget()
 
     def rekey(self, new_source: crypto.KeySource) -> None:
         """Re-encrypt the file under ``new_source`` (the current key must still decrypt it)."""
-        with self._lock:
+        with self.lock():
             data = self.load()
             changes = self.read_changes() or []
             self.key_source = new_source
@@ -214,12 +314,38 @@ class EncryptedFileStore(Store):
 
     def close(self) -> None:
         self._identity.forget()
+        self._gen.close()
+
+    def _refuse_if_read_only(self) -> None:
+        if self.read_only:
+            raise StoreError(
+                f"The token cache {self.path} was opened read-only; nothing was written."
+            )
 
     def _forget(self) -> None:
         self._identity.forget()
         self._header, self._key = None, ""
         self._snapshot_end = self._offset = self._size = self._records = 0
         self._queue = []
+
+    def _check_mode(self, fd: int) -> None:
+        """A cache file others can read is made private (0600), with one WARNING."""
+        if os.name != "posix":
+            return
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if not mode & 0o077:
+            return
+        if not self.read_only:
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError:
+                pass  # not our file: say so below, leave it
+            else:
+                mode = 0
+        if self.path not in _warned_mode:
+            _warned_mode.add(self.path)
+            done = "it was made private (0600)" if not mode else f"run: chmod 600 {self.path}"
+            logger.warning("The token cache %s was readable by other users; %s.", self.path, done)
 
     def _read_from(self, offset: int) -> bytes:
         fd = self._identity.fd
@@ -235,16 +361,23 @@ class EncryptedFileStore(Store):
     def _set_aside(
         self, blob: bytes, reason: str, outcome: str = "the cache starts empty, so sign in again"
     ) -> bool:
+        if self.read_only:
+            raise CorruptCacheError(
+                f"The token cache {self.path} is damaged ({reason}). Nothing was changed "
+                "(read-only). Run a command that writes (or sign in) to set it aside and "
+                "start over, or delete it."
+            )
         # Under the lock, and only if the file is still the damaged one we read: a
         # writer may have replaced it with a good one meanwhile.
-        with self._lock:
+        with self.lock():
             found = _read_keep_open(self.path)
             if found is None:
                 return False
             os.close(found[1])
             if found[0] != blob:
                 return False
-            target = move_aside(self.path, reason)
+            with self._writing():
+                target = move_aside(self.path, reason)
         logger.warning(
             "The token cache %s is damaged (%s); it was moved aside to %s and %s.",
             self.path,
@@ -280,13 +413,65 @@ class EncryptedFileStore(Store):
         )
 
 
+class _Guarded:
+    """The cross-process lock, with an OS error while taking it as :class:`StoreError`.
+
+    (A read-only file system lets the cache be read, but the lock file cannot be made.)
+    """
+
+    def __init__(self, lock: CrossProcessLock, store: EncryptedFileStore) -> None:
+        self.lock = lock
+        self.path = lock.path
+        self.store = store
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock now."""
+        return self.lock.held
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lock, name)  # timeout, and whatever else the lock offers
+
+    def __enter__(self) -> CrossProcessLock:
+        try:
+            held = self.lock.__enter__()
+        except CacheError:  # LockTimeoutError is an OSError too
+            raise
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot take the token-cache lock {self.path}: {exc.strerror}. The cache "
+                "can be read but not written here; check the directory (read-only file "
+                "system? permissions?)."
+            ) from None
+        self.store._locked += 1
+        return held
+
+    def __exit__(self, *exc: object) -> None:
+        self.store._locked -= 1
+        self.lock.__exit__(None, None, None)
+
+
+_stores: weakref.WeakSet[EncryptedFileStore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # A lock object inherited from the parent describes the parent's lock state: the
+    # child gets its own. Kept descriptors stay valid (reads use pread).
+    for store in list(_stores):
+        store._lock = CrossProcessLock(store._lock.path, store._lock.timeout)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 def _apply(data: bytes, changes: list[bytes]) -> bytes:
     """The whole cache ``data`` with journal ``changes`` applied."""
     if not changes:
         return data
     import json
 
-    state = json.loads(data)
+    state = parse_json(data, "the cache snapshot")
     for change in changes:
-        apply_delta(state, json.loads(change))
+        apply_delta(state, parse_json(change, "a journal record"))
     return json.dumps(state, separators=(",", ":")).encode()
