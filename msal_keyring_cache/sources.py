@@ -36,8 +36,15 @@ from typing import Any, Callable, Optional, TypeVar
 
 from .cache import PersistentTokenCache
 from .config import DEFAULT_ENV_PREFIX, Settings
-from .errors import BackendUnavailableError, CorruptCacheError, LockTimeoutError, StoreError
+from .errors import (
+    BackendUnavailableError,
+    ConfigError,
+    CorruptCacheError,
+    LockTimeoutError,
+    StoreError,
+)
 from .factory import build_store
+from .stores.base import validate_cache
 
 __all__ = [
     "Migration",
@@ -127,14 +134,6 @@ _KEY_FIELDS = (
     "home_account_id", "environment", "client_id", "realm", "target", "ext_cache_key",
     "credential_type", "family_id", "username", "authority_type",
 )  # fmt: skip
-_REQUIRED = {
-    "AccessToken": ("secret", "expires_on"),
-    "RefreshToken": ("secret",),
-    "IdToken": ("secret",),
-    "Account": ("home_account_id", "environment"),
-    "AppMetadata": ("client_id", "environment"),
-}
-_TIMES = ("expires_on", "extended_expires_on", "refresh_on", "cached_at")
 
 
 def parse_cache(text: str, where: str = "the data") -> dict[str, Any]:
@@ -150,54 +149,12 @@ def parse_cache(text: str, where: str = "the data") -> dict[str, Any]:
         raise CorruptCacheError(
             f"{where} is not JSON, so it is not an msal token cache; nothing was imported."
         ) from None
-    if not isinstance(doc, dict):
-        raise CorruptCacheError(
-            f"{where} is not an msal token cache (expected a JSON object of credential "
-            "types); nothing was imported."
-        )
-    for kind in _KINDS:
-        table = doc.get(kind, {})
-        if not isinstance(table, dict):
-            raise CorruptCacheError(
-                f"{where}: {kind} is not a JSON object of entries; nothing was imported."
-            )
-        for key, entry in table.items():
-            problem = _entry_problem(kind, entry)
-            if problem:
-                shown = key if len(key) <= 120 else key[:117] + "..."
-                raise CorruptCacheError(
-                    f"{where}: entry {kind}[{shown!r}] {problem}; nothing was imported. "
-                    "Fix or remove that entry, or sign in again instead of importing."
-                )
-    return doc
-
-
-def _entry_problem(kind: str, entry: Any) -> Optional[str]:
-    if not isinstance(entry, dict):
-        return f"is a JSON {type(entry).__name__}, not an object"
-    for name in _REQUIRED[kind]:
-        if name not in entry:
-            return f"has no {name!r} field"
-    for name in _KEY_FIELDS:
-        value = entry.get(name)
-        if value is not None and not isinstance(value, str):
-            return f"has a non-text {name!r} field"
-    if "secret" in entry and not isinstance(entry["secret"], str):
-        return "has a non-text 'secret' field"
-    for name in _TIMES:
-        if name in entry and not _is_time(entry[name]):
-            return f"has a {name!r} field that is not a whole number of seconds"
-    return None
-
-
-def _is_time(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        return False
     try:
-        int(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+        return validate_cache(doc, name_keys=True)
+    except ConfigError as exc:
+        raise CorruptCacheError(
+            f"{where}: {exc} Fix or remove that entry, or sign in again instead of importing."
+        ) from None
 
 
 def count_entries(doc: Mapping[str, Any]) -> int:

@@ -290,13 +290,13 @@ def test_non_regular_and_symlinked_sources_are_refused_without_blocking(tmp_path
 @pytest.mark.parametrize(
     ("doc", "named"),
     [
-        ({"RefreshToken": {"k1": "not an object"}}, "RefreshToken['k1'] is a JSON str"),
+        ({"RefreshToken": {"k1": "not an object"}}, "RefreshToken['k1'] is not an object"),
         ({"RefreshToken": {"k1": {}}}, "RefreshToken['k1'] has no 'secret'"),
         ({"AccessToken": {"a": {"secret": "s", "expires_on": "soon"}}}, "'expires_on'"),
         ({"AccessToken": {"a": {"secret": "s", "expires_on": "1", "target": 3}}}, "'target'"),
         ({"Account": {"x": {"home_account_id": "h"}}}, "has no 'environment'"),
-        ({"Account": []}, "Account is not a JSON object"),
-        ({"IdToken": {"i": {"secret": 5}}}, "non-text 'secret'"),
+        ({"Account": []}, "the 'Account' section is not an object"),
+        ({"IdToken": {"i": {"secret": 5}}}, "'secret' that is not text"),
     ],
 )
 def test_a_bad_entry_refuses_the_whole_import_and_is_named(doc: Any, named: str) -> None:

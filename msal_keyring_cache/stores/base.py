@@ -98,7 +98,7 @@ _REQUIRED = {
 }
 
 
-def validate_cache(doc: Any, *, complete: bool = True) -> dict[str, Any]:
+def validate_cache(doc: Any, *, complete: bool = True, name_keys: bool = False) -> dict[str, Any]:
     """Check that ``doc`` is an msal cache document msal can use; return it unchanged.
 
     Each of msal's credential types (``AccessToken``, ``RefreshToken``, ``IdToken``,
@@ -113,6 +113,8 @@ def validate_cache(doc: Any, *, complete: bool = True) -> dict[str, Any]:
     ``complete=False`` checks the shape only (objects, text, numbers) and not the required
     fields: :meth:`~msal_keyring_cache.PersistentTokenCache.deserialize` keeps msal's own
     contract that way (msal's test suite deserializes partial entries).
+    ``name_keys=True`` names a bad entry by its cache key (which holds account and client
+    ids, never a token) instead of its position: for files a user points ``migrate`` at.
     """
     if not isinstance(doc, dict):
         raise ConfigError("Not an msal token cache: expected a JSON object of credential types.")
@@ -123,12 +125,12 @@ def validate_cache(doc: Any, *, complete: bool = True) -> dict[str, Any]:
                 f"Not an msal token cache: the {kind!r} section is not an object of entries; "
                 "nothing was imported."
             )
-        for pos, entry in enumerate(entries.values(), 1):
+        for pos, (key, entry) in enumerate(entries.items(), 1):
             problem = _entry_problem(entry, required if complete else ())
             if problem:
+                shown = f"{kind}[{key[:117]!r}]" if name_keys else f"{kind} entry {pos}"
                 raise ConfigError(
-                    f"Not a usable msal token cache: {kind} entry {pos} {problem}; nothing "
-                    "was imported."
+                    f"Not a usable msal token cache: {shown} {problem}; nothing was imported."
                 )
     return doc
 
