@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .stores import Description, EncryptedFileStore, MemoryStore, Store
     from .stores.credential import KeyringStore
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BackendInfo",
