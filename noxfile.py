@@ -1,6 +1,9 @@
-"""Developer tasks: ``nox -s tests | lint | typecheck | docs | bench | compat``."""
+"""Developer tasks: ``nox -s tests | lint | typecheck | docs | release | bench | compat``."""
 
 from __future__ import annotations
+
+import tarfile
+from pathlib import Path
 
 import nox
 
@@ -22,7 +25,11 @@ def compat(session: nox.Session) -> None:
     """The fast tests on every supported Python (3.9–3.13)."""
     session.install("-e", ".[test]")
     session.run(
-        "pytest", "-m", "not slow and not secret_service and not redis", "-q", *session.posargs
+        "pytest",
+        "-m",
+        "not slow and not secret_service and not redis and not postgres",
+        "-q",
+        *session.posargs,
     )
 
 
@@ -51,6 +58,26 @@ def docs(session: nox.Session) -> None:
     session.install(".", "sphinx", "furo", "myst-parser", "pytest")  # pytest: the fixture's docs
     build = ["sphinx-build", "-W", "--keep-going", "-E", "-b", "html"]
     session.run(*build, "docs", "docs/_build/html", *session.posargs)
+
+
+@nox.session
+def release(session: nox.Session) -> None:
+    """Build the sdist and wheel, ``twine check`` them, and check the sdist carries the tests."""
+    session.install("build", "twine")
+    out = session.create_tmp()
+    session.run("python", "-m", "build", "--sdist", "--wheel", "--outdir", out, silent=True)
+    dists = sorted(str(p) for p in Path(out).iterdir() if p.suffix in {".gz", ".whl"})
+    session.run("twine", "check", "--strict", *dists)
+    sdist = next(p for p in dists if p.endswith(".tar.gz"))
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    needed = {"LICENSE", "CHANGELOG.md", "README.md", "noxfile.py", "tests/conftest.py",
+              "docs/index.md", "docs/conf.py", "examples/flask_app.py"}  # fmt: skip
+    missing = sorted(needed - names)
+    if missing:
+        session.error(f"the sdist lacks {', '.join(missing)}")
+    for dist in dists:
+        Path(dist).unlink()
 
 
 @nox.session
