@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,20 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory: Path, size: str = "1m") -> Iterator[Path]:
+    """A small tmpfs mounted at ``directory`` for a fault test (root only; fails under CI=true
+    when it cannot be mounted), unmounted after."""
+    directory.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
+        capture_output=True,
+        check=False,
+    )
+    require(done.returncode == 0, "cannot mount a tmpfs (needs root)")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)

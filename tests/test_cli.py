@@ -14,7 +14,7 @@ import pytest
 
 from msal_keyring_cache import build_cache, crypto, generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
-from tests.helpers import PYTHON, child_env
+from tests.helpers import PYTHON, child_env, mounted_tmpfs
 
 SCOPES = ["User.Read"]
 USERS = ("alice@example.com", "bob@example.com")
@@ -940,19 +940,8 @@ def test_demo_explains_the_protection_in_plain_words() -> None:
 @pytest.fixture
 def read_only_fs(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs the test mounts (root only), remounted read-only by the test."""
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted_tmpfs(tmp_path / "mnt", "2m") as mount:
+        yield mount
 
 
 def test_doctor_and_status_on_a_read_only_file_system(

@@ -37,7 +37,7 @@ from msal_keyring_cache import (
 from msal_keyring_cache.files import ensure_private_dir
 from msal_keyring_cache.stores.base import validate_cache
 from msal_keyring_cache.testing import LoopbackIdentityProvider
-from tests.helpers import PYTHON, require
+from tests.helpers import PYTHON, mounted_tmpfs
 
 DATA = Path(__file__).parent / "data"
 
@@ -65,17 +65,8 @@ def _refresh(app: Any, user: str) -> dict[str, Any]:
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted for this test (root only)."""
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-    )
-    require(done.returncode == 0, "cannot mount a tmpfs (needs root)")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(directory: Path) -> Path:
