@@ -219,8 +219,11 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 self._catch_up()
 
     def close(self) -> None:
-        """Release what the store holds open (files, connections)."""
+        """Release what the store and the :attr:`http_cache` hold open (files, connections)."""
         self.store.close()
+        close_http = getattr(self.http_cache, "close", None)
+        if callable(close_http):
+            close_http()
 
     # -- machinery ---------------------------------------------------------------
 

@@ -734,3 +734,28 @@ def test_hostile_files_are_refused_without_an_exception(tmp_path: Path, blob: by
 
 
 KEY = generate_key()
+
+
+def _open_files_under(directory: Path) -> list[str]:
+    """Paths under ``directory`` this process holds open (the kernel's view, /proc)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            found.append(target)
+    return found
+
+
+def test_closing_the_cache_closes_its_http_cache_too(
+    idp: LoopbackIdentityProvider, tmp_path: Path
+) -> None:
+    require(Path("/proc/self/fd").is_dir(), "no /proc on this system")
+    cache = sign_in(idp, file_options(tmp_path, generate_key()))
+    assert cache.http_cache is not None
+    assert len(cache.http_cache) > 0
+    assert any(p.endswith(".http") for p in _open_files_under(tmp_path))  # kept open to watch
+    cache.close()
+    assert not any(p.endswith(".http") for p in _open_files_under(tmp_path))
