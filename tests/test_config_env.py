@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 from msal_keyring_cache import CacheError, ConfigError, Settings, generate_key
 from msal_keyring_cache.config import DEFAULT_ENV_PREFIX, describe_settings
 
+#: web_* settings and the redis_* names that still set them (docs/configuration.md).
+OLD_NAMES = {"redis_url": "web_url", "redis_prefix": "web_prefix", "redis_ttl": "web_ttl",
+             "redis_timeout": "web_timeout"}  # fmt: skip
+
 KEY_A, KEY_B = generate_key(), generate_key()
 
 
@@ -232,6 +236,8 @@ def test_env_parsing_only_ever_raises_config_error(values: dict[str, str], prefi
     for name, raw in values.items():
         parsed = getattr(resolved, name)
         assert raw.replace("\0", "") not in BAD[name], f"{name}={raw!r} was accepted"
+        if any(new == name and values.get(old, "").strip() for old, new in OLD_NAMES.items()):
+            continue  # its old redis_* name is set too: that value may stand in for it
         if not raw.strip():
             assert parsed == getattr(Settings(), name)  # empty means not set
             continue
@@ -246,3 +252,10 @@ def test_env_parsing_only_ever_raises_config_error(values: dict[str, str], prefi
             prefix, environ={env_name(name, prefix): environ[env_name(name, prefix)]}
         )
         assert getattr(alone, name) == parsed
+
+
+def test_an_old_redis_name_stands_in_for_an_unset_web_setting() -> None:
+    environ = {"MSAL_KEYRING_CACHE_REDIS_PREFIX": "old-name", "MSAL_KEYRING_CACHE_WEB_PREFIX": ""}
+    assert Settings.resolve(environ=environ).web_prefix == "old-name"
+    environ["MSAL_KEYRING_CACHE_WEB_PREFIX"] = "new-name"
+    assert Settings.resolve(environ=environ).web_prefix == "new-name"

@@ -111,6 +111,9 @@ class SqlBackend(Backend):
         self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, OSError)
         self._created = False
         self._create_lock = threading.Lock()
+        #: Set when the driver cannot bound its own waits (psycopg < 3.2's ``wait``, the
+        #: only psycopg on Python 3.9): each call then runs in a thread we stop waiting for.
+        self._wait_limit: Optional[float] = None
         # SQLite has one writer at a time: threads of this process queue here, in order,
         # instead of in SQLite's busy handler, which sleeps up to 100 ms between tries.
         self._write_lock: Optional[threading.Lock] = (
@@ -198,6 +201,10 @@ class SqlBackend(Backend):
             bounded = _bounded_psycopg(timeout)
             if bounded is not None:
                 sa.event.listen(engine, "do_connect", bounded)
+            else:
+                made = cls(engine, table=table, own=True)
+                made._wait_limit = 2 * timeout  # after the server's own timeouts
+                return made
         return cls(engine, table=table, own=True)
 
     def __repr__(self) -> str:
@@ -265,6 +272,18 @@ class SqlBackend(Backend):
     def _run(self, what: str, statement: Any, params: dict[str, Any], *,
              fetch: bool = False, integrity: bool = False) -> Any:  # fmt: skip
         """The first row (``fetch``) or the row count of ``statement``; StoreError on failure."""
+        if self._wait_limit is None:
+            return self._run_here(what, statement, params, fetch=fetch, integrity=integrity)
+        return _abandon_after(
+            self._wait_limit,
+            lambda: self._run_here(what, statement, params, fetch=fetch, integrity=integrity),
+            f"The {self.dialect} database did not answer within {self._wait_limit:g} s while "
+            f"{what}; the request was abandoned. Check that the server is up and not "
+            "overloaded, or raise the web timeout (…_WEB_TIMEOUT).",
+        )
+
+    def _run_here(self, what: str, statement: Any, params: dict[str, Any], *,
+                  fetch: bool = False, integrity: bool = False) -> Any:  # fmt: skip
         if not self._created:
             self._ensure_table()
         lock = None if statement is self._select else self._write_lock
@@ -348,6 +367,31 @@ def _insert(table: Any, dialect: str) -> tuple[Any, bool]:
 
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=["name"]), True
     return table.insert(), False
+
+
+def _abandon_after(limit: float, fn: Callable[[], T], message: str) -> T:
+    """``fn()`` in a worker thread; a :class:`StoreError` with ``message`` after ``limit`` s.
+
+    The abandoned thread ends when the server answers or the connection breaks; its
+    connection goes back to the pool then (or is dropped, if broken).
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="msal-keyring-cache-sql", daemon=True).start()
+    if not done.wait(limit):
+        raise StoreError(message)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
 
 
 def _bounded_psycopg(timeout: float) -> Optional[Callable[..., Any]]:
