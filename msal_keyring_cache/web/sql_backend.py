@@ -203,7 +203,8 @@ class SqlBackend(Backend):
                 sa.event.listen(engine, "do_connect", bounded)
             else:
                 made = cls(engine, table=table, own=True)
-                made._wait_limit = 2 * timeout  # after the server's own timeouts
+                # After libpq's own timeouts (connect: at least 2 s), whose errors say more.
+                made._wait_limit = 2 * max(timeout, 2.0) + 1.0
                 return made
         return cls(engine, table=table, own=True)
 
