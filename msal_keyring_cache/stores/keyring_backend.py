@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import threading
 from typing import Any, Callable, Optional, TypeVar
 
 from ..errors import (
@@ -18,6 +17,7 @@ from ..errors import (
     KeyringTimeoutError,
     StoreError,
 )
+from ..waits import abandon_after
 
 __all__ = [
     "REMEMBERED",
@@ -110,28 +110,17 @@ def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
             f"The keyring timeout must be a positive number of seconds, not {timeout!r} "
             "(…_KEYRING_TIMEOUT): every credential-store call is bounded."
         )
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="msal-keyring-cache-keyring", daemon=True).start()
-    if not done.wait(timeout):
-        raise KeyringTimeoutError(
+    return abandon_after(
+        timeout,
+        fn,
+        lambda: KeyringTimeoutError(
             f"The OS credential store did not answer ({what}) within {timeout:g} s, so the "
             "call was abandoned. It may be waiting for an unlock prompt, or its D-Bus service "
             "may be hung. Unlock the keyring, raise the keyring timeout (…_KEYRING_TIMEOUT), "
             "or use the encrypted file (…_BACKEND=file)."
-        )
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+        ),
+        "msal-keyring-cache-keyring",
+    )
 
 
 def translate(exc: BaseException, what: str, keyring_name: str) -> CacheError:

@@ -26,6 +26,7 @@ from typing import Any, Callable, ClassVar, Optional, TypeVar
 
 from ..config import redact
 from ..errors import ConfigError, StoreError
+from ..waits import abandon_after
 from .base import Backend, Record
 
 __all__ = ["DEFAULT_TABLE", "SqlBackend", "ddl", "define_table"]
@@ -275,12 +276,16 @@ class SqlBackend(Backend):
         """The first row (``fetch``) or the row count of ``statement``; StoreError on failure."""
         if self._wait_limit is None:
             return self._run_here(what, statement, params, fetch=fetch, integrity=integrity)
-        return _abandon_after(
-            self._wait_limit,
+        limit = self._wait_limit
+        return abandon_after(
+            limit,
             lambda: self._run_here(what, statement, params, fetch=fetch, integrity=integrity),
-            f"The {self.dialect} database did not answer within {self._wait_limit:g} s while "
-            f"{what}; the request was abandoned. Check that the server is up and not "
-            "overloaded, or raise the web timeout (…_WEB_TIMEOUT).",
+            lambda: StoreError(
+                f"The {self.dialect} database did not answer within {limit:g} s while "
+                f"{what}; the request was abandoned. Check that the server is up and not "
+                "overloaded, or raise the web timeout (…_WEB_TIMEOUT)."
+            ),
+            "msal-keyring-cache-sql",
         )
 
     def _run_here(self, what: str, statement: Any, params: dict[str, Any], *,
@@ -368,31 +373,6 @@ def _insert(table: Any, dialect: str) -> tuple[Any, bool]:
 
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=["name"]), True
     return table.insert(), False
-
-
-def _abandon_after(limit: float, fn: Callable[[], T], message: str) -> T:
-    """``fn()`` in a worker thread; a :class:`StoreError` with ``message`` after ``limit`` s.
-
-    The abandoned thread ends when the server answers or the connection breaks; its
-    connection goes back to the pool then (or is dropped, if broken).
-    """
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="msal-keyring-cache-sql", daemon=True).start()
-    if not done.wait(limit):
-        raise StoreError(message)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
 
 
 def _bounded_psycopg(timeout: float) -> Optional[Callable[..., Any]]:
