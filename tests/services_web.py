@@ -9,11 +9,16 @@ the library (raw Redis commands, SQL through psycopg/sqlite3, the database files
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import msal
 import pytest
+
+from msal_keyring_cache.testing import LoopbackIdentityProvider
+from msal_keyring_cache.web import UserCaches
 
 STORES = [
     pytest.param("redis", marks=pytest.mark.redis),
@@ -182,3 +187,26 @@ def make_web_store(name: str, request: pytest.FixtureRequest, tmp_path: Path) ->
     path = tmp_path / "web" / "tokens.db"
     path.parent.mkdir()
     return WebStore("sqlite", f"sqlite:///{path}", path=path)
+
+
+AT = msal.TokenCache.CredentialType.ACCESS_TOKEN
+ACCOUNT = msal.TokenCache.CredentialType.ACCOUNT
+
+
+def new_prefix() -> str:
+    """A fresh app prefix, so tests sharing a server never see each other's users."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def sign_in(idp: LoopbackIdentityProvider, cache: Any, user: str, scope: str) -> dict[str, Any]:
+    """A real username/password sign-in into ``cache``; its result."""
+    app = idp.confidential_app(token_cache=cache)
+    result: dict[str, Any] = app.acquire_token_by_username_password(user, "pw", scopes=[scope])
+    assert "access_token" in result, result.get("error_description")
+    return result
+
+
+def scopes(caches: UserCaches, user: str) -> set[str]:
+    """The scopes of ``user``'s stored access tokens."""
+    with caches.for_user(user) as cache:
+        return {entry["target"] for entry in cache.search(AT)}

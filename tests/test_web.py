@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 import threading
-import uuid
 from typing import Any
 
 import msal
@@ -16,27 +15,9 @@ from msal_keyring_cache import ConfigError, StoreError
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches, three_way_merge
 from tests.helpers import ROOT
+from tests.services_web import ACCOUNT, AT, new_prefix, scopes, sign_in
 
 pytestmark = pytest.mark.redis
-
-AT = msal.TokenCache.CredentialType.ACCESS_TOKEN
-ACCOUNT = msal.TokenCache.CredentialType.ACCOUNT
-
-
-def _prefix() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
-
-def _sign_in(idp: LoopbackIdentityProvider, cache: Any, user: str, scope: str) -> dict[str, Any]:
-    app = idp.confidential_app(token_cache=cache)
-    result: dict[str, Any] = app.acquire_token_by_username_password(user, "pw", scopes=[scope])
-    assert "access_token" in result, result.get("error_description")
-    return result
-
-
-def _scopes(caches: UserCaches, user: str) -> set[str]:
-    with caches.for_user(user) as cache:
-        return {entry["target"] for entry in cache.search(AT)}
 
 
 def _stored(backend: Any, prefix: str) -> dict[str, dict[bytes, bytes]]:
@@ -57,7 +38,7 @@ def test_a_key_of_another_shape_is_an_empty_cache(
     damage: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caches = redis_backend.caches(key, prefix=_prefix())
+    caches = redis_backend.caches(key, prefix=new_prefix())
     name = caches.key_name("dave")
     client = redis_backend.client()
     if damage == "wrong-type":
@@ -68,18 +49,18 @@ def test_a_key_of_another_shape_is_an_empty_cache(
     caplog.set_level(logging.WARNING, logger="msal_keyring_cache.web")
     with caches.for_user("dave") as cache:
         assert list(cache.search(AT)) == []
-        _sign_in(idp, cache, "dave@example.com", "api://loopback/fresh")
+        sign_in(idp, cache, "dave@example.com", "api://loopback/fresh")
     assert caches.stats.corrupt == 1
     assert name in caplog.text
-    assert _scopes(caches, "dave") == {"api://loopback/fresh"}
+    assert scopes(caches, "dave") == {"api://loopback/fresh"}
 
 
 def test_ttl_is_set_and_refreshed_on_write(
     redis_backend: Any, idp: LoopbackIdentityProvider, key: str
 ) -> None:
-    caches = redis_backend.caches(key, prefix=_prefix(), ttl=1000)
+    caches = redis_backend.caches(key, prefix=new_prefix(), ttl=1000)
     with caches.for_user("erin") as cache:
-        _sign_in(idp, cache, "erin@example.com", "api://loopback/one")
+        sign_in(idp, cache, "erin@example.com", "api://loopback/one")
     client = redis_backend.client()
     name = caches.key_name("erin")
     assert 990 <= client.ttl(name) <= 1000
@@ -88,7 +69,7 @@ def test_ttl_is_set_and_refreshed_on_write(
         assert len(list(cache.search(AT))) == 1
     assert client.ttl(name) <= 50
     with caches.for_user("erin") as cache:
-        _sign_in(idp, cache, "erin@example.com", "api://loopback/two")
+        sign_in(idp, cache, "erin@example.com", "api://loopback/two")
     assert 990 <= client.ttl(name) <= 1000
     client.close()
 
@@ -119,12 +100,12 @@ def test_redis_stopped_gives_a_clear_store_error(
     service = redis_launcher(cluster=cluster)
     caches = UserCaches.from_url(service.url, key=key, cluster=cluster, timeout=1)
     with caches.for_user("frank") as cache:
-        _sign_in(idp, cache, "frank@example.com", "api://loopback/before")
+        sign_in(idp, cache, "frank@example.com", "api://loopback/before")
 
     def save_after_stop() -> None:
         with caches.for_user("frank") as cache:
             service.stop()  # dies between this request's load and its save
-            _sign_in(idp, cache, "frank@example.com", "api://loopback/during")
+            sign_in(idp, cache, "frank@example.com", "api://loopback/during")
 
     error = _fails_cleanly(save_after_stop)
     assert "Redis failed while saving" in str(error)
@@ -239,7 +220,7 @@ def test_data_written_by_0_1_0_stays_readable(
         assert {e["target"] for e in cache.state()["AccessToken"].values()} == {old["scope"]}
         assert [a["username"] for a in cache.search(ACCOUNT)] == [old["username"]]
         assert len(list(cache.search(msal.TokenCache.CredentialType.REFRESH_TOKEN))) == 1
-        _sign_in(idp, cache, old["username"], "api://loopback/new")
+        sign_in(idp, cache, old["username"], "api://loopback/new")
     stored = client.hgetall(old["name"])
     assert set(stored) == {b"v", b"d"}  # still the 0.1.0 layout: a hash of v and d
     assert stored[b"v"] != old["v"].encode()
@@ -264,12 +245,12 @@ def test_missing_redis_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch, 
 def test_nothing_secret_in_logs(
     redis_server: Any, idp: LoopbackIdentityProvider, key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caches = UserCaches.from_url(redis_server.url, key=key, prefix=_prefix())
+    caches = UserCaches.from_url(redis_server.url, key=key, prefix=new_prefix())
     with caplog.at_level(logging.DEBUG):
         with caches.for_user("ivan@example.com") as cache:
-            _sign_in(idp, cache, "ivan@example.com", "api://loopback/log")
+            sign_in(idp, cache, "ivan@example.com", "api://loopback/log")
         caches.client.hset(caches.key_name("ivan@example.com"), "d", b"damaged")
-        assert _scopes(caches, "ivan@example.com") == set()
+        assert scopes(caches, "ivan@example.com") == set()
     assert "treating this user's cache as empty" in caplog.text
     for secret in [*idp.issued, key]:
         assert secret not in caplog.text
@@ -297,7 +278,7 @@ def test_one_cluster_node_down_fails_only_its_users(
     alive = next(u for u in users if owner[u] != down)
     for user in (users[0], alive):
         with caches.for_user(user) as cache:
-            _sign_in(idp, cache, f"{user}@example.com", "api://loopback/node")
+            sign_in(idp, cache, f"{user}@example.com", "api://loopback/node")
     next(n for n in cluster.nodes if n.port == down).stop()
 
     def load_dead() -> None:
@@ -305,4 +286,4 @@ def test_one_cluster_node_down_fails_only_its_users(
             pass
 
     _fails_cleanly(load_dead)
-    assert _scopes(caches, alive) == {"api://loopback/node"}  # other slots keep working
+    assert scopes(caches, alive) == {"api://loopback/node"}  # other slots keep working

@@ -12,42 +12,21 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import msal
 import pytest
 
 from msal_keyring_cache import StoreError, generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from msal_keyring_cache.web import UserCaches
 from tests.helpers import PYTHON, ROOT, child_env
-from tests.services_web import STORES, WebStore
-
-AT = msal.TokenCache.CredentialType.ACCESS_TOKEN
-ACCOUNT = msal.TokenCache.CredentialType.ACCOUNT
-
-
-def _prefix() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
-
-def _sign_in(idp: LoopbackIdentityProvider, cache: Any, user: str, scope: str) -> dict[str, Any]:
-    app = idp.confidential_app(token_cache=cache)
-    result: dict[str, Any] = app.acquire_token_by_username_password(user, "pw", scopes=[scope])
-    assert "access_token" in result, result.get("error_description")
-    return result
-
-
-def _scopes(caches: UserCaches, user: str) -> set[str]:
-    with caches.for_user(user) as cache:
-        return {entry["target"] for entry in cache.search(AT)}
+from tests.services_web import ACCOUNT, AT, STORES, WebStore, new_prefix, scopes, sign_in
 
 
 @pytest.fixture
 def caches(web_store: WebStore, key: str) -> Iterator[UserCaches]:
-    made = web_store.caches(key, prefix=_prefix())
+    made = web_store.caches(key, prefix=new_prefix())
     yield made
     made.close()
 
@@ -63,7 +42,7 @@ def test_concurrent_requests_of_one_user_keep_every_token(
         try:
             with caches.for_user("alice") as cache:
                 barrier.wait()  # every request has loaded the same state before any saves
-                _sign_in(idp, cache, "alice@example.com", f"api://loopback/s{index}")
+                sign_in(idp, cache, "alice@example.com", f"api://loopback/s{index}")
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -73,7 +52,7 @@ def test_concurrent_requests_of_one_user_keep_every_token(
     for thread in threads:
         thread.join(120)
     assert not errors
-    assert _scopes(caches, "alice") == {f"api://loopback/s{i}" for i in range(count)}
+    assert scopes(caches, "alice") == {f"api://loopback/s{i}" for i in range(count)}
     assert caches.stats.saves == count
     assert caches.stats.conflicts >= count - 1  # the merge path really ran
     with caches.for_user("alice") as cache:
@@ -106,7 +85,7 @@ print(caches.stats.saves, caches.stats.conflicts)
 def test_concurrent_processes_of_one_user_keep_every_token(
     web_store: WebStore, idp: LoopbackIdentityProvider, key: str
 ) -> None:
-    prefix = _prefix()
+    prefix = new_prefix()
     args = [web_store.url, "1" if web_store.cluster else "0", key, prefix, str(idp.port)]
     procs = [
         subprocess.Popen(
@@ -122,7 +101,7 @@ def test_concurrent_processes_of_one_user_keep_every_token(
     assert saves == 20
     caches = web_store.caches(key, prefix=prefix)
     expected = {f"api://loopback/p{n}-{i}" for n in range(4) for i in range(5)}
-    assert _scopes(caches, "carol") == expected
+    assert scopes(caches, "carol") == expected
     caches.close()
 
 
@@ -131,14 +110,14 @@ def test_users_are_isolated_and_sign_out_deletes_only_one(
 ) -> None:
     for user in ("alice", "bob"):
         with caches.for_user(user) as cache:
-            _sign_in(idp, cache, f"{user}@example.com", f"api://loopback/{user}")
+            sign_in(idp, cache, f"{user}@example.com", f"api://loopback/{user}")
     for user in ("alice", "bob"):
         with caches.for_user(user) as cache:
             assert [a["username"] for a in cache.search(ACCOUNT)] == [f"{user}@example.com"]
     assert caches.delete_user("alice") is True
     assert caches.delete_user("alice") is False
-    assert _scopes(caches, "alice") == set()
-    assert _scopes(caches, "bob") == {"api://loopback/bob"}
+    assert scopes(caches, "alice") == set()
+    assert scopes(caches, "bob") == {"api://loopback/bob"}
 
 
 def test_nothing_readable_at_rest(
@@ -148,7 +127,7 @@ def test_nothing_readable_at_rest(
     users = ["alice@example.com", "bob@example.com"]
     for user in users:
         with caches.for_user(user) as cache:
-            _sign_in(idp, cache, user, "api://loopback/rest")
+            sign_in(idp, cache, user, "api://loopback/rest")
     assert web_store.names(caches.prefix) == {caches.key_name(u) for u in users}
     dump = web_store.dump()
     assert caches.key_name(users[0]).encode() in dump  # the dump really holds the records
@@ -169,32 +148,35 @@ def test_a_value_copied_onto_another_user_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caches.for_user("alice") as cache:
-        _sign_in(idp, cache, "alice@example.com", "api://loopback/mine")
+        sign_in(idp, cache, "alice@example.com", "api://loopback/mine")
     with caches.for_user("bob") as cache:
-        _sign_in(idp, cache, "bob@example.com", "api://loopback/bobs")
+        sign_in(idp, cache, "bob@example.com", "api://loopback/bobs")
     web_store.put(caches.key_name("bob"), web_store.get(caches.key_name("alice")))
     with caplog.at_level(logging.WARNING, logger="msal_keyring_cache.web"):
-        assert _scopes(caches, "bob") == set()  # never Alice's tokens
+        assert scopes(caches, "bob") == set()  # never Alice's tokens
     assert caches.stats.refused == 1
     assert "belongs to another user" in caplog.text
-    assert _scopes(caches, "alice") == {"api://loopback/mine"}
+    assert scopes(caches, "alice") == {"api://loopback/mine"}
     with caches.for_user("bob") as cache:  # Bob signs in again: his cache is replaced
-        _sign_in(idp, cache, "bob@example.com", "api://loopback/again")
-    assert _scopes(caches, "bob") == {"api://loopback/again"}
+        sign_in(idp, cache, "bob@example.com", "api://loopback/again")
+    assert scopes(caches, "bob") == {"api://loopback/again"}
 
 
 def test_a_value_copied_between_two_apps_sharing_a_key_is_refused(
     web_store: WebStore, idp: LoopbackIdentityProvider, key: str
 ) -> None:
-    first, second = web_store.caches(key, prefix=_prefix()), web_store.caches(key, prefix=_prefix())
+    first, second = (
+        web_store.caches(key, prefix=new_prefix()),
+        web_store.caches(key, prefix=new_prefix()),
+    )
     with first.for_user("alice") as cache:
-        _sign_in(idp, cache, "alice@example.com", "api://loopback/first-app")
+        sign_in(idp, cache, "alice@example.com", "api://loopback/first-app")
     with second.for_user("alice") as cache:
-        _sign_in(idp, cache, "alice@example.com", "api://loopback/second-app")
+        sign_in(idp, cache, "alice@example.com", "api://loopback/second-app")
     web_store.put(second.key_name("alice"), web_store.get(first.key_name("alice")))
-    assert _scopes(second, "alice") == set()  # the first app's tokens are not served here
+    assert scopes(second, "alice") == set()  # the first app's tokens are not served here
     assert second.stats.refused == 1
-    assert _scopes(first, "alice") == {"api://loopback/first-app"}
+    assert scopes(first, "alice") == {"api://loopback/first-app"}
     first.close()
     second.close()
 
@@ -204,12 +186,12 @@ def test_a_token_acquired_in_a_block_that_raises_is_saved(
 ) -> None:
     def request() -> None:
         with caches.for_user("dan") as cache:
-            _sign_in(idp, cache, "dan@example.com", "api://loopback/rotated")
+            sign_in(idp, cache, "dan@example.com", "api://loopback/rotated")
             raise RuntimeError("the request failed after the token was acquired")
 
     with pytest.raises(RuntimeError, match="after the token"):
         request()
-    assert _scopes(caches, "dan") == {"api://loopback/rotated"}
+    assert scopes(caches, "dan") == {"api://loopback/rotated"}
     assert caches.stats.saves == 1
 
 
@@ -217,7 +199,7 @@ def test_a_read_only_request_does_not_write(
     caches: UserCaches, idp: LoopbackIdentityProvider
 ) -> None:
     with caches.for_user("erin") as cache:
-        _sign_in(idp, cache, "erin@example.com", "api://loopback/one")
+        sign_in(idp, cache, "erin@example.com", "api://loopback/one")
     for _ in range(3):
         with caches.for_user("erin") as cache:
             app = idp.confidential_app(token_cache=cache)
@@ -235,7 +217,7 @@ def test_a_damaged_value_is_an_empty_cache(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caches.for_user("dave") as cache:
-        _sign_in(idp, cache, "dave@example.com", "api://loopback/old")
+        sign_in(idp, cache, "dave@example.com", "api://loopback/old")
     from cryptography.fernet import Fernet
 
     value = b"gAAAA-not-fernet" if damage == "garbage" else Fernet(generate_key()).encrypt(b"{}")
@@ -243,10 +225,10 @@ def test_a_damaged_value_is_an_empty_cache(
     caplog.set_level(logging.WARNING, logger="msal_keyring_cache.web")
     with caches.for_user("dave") as cache:
         assert list(cache.search(AT)) == []
-        _sign_in(idp, cache, "dave@example.com", "api://loopback/fresh")
+        sign_in(idp, cache, "dave@example.com", "api://loopback/fresh")
     assert caches.stats.corrupt == 1
     assert caches.key_name("dave") in caplog.text
-    assert _scopes(caches, "dave") == {"api://loopback/fresh"}
+    assert scopes(caches, "dave") == {"api://loopback/fresh"}
 
 
 def test_an_expired_record_is_empty_and_purged(
@@ -254,34 +236,34 @@ def test_an_expired_record_is_empty_and_purged(
 ) -> None:
     for user in ("old", "new"):
         with caches.for_user(user) as cache:
-            _sign_in(idp, cache, f"{user}@example.com", f"api://loopback/{user}")
+            sign_in(idp, cache, f"{user}@example.com", f"api://loopback/{user}")
     web_store.expire(caches.key_name("old"))
-    assert _scopes(caches, "old") == set()
+    assert scopes(caches, "old") == set()
     purged = caches.purge_expired()
     assert purged == (1 if web_store.sql else 0)  # Redis deletes expired keys by itself
     assert web_store.names(caches.prefix) == {caches.key_name("new")}
     assert caches.purge_expired() == 0
     with caches.for_user("old") as cache:  # signs in again: a new record
-        _sign_in(idp, cache, "old@example.com", "api://loopback/again")
-    assert _scopes(caches, "old") == {"api://loopback/again"}
-    assert _scopes(caches, "new") == {"api://loopback/new"}
+        sign_in(idp, cache, "old@example.com", "api://loopback/again")
+    assert scopes(caches, "old") == {"api://loopback/again"}
+    assert scopes(caches, "new") == {"api://loopback/new"}
 
 
 def test_key_rotation_re_encrypts_and_moves_on_next_use(
     web_store: WebStore, idp: LoopbackIdentityProvider
 ) -> None:
-    old, new, prefix = generate_key(), generate_key(), _prefix()
+    old, new, prefix = generate_key(), generate_key(), new_prefix()
     before = web_store.caches(old, prefix=prefix)
     with before.for_user("hana") as cache:
-        _sign_in(idp, cache, "hana@example.com", "api://loopback/kept")
+        sign_in(idp, cache, "hana@example.com", "api://loopback/kept")
     rotating = web_store.caches([new, old], prefix=prefix)
-    assert _scopes(rotating, "hana") == {"api://loopback/kept"}
+    assert scopes(rotating, "hana") == {"api://loopback/kept"}
     assert rotating.stats.migrated == 1
     assert web_store.names(prefix) == {rotating.key_name("hana")}
     after = web_store.caches(new, prefix=prefix)
-    assert _scopes(after, "hana") == {"api://loopback/kept"}
+    assert scopes(after, "hana") == {"api://loopback/kept"}
     assert after.stats.migrated == 0
-    assert _scopes(before, "hana") == set()  # the old key alone no longer finds it
+    assert scopes(before, "hana") == set()  # the old key alone no longer finds it
     for made in (before, rotating, after):
         made.close()
 
@@ -294,11 +276,11 @@ def test_connections_killed_between_load_and_save_lose_nothing(
     web_store: WebStore, caches: UserCaches, idp: LoopbackIdentityProvider
 ) -> None:
     with caches.for_user("ken") as cache:
-        _sign_in(idp, cache, "ken@example.com", "api://loopback/before")
+        sign_in(idp, cache, "ken@example.com", "api://loopback/before")
     with caches.for_user("ken") as cache:
         assert web_store.kill_connections() >= 1  # the pooled connection this request used
-        _sign_in(idp, cache, "ken@example.com", "api://loopback/during")
-    assert _scopes(caches, "ken") == {"api://loopback/before", "api://loopback/during"}
+        sign_in(idp, cache, "ken@example.com", "api://loopback/during")
+    assert scopes(caches, "ken") == {"api://loopback/before", "api://loopback/during"}
 
 
 def _silent_listener() -> socket.socket:

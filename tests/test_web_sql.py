@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msal
 import pytest
 
 from msal_keyring_cache import ConfigError, StoreError
@@ -22,8 +21,7 @@ from msal_keyring_cache.web import UserCaches
 from msal_keyring_cache.web.sql_backend import ddl, define_table
 from tests.helpers import PYTHON, child_env
 from tests.services_postgres import require_sql
-
-AT = msal.TokenCache.CredentialType.ACCESS_TOKEN
+from tests.services_web import AT, scopes
 
 
 @pytest.fixture(autouse=True)
@@ -35,11 +33,6 @@ def _sign_in(idp: LoopbackIdentityProvider, cache: Any, user: str, scope: str) -
     app = idp.confidential_app(token_cache=cache)
     result = app.acquire_token_by_username_password(user, "pw", scopes=[scope])
     assert "access_token" in result
-
-
-def _scopes(caches: UserCaches, user: str) -> set[str]:
-    with caches.for_user(user) as cache:
-        return {entry["target"] for entry in cache.search(AT)}
 
 
 def test_sqlite_file_is_wal_private_to_the_table_and_documented_ddl_matches(
@@ -93,7 +86,7 @@ def test_from_engine_uses_the_apps_engine_and_leaves_it_open(
     with engine.connect() as conn:  # still usable: not disposed by close()
         assert conn.execute(sa.text("SELECT count(*) FROM msal_keyring_cache")).scalar() == 1
     again = UserCaches.from_engine(engine, key=key, prefix="mine")
-    assert _scopes(again, "bea") == {"api://loopback/bea"}
+    assert scopes(again, "bea") == {"api://loopback/bea"}
     with pytest.raises(ConfigError, match="Engine"):
         UserCaches.from_engine("sqlite:///x.db", key=key)
 
@@ -125,7 +118,7 @@ def test_sqlite_locked_by_another_writer_is_a_store_error_within_the_timeout(
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert _scopes(caches, "cal") == {"api://loopback/first"}  # nothing half-written
+    assert scopes(caches, "cal") == {"api://loopback/first"}  # nothing half-written
 
 
 KILLED_WRITER = """
@@ -164,10 +157,10 @@ def test_a_writer_killed_mid_save_loses_nothing(
                           env=child_env(), capture_output=True, timeout=60)  # fmt: skip
     assert done.returncode == -signal.SIGKILL
     assert b"written" in done.stdout
-    assert _scopes(caches, "kim") == {"api://loopback/kept"}  # the half-write never landed
+    assert scopes(caches, "kim") == {"api://loopback/kept"}  # the half-write never landed
     with caches.for_user("kim") as cache:  # and the next save works
         _sign_in(idp, cache, "kim@example.com", "api://loopback/next")
-    assert _scopes(caches, "kim") == {"api://loopback/kept", "api://loopback/next"}
+    assert scopes(caches, "kim") == {"api://loopback/kept", "api://loopback/next"}
     assert caches.stats.corrupt == 0
     caches.close()
 
@@ -192,7 +185,7 @@ def test_postgres_row_lock_is_bounded_by_the_timeout(
     finally:
         holder.rollback()
         holder.close()
-    assert _scopes(caches, "lou") == {"api://loopback/first"}
+    assert scopes(caches, "lou") == {"api://loopback/first"}
     caches.close()
 
 
@@ -366,7 +359,7 @@ def test_a_frozen_postgres_server_is_a_store_error_within_the_timeout(
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
-    assert _scopes(caches, "fay") == {"api://loopback/before"}  # fine again once it answers
+    assert scopes(caches, "fay") == {"api://loopback/before"}  # fine again once it answers
     caches.close()
 
 
