@@ -434,10 +434,11 @@ def test_no_token_text_in_the_http_cache_or_the_logs(
             _Raw(200, json.dumps({"access_token": idp.issued[-1]}), {"Retry-After": "30"})
         )
         expiring = msal.throttled_http_client.ExpiringMapping(mapping=cache.http_cache)
-        expiring.set("POST https://127.0.0.1/t hash=2 429/5xx/Retry-After", token_answer, 30)
+        answer_key = "POST https://127.0.0.1/token-answer hash=x 429/5xx/Retry-After"
+        expiring.set(answer_key, token_answer, 30)
         index = fresh(cache)["_index_"]
     assert any(k.startswith("POST ") for k in index[1])  # the 429 was stored
-    assert not any("hash=2" in k for k in index[1])  # the token answer was not
+    assert answer_key not in index[1]  # the token answer was not (msal's own keys carry a hex hash)
     plaintext = cache.http_cache.place.read()
     for token in idp.issued:
         assert token[:40] not in plaintext.decode()
