@@ -12,31 +12,29 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore(Store):
-    """The serialized cache in process memory; one store per cache (it tracks what it saw)."""
+    """The serialized cache in process memory; one store per cache.
+
+    Only its own cache writes to it, so it never changed behind that cache's back.
+    """
 
     backend = "memory"
 
     def __init__(self) -> None:
         super().__init__()
         self._data: Optional[bytes] = None
-        self._version = 0
-        self._seen = 0
         self._lock = threading.RLock()
 
     def load(self) -> Optional[bytes]:
         self.stats.loads += 1
-        self._seen = self._version
         return self._data
 
     def save(self, data: bytes) -> None:
         self.stats.saves += 1
         self._data = data
-        self._version += 1
-        self._seen = self._version
 
     def changed(self) -> bool:
         self.stats.checks += 1
-        return self._seen != self._version
+        return False
 
     def lock(self) -> threading.RLock:
         return self._lock
@@ -44,7 +42,6 @@ class MemoryStore(Store):
     def clear(self) -> None:
         with self._lock:
             self._data = None
-            self._version += 1
 
     def describe(self) -> Description:
         return Description(

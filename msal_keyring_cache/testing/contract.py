@@ -294,6 +294,30 @@ class StoreContract:
         store.clear()
         assert store.load() is None
 
+    def test_own_clear_is_not_a_change(self, store: Store) -> None:
+        with store.lock():
+            store.save(cache_json(alice=SECRET))
+        store.clear()
+        assert not store.changed()  # like its own save: the cache cleared its copy itself
+        assert store.read_changes() in ([], None)
+        assert store.load() is None
+
+    def test_describe_tells_whether_something_is_stored(self, store: Store) -> None:
+        # ``exists`` and ``size`` may be unknown (None) without a read, never wrong.
+        empty = store.describe()
+        assert empty.exists in (False, None)
+        assert empty.size in (0, None)
+        data = cache_json(alice=SECRET)
+        with store.lock():
+            store.save(data)
+        full = store.describe()
+        assert full.exists in (True, None)
+        assert full.size is None or full.size >= len(data) // 2
+        store.clear()
+        cleared = store.describe()
+        assert cleared.exists in (False, None)
+        assert cleared.size in (0, None)
+
     def test_clear_is_seen_by_another_instance(self, store: Store, other: Store) -> None:
         with store.lock():
             store.save(cache_json(alice=SECRET))
