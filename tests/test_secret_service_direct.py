@@ -1,0 +1,155 @@
+"""The kept Secret Service connection (direct reads and writes) on the real gnome-keyring.
+
+A store goes straight to the Secret Service only when the stamp file says keyring's
+SecretService backend wrote last AND nothing could make keyring choose or read differently
+(another backend named, one set by the application, a keyringrc.cfg, KEYRING_PROPERTY_*,
+no session bus). A locked collection is never taken for an empty one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import keyring.core
+import pytest
+
+from msal_keyring_cache import BackendUnavailableError
+from msal_keyring_cache.stores.credential import KeyringStore
+from tests.fakes import ScopedKeyring
+from tests.services_secret_service import SecretService
+from tests.test_keyring_store import memory_keyring  # noqa: F401 - the fixture, shared
+
+pytestmark = pytest.mark.secret_service
+
+DATA = json.dumps({"RefreshToken": {"k": {"secret": "direct-secret-0f3a"}}}).encode()
+
+
+@pytest.fixture
+def service(use_secret_service: SecretService) -> str:
+    return f"direct-{uuid.uuid4().hex[:8]}"
+
+
+def make(tmp_path: Path, service: str, **kwargs: Any) -> KeyringStore:
+    return KeyringStore(
+        service, "cache", lock_path=str(tmp_path / "ss.lock"), keyring_timeout=10, **kwargs
+    )
+
+
+def written(tmp_path: Path, service: str) -> KeyringStore:
+    """A store that saved DATA through the Secret Service (the stamp remembers it)."""
+    first = make(tmp_path, service)
+    with first.lock():
+        first.save(DATA)
+    first.close()
+    return make(tmp_path, service)
+
+
+def test_a_remembered_secret_service_is_read_directly(tmp_path: Path, service: str) -> None:
+    again = written(tmp_path, service)
+    again.resolve()
+    assert again.direct
+    assert again.describe().extra["direct_reads"] is True
+    assert again.load() == DATA
+    assert again.direct  # the read was the plain case: it stayed on the kept connection
+
+
+def test_direct_reads_also_when_keyring_is_not_told_anything(
+    tmp_path: Path, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = written(tmp_path, service)
+    writer.close()
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND")
+    again = make(tmp_path, service)
+    again.resolve()
+    assert again.direct
+    assert again.load() == DATA
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["another backend", "set_keyring", "keyring property", "no session bus", "keyringrc"],
+)
+def test_anything_that_changes_keyrings_choice_turns_direct_reads_off(
+    tmp_path: Path,
+    service: str,
+    monkeypatch: pytest.MonkeyPatch,
+    memory_keyring: type[ScopedKeyring],  # noqa: F811
+    change: str,
+) -> None:
+    written(tmp_path, service).close()
+    if change == "another backend":
+        monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "tests.fakes.ScopedKeyring")
+    elif change == "set_keyring":
+        monkeypatch.setattr(keyring.core, "_keyring_backend", ScopedKeyring())
+    elif change == "keyring property":
+        monkeypatch.setenv("KEYRING_PROPERTY_PREFERRED_COLLECTION", "/no/such/collection")
+    elif change == "no session bus":
+        monkeypatch.delenv("PYTHON_KEYRING_BACKEND")  # keyring's class, remembered, is used
+        monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS")
+    else:
+        config = tmp_path / "xdg-config"
+        (config / "python_keyring").mkdir(parents=True)
+        (config / "python_keyring" / "keyringrc.cfg").write_text(
+            "[backend]\ndefault-keyring = keyring.backends.SecretService.Keyring\n"
+        )
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    again = make(tmp_path, service)
+    again.resolve()
+    assert not again.direct
+    assert again.describe().extra["direct_reads"] is False
+
+
+def test_a_keyringrc_in_the_home_config_turns_direct_reads_off(
+    tmp_path: Path, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written(tmp_path, service).close()
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    home = Path.home()
+    (home / ".config" / "python_keyring").mkdir(parents=True, exist_ok=True)
+    rc = home / ".config" / "python_keyring" / "keyringrc.cfg"
+    rc.write_text("[backend]\ndefault-keyring = keyring.backends.SecretService.Keyring\n")
+    again = make(tmp_path, service)
+    again.resolve()
+    assert not again.direct
+    assert again.load() == DATA
+
+
+def test_a_locked_collection_is_never_taken_for_an_empty_one(
+    tmp_path: Path, service: str, use_secret_service: SecretService
+) -> None:
+    writer = written(tmp_path, service)
+    writer.clear()  # nothing stored now, but the stamp still remembers the Secret Service
+    writer.close()
+    use_secret_service.lock()
+    reader = make(tmp_path, service)
+    reader.resolve()
+    assert reader.direct
+    with pytest.raises(BackendUnavailableError, match="is locked"):
+        reader.load()
+    with pytest.raises(BackendUnavailableError, match="is locked"):
+        make(tmp_path, service).clear()
+
+
+def test_direct_writes_replace_the_item_and_clear_deletes_it(
+    tmp_path: Path, service: str, use_secret_service: SecretService
+) -> None:
+    store = written(tmp_path, service)
+    store.resolve()
+    assert store.direct
+    for n in range(2):
+        with store.lock():
+            store.save(DATA.replace(b"0f3a", f"{n}".encode()))
+    assert store.direct
+    mine = [a for a, _ in use_secret_service.items() if a.get("service") == service]
+    assert len(mine) == 1  # replaced, not added
+    reader = make(tmp_path, service)
+    assert reader.load() == DATA.replace(b"0f3a", b"1")
+    store.clear()
+    assert not [a for a, _ in use_secret_service.items() if a.get("service") == service]
+    assert make(tmp_path, service).load() is None
+    store.close()
+    store.close()  # closing twice is fine
+    assert store.load() is None  # and a closed store opens a new connection
