@@ -9,6 +9,7 @@ no session bus). A locked collection is never taken for an empty one.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import keyring.core
 import pytest
 
 from msal_keyring_cache import BackendUnavailableError
-from msal_keyring_cache.stores.credential import KeyringStore
+from msal_keyring_cache.stores.credential import MIN_VALUE_LENGTH, KeyringStore
 from tests.fakes import ScopedKeyring
 from tests.services_secret_service import SecretService
 from tests.test_keyring_store import memory_keyring  # noqa: F401 - the fixture, shared
@@ -148,8 +149,78 @@ def test_direct_writes_replace_the_item_and_clear_deletes_it(
     reader = make(tmp_path, service)
     assert reader.load() == DATA.replace(b"0f3a", b"1")
     store.clear()
+    assert store.direct  # the plain case never hands over to keyring
     assert not [a for a, _ in use_secret_service.items() if a.get("service") == service]
     assert make(tmp_path, service).load() is None
     store.close()
     store.close()  # closing twice is fine
     assert store.load() is None  # and a closed store opens a new connection
+
+
+def test_an_empty_store_reads_and_clears_on_the_kept_connection(
+    tmp_path: Path, service: str
+) -> None:
+    store = written(tmp_path, service)
+    store.clear()
+    store.close()
+    again = make(tmp_path, service)
+    again.resolve()
+    assert again.load() is None
+    again.clear()
+    assert again.direct  # "not there" from an unlocked collection is a plain answer
+    again.close()
+
+
+def test_a_direct_clear_on_a_locked_collection_fails_loudly(
+    tmp_path: Path, service: str, use_secret_service: SecretService
+) -> None:
+    written(tmp_path, service).close()
+    use_secret_service.lock()
+    store = make(tmp_path, service)
+    store.resolve()
+    assert store.direct
+    with pytest.raises(BackendUnavailableError, match="is locked"):
+        store.clear()
+    use_secret_service.unlock()
+    assert make(tmp_path, service).load() == DATA
+
+
+def test_clear_deletes_every_chunk_written_on_the_kept_connection(
+    tmp_path: Path, service: str, use_secret_service: SecretService
+) -> None:
+    written(tmp_path, service).close()
+    store = make(tmp_path, service, max_value_length=MIN_VALUE_LENGTH)
+    store.resolve()
+    big = json.dumps({"RefreshToken": {f"k{n}": {"secret": f"s{n}"} for n in range(60)}})
+    with store.lock():
+        store.save(big.encode())
+    assert store.direct
+    mine = [a for a, _ in use_secret_service.items() if a.get("service", "").startswith(service)]
+    assert len(mine) > 3  # chunks and their manifest
+    assert make(tmp_path, service).load() == big.encode()
+    store.clear()
+    assert store.direct
+    assert not [
+        a for a, _ in use_secret_service.items() if a.get("service", "").startswith(service)
+    ]
+    store.close()
+
+
+def test_closing_a_store_releases_its_connection(tmp_path: Path, service: str) -> None:
+    written(tmp_path, service).close()
+    unused = make(tmp_path, service)
+    unused.resolve()
+    assert unused.direct
+    unused.close()  # resolved but never used: nothing to close, no error
+    before = _open_files()
+    for _ in range(3):
+        store = make(tmp_path, service)
+        store.resolve()
+        assert store.load() == DATA
+        assert store.direct
+        store.close()
+    assert _open_files() == before
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
