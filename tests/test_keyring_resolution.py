@@ -24,6 +24,7 @@ from keyring.backends.chainer import ChainerBackend
 
 from msal_keyring_cache import (
     BackendUnavailableError,
+    ConfigError,
     KeyringTimeoutError,
     StoreError,
     build_cache,
@@ -211,6 +212,13 @@ def test_a_backend_that_never_answers_is_abandoned_within_the_timeout(tmp_path: 
         store(tmp_path, SilentKeyring(), keyring_timeout=0.3).load()
 
 
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])
+def test_a_keyring_timeout_that_is_no_bound_is_refused(tmp_path: Path, timeout: float) -> None:
+    with pytest.raises(ConfigError, match="must be a positive number of seconds"):
+        store(tmp_path, ScopedKeyring(), keyring_timeout=timeout).load()
+    assert ScopedKeyring.calls["get"] == 0
+
+
 def test_a_keyring_timeout_below_one_second_is_allowed(tmp_path: Path) -> None:
     target = store(tmp_path, ScopedKeyring(), keyring_timeout=0.5)
     save(target)
@@ -362,3 +370,42 @@ def _third_party_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str
     )
     monkeypatch.syspath_prepend(str(root))
     return "keyrings.mutatest"
+
+
+class ProbeRefusing(ScopedKeyring):
+    """Refuses the doctor's probe entry with keyring's own write or delete error."""
+
+    test_priority = None
+    refusal: ClassVar[dict[str, BaseException]] = {}
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if "set" in self.refusal:
+            raise self.refusal["set"]
+        super().set_password(service, username, password)
+
+    def delete_password(self, service: str, username: str) -> None:
+        if "delete" in self.refusal:
+            raise self.refusal["delete"]
+        super().delete_password(service, username)
+
+
+@pytest.mark.parametrize(
+    ("method", "refusal"),
+    [
+        ("set", keyring_errors.PasswordSetError("refused")),
+        ("delete", keyring_errors.PasswordDeleteError("refused")),
+    ],
+)
+def test_doctor_reports_a_refused_probe_write_as_a_refused_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, refusal: BaseException
+) -> None:
+    from msal_keyring_cache.config import Settings
+    from msal_keyring_cache.doctor import doctor
+
+    monkeypatch.setattr(ProbeRefusing, "test_priority", 5.0)
+    monkeypatch.setattr(ProbeRefusing, "refusal", {method: refusal})
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", f"{HERE}.ProbeRefusing")
+    settings = Settings.resolve(app_name="probe", path=str(tmp_path / "c.bin"))
+    [probe] = [c for c in doctor(settings) if c.name == "probe round trip"]
+    assert probe.status.value == "warn"
+    assert "refused to write" in probe.detail

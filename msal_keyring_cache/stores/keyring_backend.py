@@ -42,7 +42,8 @@ T = TypeVar("T")
 
 
 def qualname(obj: Any) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
+    """The qualified class name of a backend object, e.g. ``keyring.backends.fail.Keyring``."""
+    cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
