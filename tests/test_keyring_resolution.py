@@ -21,6 +21,7 @@ import keyring.core
 import pytest
 from keyring import errors as keyring_errors
 from keyring.backends.chainer import ChainerBackend
+from keyring.compat import properties
 
 from msal_keyring_cache import (
     BackendUnavailableError,
@@ -409,3 +410,37 @@ def test_doctor_reports_a_refused_probe_write_as_a_refused_write(
     [probe] = [c for c in doctor(settings) if c.name == "probe round trip"]
     assert probe.status.value == "warn"
     assert "refused to write" in probe.detail
+
+
+class SlowProbe(ScopedKeyring):
+    """Its priority probe never answers while armed (a hung D-Bus service)."""
+
+    armed = False
+    release = threading.Event()
+
+    @properties.classproperty
+    def priority(cls) -> float:
+        if not cls.armed:
+            raise RuntimeError("viable only inside its tests")
+        cls.release.wait(30)
+        return 5.0
+
+
+@pytest.mark.parametrize("how", ["environment", "set_keyring"])
+def test_a_hung_backend_probe_is_abandoned_and_says_what_it_was_doing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setattr(SlowProbe, "armed", True)
+    SlowProbe.release.clear()
+    if how == "environment":  # keyring probes it while choosing
+        monkeypatch.setenv("PYTHON_KEYRING_BACKEND", f"{HERE}.SlowProbe")
+        doing = "choosing the keyring backend"
+    else:  # chosen by the application; auto probes whether it is secure
+        monkeypatch.setattr(keyring.core, "_keyring_backend", SlowProbe())
+        doing = "probing the backend"
+    monkeypatch.setenv("MSAL_KEYRING_CACHE_KEYRING_TIMEOUT", "0.3")
+    try:
+        with pytest.raises(BackendUnavailableError, match=f"did not answer \\({doing}\\)"):
+            build_cache(app_name="hung", path=str(tmp_path / "c.bin"))
+    finally:
+        SlowProbe.release.set()
