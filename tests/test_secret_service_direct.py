@@ -52,7 +52,10 @@ def test_a_remembered_secret_service_is_read_directly(tmp_path: Path, service: s
     again = written(tmp_path, service)
     again.resolve()
     assert again.direct
-    assert again.describe().extra["direct_reads"] is True
+    facts = again.describe()
+    assert facts.extra["direct_reads"] is True
+    assert facts.extra["keyring_backend"] == "keyring.backends.SecretService.Keyring"
+    assert "Secret Service" in facts.protection_text
     assert again.load() == DATA
     assert again.direct  # the read was the plain case: it stayed on the kept connection
 
