@@ -96,7 +96,12 @@ def mutants(session: nox.Session) -> None:
 
     What is mutated and which tests run: ``[tool.mutmut]`` in pyproject.toml. Prints the
     score and every surviving mutant; ``mutmut show NAME`` in the session shows one.
-    ``nox -s mutants -- --max-children 4`` on a bigger machine.
+    ``nox -s mutants -- --max-children 4`` on a bigger machine; one module at a time with
+    ``nox -s mutants -- --max-children 1 "msal_keyring_cache.stores.memory*"``.
+    The Secret Service tests are included: dbus-daemon and gnome-keyring-daemon must be
+    installed (each mutant those tests reach starts its own pair on a private bus).
+    Change ``[tool.mutmut]`` or the tests only between runs: mutmut keeps its results in
+    ``mutants/`` and re-checks what a change touched.
     """
     session.install("-e", ".[test]", "mutmut>=3.3,<4")
     session.run("mutmut", "run", *(session.posargs or ["--max-children", "2"]))
