@@ -9,13 +9,14 @@ no session bus). A locked collection is never taken for an empty one.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import keyring.core
 import pytest
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import open_dbus_connection
 
 from msal_keyring_cache import BackendUnavailableError
 from msal_keyring_cache.stores.credential import MIN_VALUE_LENGTH, KeyringStore
@@ -209,21 +210,29 @@ def test_clear_deletes_every_chunk_written_on_the_kept_connection(
     store.close()
 
 
-def test_closing_a_store_releases_its_connection(tmp_path: Path, service: str) -> None:
+def test_closing_a_store_releases_its_connection(
+    tmp_path: Path, service: str, use_secret_service: SecretService
+) -> None:
     written(tmp_path, service).close()
     unused = make(tmp_path, service)
     unused.resolve()
     assert unused.direct
     unused.close()  # resolved but never used: nothing to close, no error
-    before = _open_files()
-    for _ in range(3):
+    # The bus itself observes: every connection has a unique name while it is open.
+    observer = open_dbus_connection(bus=use_secret_service.env["DBUS_SESSION_BUS_ADDRESS"])
+    try:
+        before = _connections(observer)
         store = make(tmp_path, service)
         store.resolve()
         assert store.load() == DATA
         assert store.direct
+        assert _connections(observer) - before  # the kept connection
         store.close()
-    assert _open_files() == before
+        assert not _connections(observer) - before
+    finally:
+        observer.close()
 
 
-def _open_files() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _connections(observer: Any) -> set[str]:
+    reply = observer.send_and_get_reply(message_bus.ListNames())
+    return {name for name in reply.body[0] if name.startswith(":")}
