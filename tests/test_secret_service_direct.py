@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import keyring
 import keyring.core
 import pytest
 from jeepney.bus_messages import message_bus
@@ -150,6 +151,9 @@ def test_direct_writes_replace_the_item_and_clear_deletes_it(
     assert store.direct
     mine = [a for a, _ in use_secret_service.items() if a.get("service") == service]
     assert len(mine) == 1  # replaced, not added
+    keyring.set_password(service, "by-keyring", "x")  # the same item as keyring writes
+    assert _content_types(use_secret_service, service) == {"text/plain"}
+    keyring.delete_password(service, "by-keyring")
     reader = make(tmp_path, service)
     assert reader.load() == DATA.replace(b"0f3a", b"1")
     store.clear()
@@ -231,6 +235,16 @@ def test_closing_a_store_releases_its_connection(
         assert not _connections(observer) - before
     finally:
         observer.close()
+
+
+def _content_types(secret_service: SecretService, service: str) -> set[str]:
+    collection: Any = secret_service.collection()
+    try:
+        return {
+            item.get_secret_content_type() for item in collection.search_items({"service": service})
+        }
+    finally:
+        collection.connection.close()
 
 
 def _connections(observer: Any) -> set[str]:
