@@ -9,6 +9,8 @@ no session bus). A locked collection is never taken for an empty one.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,10 @@ def test_direct_reads_also_when_keyring_is_not_told_anything(
     writer = written(tmp_path, service)
     writer.close()
     monkeypatch.delenv("PYTHON_KEYRING_BACKEND")
+    # keyring's config directory may exist (it keeps data there); only a keyringrc.cfg counts.
+    config = tmp_path / "xdg-config"
+    (config / "python_keyring").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
     again = make(tmp_path, service)
     again.resolve()
     assert again.direct
@@ -76,7 +82,7 @@ def test_direct_reads_also_when_keyring_is_not_told_anything(
 
 @pytest.mark.parametrize(
     "change",
-    ["another backend", "set_keyring", "keyring property", "no session bus", "keyringrc"],
+    ["another backend", "set_keyring", "keyring property", "no session bus", "keyringrc", "macOS"],
 )
 def test_anything_that_changes_keyrings_choice_turns_direct_reads_off(
     tmp_path: Path,
@@ -92,6 +98,8 @@ def test_anything_that_changes_keyrings_choice_turns_direct_reads_off(
         monkeypatch.setattr(keyring.core, "_keyring_backend", ScopedKeyring())
     elif change == "keyring property":
         monkeypatch.setenv("KEYRING_PROPERTY_PREFERRED_COLLECTION", "/no/such/collection")
+    elif change == "macOS":  # a posix system whose keyring is the Keychain
+        monkeypatch.setattr(sys, "platform", "darwin")
     elif change == "no session bus":
         monkeypatch.delenv("PYTHON_KEYRING_BACKEND")  # keyring's class, remembered, is used
         monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS")
@@ -104,6 +112,7 @@ def test_anything_that_changes_keyrings_choice_turns_direct_reads_off(
         monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
     again = make(tmp_path, service)
     again.resolve()
+    monkeypatch.undo()
     assert not again.direct
     assert again.describe().extra["direct_reads"] is False
 
@@ -235,6 +244,33 @@ def test_closing_a_store_releases_its_connection(
         assert not _connections(observer) - before
     finally:
         observer.close()
+
+
+def test_a_forked_child_opens_its_own_connection(
+    tmp_path: Path, service: str, use_secret_service: SecretService
+) -> None:
+    store = written(tmp_path, service)
+    store.resolve()
+    assert store.load() == DATA  # the parent's connection is open
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one read on the inherited store
+        verdict = b"E"
+        try:
+            address = use_secret_service.env["DBUS_SESSION_BUS_ADDRESS"]
+            observer = open_dbus_connection(bus=address)
+            before = _connections(observer)
+            same = store.load() == DATA and store.direct
+            verdict = b"1" if same and _connections(observer) - before else b"0"
+        finally:
+            os.write(write, verdict)
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"  # the child read on a connection of its own
+    os.close(read)
+    assert store.load() == DATA  # and the parent's still answers
+    store.close()
 
 
 def _content_types(secret_service: SecretService, service: str) -> set[str]:
