@@ -63,8 +63,8 @@ def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
         ):
             raise CorruptCacheError("a journal record is not an msal cache change")
     for credential_type, entries in delta.items():
-        table = state.setdefault(credential_type, {})
-        if not isinstance(table, dict):
+        table = state.get(credential_type)
+        if not isinstance(table, dict):  # missing, or damaged: the change starts it afresh
             table = state[credential_type] = {}
         for key, entry in entries.items():
             if entry is None:

@@ -80,7 +80,7 @@ def _error_code(exc: BaseException) -> Optional[int]:
     code = getattr(exc, "winerror", None)
     if isinstance(code, int):
         return code
-    args = getattr(exc, "args", ())
+    args = exc.args
     if args and isinstance(args[0], int) and not isinstance(args[0], bool):
         return args[0]
     return None
