@@ -87,3 +87,28 @@ def test_a_learnt_limit_is_remembered_so_the_next_process_is_not_refused_again(
     save(second, BIG + b" ")
     assert len(CountingWindows.refused) == 1  # the stamp told the next process
     assert make(tmp_path, CountingWindows()).load() == BIG + b" "
+
+
+class SmallLimit(CountingWindows):
+    """A credential store that takes at most 600 characters per entry."""
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if len(password) > 600:
+            self.refused.append(len(password))
+            raise CredWriteError(1783, "CredWrite", "The stub received bad data.")
+        ScopedKeyring.set_password(self, service, username, password)
+
+
+@pytest.mark.parametrize("size", [900, 5000])
+def test_a_store_smaller_than_windows_is_learnt_in_a_few_refusals(
+    tmp_path: Path,
+    memory_keyring: type[ScopedKeyring],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+) -> None:
+    monkeypatch.setattr(CountingWindows, "refused", [])
+    data = json.dumps({"RefreshToken": {"k": {"secret": "s" * size}}}).encode()
+    save(make(tmp_path, SmallLimit()), data)
+    assert make(tmp_path, SmallLimit()).load() == data
+    # Under Windows' size: half the refused value at once; over it: Windows', then halves.
+    assert len(CountingWindows.refused) == (1 if size < 1280 else 3)
