@@ -139,12 +139,48 @@ def worker(spec: dict[str, Any], tasks: list[tuple[int, int]], ready: Any, go: A
         thread.join()
     results.put({"timings": timings, "done": done, "errors": errors, "started": started,
                  "ended": time.time(), "cpu": time.process_time() - cpu,
-                 "conflicts": caches.stats.conflicts})  # fmt: skip
+                 "conflicts": caches.stats.conflicts, "saves": caches.stats.saves})  # fmt: skip
     caches.close()
 
 
-def run(spec: dict[str, Any], users: int, requests: int, workers: int) -> dict[str, Any]:
-    """Run the load over ``workers`` processes; return the figures (and check for loss)."""
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds of the processes ``pids`` and all their children (live or reaped)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    roots = set(pids)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(entry) in roots:  # utime, stime, and those of its reaped children
+            total += sum(int(x) for x in fields[11:15])
+        elif int(fields[1]) in roots:  # a live child (a PostgreSQL backend)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def postgres_counters(url: str) -> dict[str, float]:
+    """The server's WAL and transaction counters (pg_stat_wal needs PostgreSQL 14+)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        wal = conn.execute("SELECT wal_bytes, wal_sync FROM pg_stat_wal").fetchone()
+        xact = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    assert wal is not None and xact is not None
+    return {"wal_bytes": float(wal[0]), "wal_syncs": float(wal[1]), "commits": float(xact[0])}
+
+
+def run(spec: dict[str, Any], users: int, requests: int, workers: int,
+        server_pids: Optional[list[int]] = None) -> dict[str, Any]:  # fmt: skip
+    """Run the load over ``workers`` processes; return the figures (and check for loss).
+
+    ``server_pids``: the store's server processes, whose CPU per request is reported.
+    """
     tasks = [(u, r) for r in range(requests) for u in range(users)]
     random.Random(1).shuffle(tasks)
     context = multiprocessing.get_context("spawn")
@@ -157,8 +193,15 @@ def run(spec: dict[str, Any], users: int, requests: int, workers: int) -> dict[s
         proc.start()
     for _ in procs:
         ready.get(timeout=120)
+    postgres = spec["url"].startswith("postgresql")
+    counters = postgres_counters(spec["url"]) if postgres else {}
+    server_cpu = process_cpu(server_pids) if server_pids else 0.0
     go.set()
     parts = [results.get(timeout=spec["max_seconds"] + 120) for _ in procs]
+    server_cpu = process_cpu(server_pids) - server_cpu if server_pids else 0.0
+    if postgres:
+        after = postgres_counters(spec["url"])
+        counters = {k: after[k] - v for k, v in counters.items()}
     for proc in procs:
         proc.join(60)
     timings = [t for p in parts for t in p["timings"]]
@@ -181,6 +224,17 @@ def run(spec: dict[str, Any], users: int, requests: int, workers: int) -> dict[s
     caches.delete_user("warm-up")
     caches.close()
     completed = sum(done)
+    saves = sum(p["saves"] for p in parts)
+    server: dict[str, Any] = {}
+    if server_pids:
+        # What the store's server spent per request: with the workers' CPU, what a request
+        # costs the machine (2 cores: 2,000 ms of CPU a second at most).
+        server["server_cpu_ms_per_request"] = round(server_cpu / max(1, completed) * 1000, 3)
+    if counters:
+        server["wal_kb_per_save"] = round(counters["wal_bytes"] / max(1, saves) / 1024, 1)
+        server["wal_flushes_per_save"] = round(counters["wal_syncs"] / max(1, saves), 2)
+        # Every statement is its own transaction (autocommit): one load + one save = 2.
+        server["transactions_per_request"] = round(counters["commits"] / max(1, completed), 2)
     return {
         "users": users,
         "requests_per_user": requests,
@@ -202,6 +256,7 @@ def run(spec: dict[str, Any], users: int, requests: int, workers: int) -> dict[s
         ),
         "machine_load_1min": round(load, 1),
         "conflicts_merged": sum(p["conflicts"] for p in parts),
+        **server,
         "lost_updates": lost,
         "stopped_early": completed + len(errors) < len(tasks),
     }
@@ -229,6 +284,12 @@ class _Service:
             kind = RedisClusterServers if store == "cluster" else RedisServer
             self.server = kind(Path(self.tmp)).start()
             self.url = self.server.url
+
+    def pids(self) -> Optional[list[int]]:
+        """The private server's processes (None with ``--url`` or SQLite)."""
+        nodes = getattr(self.server, "nodes", None) or [self.server]
+        found = [n.process.pid for n in nodes if getattr(n, "process", None) is not None]
+        return found or None
 
     def stop(self) -> None:
         if self.server is not None:
@@ -261,7 +322,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             spec = {"url": service.url, "key": generate_key(), "cluster": store == "cluster",
                     "prefix": "bench-" + secrets.token_hex(4), "threads": args.threads or threads,
                     "max_seconds": args.max_seconds}  # fmt: skip
-            figures = run(spec, args.users, args.requests, args.workers or workers)
+            figures = run(spec, args.users, args.requests, args.workers or workers,
+                          service.pids())  # fmt: skip
         finally:
             service.stop()
         rows.append({"store": store, **figures})
@@ -269,14 +331,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(rows if len(rows) > 1 else rows[0]))
     else:
         print("| store | workers × threads | load+save/s | p50 ms | p99 ms | worker CPU ms/request "
-              "| conflicts merged | lost | errors | machine load |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| server CPU ms/request | conflicts merged | lost | errors | machine load |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['store']} | {r['workers']} × {r['threads']} | {r['requests_per_s']:,.0f} "
                   f"| {r['load_save_p50_ms']} | {r['load_save_p99_ms']} "
-                  f"| {r['worker_cpu_ms_per_request']} | {r['conflicts_merged']} "
-                  f"| {r['lost_updates']} | {r['errors']} "
+                  f"| {r['worker_cpu_ms_per_request']} | {r.get('server_cpu_ms_per_request', '—')} "
+                  f"| {r['conflicts_merged']} | {r['lost_updates']} | {r['errors']} "
                   f"| {r['machine_load_1min']} |")  # fmt: skip
+        for r in rows:
+            if "wal_kb_per_save" in r:
+                print(f"\n{r['store']}: {r['wal_kb_per_save']} KB of WAL and "
+                      f"{r['wal_flushes_per_save']} WAL flushes per save, "
+                      f"{r['transactions_per_request']} transactions per request")  # fmt: skip
     if any(r["lost_updates"] or r["errors"] for r in rows):
         return 1
     return 2 if any(r["stopped_early"] for r in rows) else 0
