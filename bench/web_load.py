@@ -171,7 +171,8 @@ def postgres_counters(url: str) -> dict[str, float]:
         xact = conn.execute(
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
         ).fetchone()
-    assert wal is not None and xact is not None
+    assert wal is not None
+    assert xact is not None
     return {"wal_bytes": float(wal[0]), "wal_syncs": float(wal[1]), "commits": float(xact[0])}
 
 
@@ -330,8 +331,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0]))
     else:
-        print("| store | workers × threads | load+save/s | p50 ms | p99 ms | worker CPU ms/request "
-              "| server CPU ms/request | conflicts merged | lost | errors | machine load |")  # fmt: skip
+        print("| store | workers × threads | load+save/s | p50 ms | p99 ms "
+              "| worker CPU ms/request | server CPU ms/request | conflicts merged | lost | errors "
+              "| machine load |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['store']} | {r['workers']} × {r['threads']} | {r['requests_per_s']:,.0f} "
