@@ -13,6 +13,7 @@ requests / wall time) and p50/p99 of load+save (the time spent entering and leav
     python bench/web_load.py --store redis --workers 2 --threads 2
     python bench/web_load.py --store postgresql --users 100 --requests 5 --json
     python bench/web_load.py --store redis --url redis://host:6379/0
+    python bench/web_load.py --store postgresql --postgres-fsync off   # the disk's share
 
 Without ``--url`` it starts a private server (redis-server, a 3-node cluster, or
 PostgreSQL as in the tests) on loopback, or a temporary SQLite file, and removes it
@@ -266,7 +267,7 @@ def run(spec: dict[str, Any], users: int, requests: int, workers: int,
 class _Service:
     """A private server for one store, or nothing when ``--url`` is given."""
 
-    def __init__(self, store: str, url: Optional[str]) -> None:
+    def __init__(self, store: str, url: Optional[str], fsync: bool = True) -> None:
         self.store, self.url, self.server, self.tmp = store, url, None, ""
         if url:
             return
@@ -276,7 +277,9 @@ class _Service:
         elif store == "postgresql":
             from tests.services_postgres import PostgresServer
 
-            self.server = PostgresServer(fsync=True).start()  # as in production: durable
+            # fsync on, as in production (every save that returned is durable); off only
+            # to see how much of a figure is the disk's (--postgres-fsync off).
+            self.server = PostgresServer(fsync=fsync).start()
             self.url = self.server.url
         else:
             from tests.services_redis import RedisClusterServers, RedisServer
@@ -309,6 +312,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workers", type=int, help="worker processes (default: per store)")
     parser.add_argument("--threads", type=int, help="request threads per worker")
     parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--postgres-fsync", choices=["on", "off"], default="on",
+                        help="the private PostgreSQL server's fsync (off: not durable, for "
+                        "comparison only)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     stores = list(SHAPES) if args.store == "all" else [args.store]
@@ -318,7 +324,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     for store in stores:
         workers, threads = SHAPES[store]
-        service = _Service(store, args.url)
+        service = _Service(store, args.url, args.postgres_fsync == "on")
         try:
             spec = {"url": service.url, "key": generate_key(), "cluster": store == "cluster",
                     "prefix": "bench-" + secrets.token_hex(4), "threads": args.threads or threads,
@@ -327,6 +333,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                           service.pids())  # fmt: skip
         finally:
             service.stop()
+        if store == "postgresql" and not args.url:
+            figures["server_fsync"] = args.postgres_fsync
         rows.append({"store": store, **figures})
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0]))
