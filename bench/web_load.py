@@ -202,6 +202,7 @@ def run(spec: dict[str, Any], users: int, requests: int, workers: int,
     parts = [results.get(timeout=spec["max_seconds"] + 120) for _ in procs]
     server_cpu = process_cpu(server_pids) - server_cpu if server_pids else 0.0
     if postgres:
+        time.sleep(1.5)  # backends report their counters once a second when idle
         after = postgres_counters(spec["url"])
         counters = {k: after[k] - v for k, v in counters.items()}
     for proc in procs:
