@@ -5,7 +5,7 @@ The table (default name ``msal_keyring_cache``), created on first use::
     CREATE TABLE msal_keyring_cache (
         name       VARCHAR(200) NOT NULL PRIMARY KEY,  -- <prefix>:u:{<digest>}
         version    BIGINT NOT NULL,                    -- +1 on every write
-        value      BLOB / BYTEA NOT NULL,              -- the Fernet token
+        value      BLOB / BYTEA NOT NULL,              -- the Fernet token's raw bytes
         expires_at BIGINT NOT NULL                     -- Unix time
     );
     CREATE INDEX msal_keyring_cache_expires ON msal_keyring_cache (expires_at);
