@@ -624,7 +624,7 @@ def _warm(idp: LoopbackIdentityProvider, path: Path, key: str) -> tuple[Any, Any
     cache = _cache(path, key)
     app = _sign_in(idp, cache, "alice@example.com")
     (account,) = app.get_accounts()
-    cache.store._gen.RECHECK = 3600.0  # type: ignore[attr-defined]
+    cache.store.generation.RECHECK = 3600.0
     assert app.acquire_token_silent(["User.Read"], account)["token_source"] == "cache"
     return cache, app, account
 
@@ -690,7 +690,7 @@ def test_writer_that_does_not_bump_is_noticed_at_the_next_recheck(
     _sign_in(idp, writer, "bob@example.com")
     os.replace(other, cache_path)  # by hand: the counter is not bumped
     assert len(app.get_accounts()) == 1  # within the recheck interval: not seen yet
-    cache.store._gen._checked -= cache.store._gen.RECHECK  # the interval has passed
+    cache.store.generation.until = 0.0  # the interval has passed
     assert len(app.get_accounts()) == 2
 
 
