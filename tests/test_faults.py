@@ -448,9 +448,10 @@ def _journal(idp: LoopbackIdentityProvider, path: Path, key: str, users: list[st
     cache = _cache(path, key)
     for user in users:
         _sign_in(idp, cache, user)
-    lines = path.read_bytes().split(b"\n")
-    assert lines[-1] == b""
-    return lines[:-1]
+    blob = path.read_bytes()
+    lines = crypto.file_records(blob)
+    assert b"\n".join(lines) + b"\n" == blob
+    return lines
 
 
 def _write(path: Path, lines: list[bytes]) -> None:
@@ -518,22 +519,26 @@ def test_records_cut_off_the_end_are_seen_by_a_running_reader(
     assert "lost journal records" in caplog.text
 
 
-def test_version_1_file_is_read_and_rewritten_as_version_2(
-    idp: LoopbackIdentityProvider, tmp_path: Path
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_format_file_is_read_and_rewritten_in_the_current_format(
+    idp: LoopbackIdentityProvider, tmp_path: Path, version: int
 ) -> None:
-    key = (DATA / "v1_cache.key").read_text().strip()
+    # v1_cache.bin: written by 0.1.0; v2_cache.bin: by 0.2.0 (a Fernet snapshot and two
+    # journal records). Both load, and the next write rewrites them as version 3.
+    name = f"v{version}_cache"
+    key = (DATA / f"{name}.key").read_text().strip()
     path = tmp_path / "c" / "cache.bin"
     path.parent.mkdir(mode=0o700)
-    shutil.copyfile(DATA / "v1_cache.bin", path)
+    shutil.copyfile(DATA / f"{name}.bin", path)
     os.chmod(path, 0o600)
-    expected = json.loads((DATA / "v1_cache.keys.json").read_text())
+    expected = json.loads((DATA / f"{name}.keys.json").read_text())
     cache = _cache(path, key)
     doc = json.loads(cache.serialize())
     assert {k: sorted(v) for k, v in doc.items()} == expected
-    assert crypto.parse_header(path.read_bytes())[0].version == 1
+    assert crypto.parse_header(path.read_bytes())[0].version == version
     _sign_in(idp, cache, "carol@example.com")
     header, _ = crypto.parse_header(path.read_bytes())
-    assert header.version == 2
+    assert header.version == crypto.VERSION == 3
     again = json.loads(_cache(path, key).serialize())
     assert len(again["Account"]) == len(expected["Account"]) + 1
 

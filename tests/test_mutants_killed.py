@@ -131,9 +131,9 @@ def test_damage_in_a_later_journal_record_keeps_every_record_before_it(tmp_path:
         for name in "bcd":
             delta = json.dumps({"RefreshToken": {name: {"secret": name}}}).encode()
             writer.append(delta, lambda: b"unused")
-    lines = path.read_bytes().split(b"\n")  # header, snapshot, b, c, d, ""
+    lines = crypto.file_records(path.read_bytes())  # header, snapshot, b, c, d
     lines[4] = lines[4][:-10] + b"AAAAAAAAAA"  # record d damaged
-    path.write_bytes(b"\n".join(lines))
+    path.write_bytes(b"\n".join(lines) + b"\n")
     data = _store(path).load()
     assert data is not None
     assert sorted(json.loads(data)["RefreshToken"]) == ["a", "b", "c"]
