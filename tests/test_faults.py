@@ -37,6 +37,7 @@ from msal_keyring_cache import (
 from msal_keyring_cache.files import ensure_private_dir
 from msal_keyring_cache.stores.base import validate_cache
 from msal_keyring_cache.testing import LoopbackIdentityProvider
+from msal_keyring_cache.watch import Generation
 from tests.helpers import PYTHON, mounted_tmpfs
 
 DATA = Path(__file__).parent / "data"
@@ -697,6 +698,39 @@ def test_writer_that_does_not_bump_is_noticed_at_the_next_recheck(
     assert len(app.get_accounts()) == 1  # within the recheck interval: not seen yet
     cache.store.generation.until = 0.0  # the interval has passed
     assert len(app.get_accounts()) == 2
+
+
+def test_counter_vouches_only_for_an_even_value_it_was_given(tmp_path: Path) -> None:
+    # What the cache's warm path relies on, one rule at a time.
+    path = str(tmp_path / "c.gen")
+    reader, writer = Generation(path), Generation(path)
+    assert reader.peek() == -1  # no counter file: nothing to vouch for
+    reader.vouch(reader.peek())
+    assert not reader.unchanged()  # -1 never matches a mapped or stand-in counter
+    writer.begin()  # creates it, odd: a write in progress
+    reader._tried = -1e9  # the file exists now: the next peek maps it (else within RECHECK)
+    assert reader.peek() == -1  # odd vouches for nothing
+    writer.end()
+    value = reader.peek()
+    assert value == reader.view[0] == 2  # 0, odd 1, even 2
+    reader.vouch(value)
+    assert reader.unchanged()
+    writer.begin()
+    assert not reader.unchanged()  # seen at once through the mapping, no system call
+    writer.end()
+    assert not reader.unchanged()  # even again, but another value
+    reader.vouch(reader.peek())
+    assert reader.unchanged()
+    reader.until = 0.0
+    assert not reader.unchanged()  # the recheck interval passed: an exact check is due
+    reader.vouch(reader.peek())
+    os.unlink(path)  # replaced by hand: the old mapping no longer tells anything
+    writer.begin()
+    writer.end()
+    reader._verified = -1e9  # the replacement is looked for at most once per RECHECK
+    assert reader.peek() == reader.view[0] == 2  # the new file's count, not the old one's 4
+    reader.close()
+    assert not reader.unchanged()
 
 
 def _env() -> dict[str, str]:
