@@ -51,7 +51,7 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .errors import ConfigError, CorruptCacheError, DecryptError
 
@@ -148,6 +148,27 @@ def parse_header(blob: bytes) -> tuple[Header, bytes]:
 
     Raises :class:`CorruptCacheError` for anything that is not a valid file.
     """
+    header, start, end = _parse(blob)
+    return header, blob[start:end]
+
+
+def open_file(blob: bytes, source: KeySource) -> tuple[Header, str, bytes, int]:
+    """A whole file's header, key and snapshot plaintext, and where its journal starts.
+
+    The snapshot is decrypted where it lies in ``blob`` (a large one is not copied out
+    first). Raises like :func:`parse_header`, :func:`file_key` and :func:`unseal`.
+    """
+    header, start, end = _parse(blob)
+    key = file_key(header, source)
+    if header.version >= 3:
+        plaintext = _open_snapshot(memoryview(blob)[start:end], key, header)
+    else:
+        plaintext = unseal(blob[start:end], key, header, 0)
+    return header, key, plaintext, end + 1
+
+
+def _parse(blob: bytes) -> tuple[Header, int, int]:
+    """The header and where the snapshot record lies in ``blob`` (without its newline)."""
     end = blob.find(b"\n", 0, MAX_HEADER + 1)
     if end < 0:
         raise CorruptCacheError("the file has no msal-keyring-cache header")
@@ -186,36 +207,29 @@ def parse_header(blob: bytes) -> tuple[Header, bytes]:
         header = Header(header.fp, gen, kdf, header.source, salt, n, r, p, version)
     elif kdf != "none":
         raise CorruptCacheError(f"the file header names unknown key derivation {kdf[:20]!r}")
-    token = _snapshot(blob, end + 1) if version >= 3 else _line(blob, end + 1)
-    if not token:
+    start = end + 1
+    stop = _snapshot_end(blob, start) if version >= 3 else blob.find(b"\n", start)
+    if stop <= start:
         raise CorruptCacheError("the file is truncated (no complete encrypted snapshot)")
-    return header, token
+    return header, start, stop
 
 
-def _line(blob: bytes, start: int) -> bytes:
-    """A newline-terminated record at ``start`` (without its newline); empty if incomplete."""
-    end = blob.find(b"\n", start)
-    return blob[start:end] if end > 0 else b""
-
-
-def _snapshot(blob: bytes, start: int) -> bytes:
-    """The version-3 snapshot record at ``start``: ``<length>:<length bytes>`` and a newline.
-
-    Returned without its newline; empty if incomplete. A length that is not plain digits,
-    or does not end at a newline, is damage.
-    """
+def _snapshot_end(blob: bytes, start: int) -> int:
+    """Where the version-3 snapshot record at ``start`` (``<length>:<length bytes>`` and a
+    newline) ends, before its newline; -1 if incomplete. A length that is not plain
+    digits, or does not end at a newline, is damage."""
     colon = blob.find(b":", start, start + _LENGTH_DIGITS + 1)
     digits = blob[start:colon]
     if colon < 0 or not digits.isdigit():
         if len(blob) - start <= _LENGTH_DIGITS:
-            return b""  # cut off within the length
+            return -1  # cut off within the length
         raise CorruptCacheError("the encrypted snapshot has no valid length")
     end = colon + 1 + int(digits)
     if end >= len(blob):
-        return b""
+        return -1
     if blob[end : end + 1] != b"\n":
         raise CorruptCacheError("the encrypted snapshot does not end where its length says")
-    return blob[start:end]
+    return end
 
 
 def scrypt_allowed(n: int, r: int, p: int) -> bool:
@@ -479,12 +493,13 @@ def _binding(header: Header, seq: int) -> bytes:
     return b"%s %d" % (header.gen.encode(), seq)
 
 
-def _open_snapshot(token: bytes, key: str, header: Header) -> bytes:
+def _open_snapshot(token: Union[bytes, memoryview], key: str, header: Header) -> bytes:
     """Decrypt a version-3 snapshot record (``<length>:<nonce><ciphertext+tag>``)."""
     from cryptography.exceptions import InvalidTag
 
-    colon = token.find(b":", 0, _LENGTH_DIGITS + 1)
-    digits = token[:colon]
+    head = bytes(token[: _LENGTH_DIGITS + 1])
+    colon = head.find(b":")
+    digits = head[:colon]
     if colon < 0 or not digits.isdigit() or int(digits) != len(token) - colon - 1:
         raise CorruptCacheError("the encrypted snapshot has no valid length")
     start = colon + 1
@@ -544,8 +559,8 @@ def decrypt(blob: bytes, source: KeySource) -> tuple[bytes, Header]:
     Raises :class:`~msal_keyring_cache.DecryptError` when the configured key is not the
     file's key and :class:`CorruptCacheError` when the file is damaged.
     """
-    header, token = parse_header(blob)
-    return unseal(token, file_key(header, source), header, 0), header
+    header, _key, plaintext, _end = open_file(blob, source)
+    return plaintext, header
 
 
 def read_key_file(path: str) -> tuple[str, ...]:

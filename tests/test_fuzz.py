@@ -205,13 +205,20 @@ def test_snapshot_record_parser_answers_any_bytes_with_corrupt_cache_error(
     header = crypto.Header(header.fp, header.gen, version=3)
     real = crypto.seal(b'{"a":1}', KEY, header, 0)
     for body in (junk, real[:cut] + junk, junk[:12] + real, real.replace(b":", b":" + junk, 1)):
+        blob = header.to_bytes() + b"\n" + body
+        try:  # the store's path: decrypted where it lies in the file
+            _header, _key, found, end = crypto.open_file(blob, SOURCE)
+        except CorruptCacheError:
+            found, end = None, 0
         try:
-            parsed, token = crypto.parse_header(header.to_bytes() + b"\n" + body)
+            parsed, token = crypto.parse_header(blob)
             plaintext = crypto.unseal(token, KEY, parsed, 0)
         except CorruptCacheError:
+            assert found is None
             continue
-        assert plaintext == b'{"a":1}'
+        assert plaintext == found == b'{"a":1}'
         assert token + b"\n" == real
+        assert blob[end - len(real) : end] == real
 
 
 # -- records -----------------------------------------------------------------------------

@@ -119,9 +119,7 @@ class EncryptedFileStore(Store):
             blob, fd = found
             try:
                 self._check_mode(fd)
-                header, token = crypto.parse_header(blob)
-                key = crypto.file_key(header, self.key_source)
-                plaintext = crypto.unseal(token, key, header, 0)
+                header, key, plaintext, snapshot_end = crypto.open_file(blob, self.key_source)
             except CorruptCacheError as exc:
                 os.close(fd)
                 if self.read_only:
@@ -136,7 +134,7 @@ class EncryptedFileStore(Store):
             newline = blob.find(b"\n") + 1
             self._identity.remember(fd, blob[:newline])
             self._header, self._key = header, key
-            self._snapshot_end = newline + len(token) + 1
+            self._snapshot_end = snapshot_end
             records, self._offset = crypto.split_records(blob, self._snapshot_end)
             self._records, self._size = len(records), len(blob)
             try:
