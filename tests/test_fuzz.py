@@ -202,7 +202,7 @@ def test_snapshot_record_parser_answers_any_bytes_with_corrupt_cache_error(
     # A version-3 snapshot record is binary with its length in front: whatever follows a
     # valid header (made up, or a real record cut, flipped or lengthened), the parser and
     # the decryption answer with CorruptCacheError or the one true payload.
-    header = crypto.Header(header.fp, header.gen, version=3)
+    header = crypto.Header(crypto.fingerprint(KEY), header.gen, version=3)
     real = crypto.seal(b'{"a":1}', KEY, header, 0)
     for body in (junk, real[:cut] + junk, junk[:12] + real, real.replace(b":", b":" + junk, 1)):
         blob = header.to_bytes() + b"\n" + body
