@@ -1,4 +1,4 @@
-"""The cache as one Fernet-encrypted file (format: :mod:`msal_keyring_cache.crypto`).
+"""The cache as one encrypted file (format: :mod:`msal_keyring_cache.crypto`).
 
 A write appends one encrypted record holding only the entries that msal call changed,
 so its cost does not grow with the cache; a reader that already has the file applies
