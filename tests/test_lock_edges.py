@@ -7,14 +7,21 @@ this process, so the mutation run sees them.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from msal_keyring_cache.errors import ConfigError, StoreError
+from msal_keyring_cache.errors import ConfigError, LockTimeoutError, StoreError
 from msal_keyring_cache.locking import CrossProcessLock
+from tests.helpers import PYTHON, ROOT, child_env
 
 
 def _socket(path: Path) -> None:
@@ -58,3 +65,75 @@ def test_an_unusable_lock_path_is_named_with_what_is_there(
         f"The token-cache lock path {path} {what}; refusing to use it (a lock must be a "
         "plain file the library creates). Remove it, or point the cache at another path."
     )
+
+
+# -- a wait that fails or is abandoned leaves nothing behind ---------------------------------
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A lock file held by another real process until a line arrives on its stdin."""
+    path = tmp_path / "cache.lock"
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "tests.lock_worker", "hold", str(path)],
+        cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    yield path, proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=30)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _helpers(path: Path) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"lock-wait {path}"]
+
+
+def test_a_kernel_refusal_while_waiting_is_reported_at_once_and_leaks_nothing(
+    held: tuple[Path, subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the blocking flock of the waiting thread fails (ENOLCK, as on some
+    # network file systems). The caller must get the error now, not at its timeout.
+    path, _ = held
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    before = _open_fds()
+    lock = CrossProcessLock(str(path), 60)
+    start = time.monotonic()
+    with pytest.raises(StoreError, match=r"No locks available; check free space"):
+        lock.__enter__()
+    assert time.monotonic() - start < 30  # at once, not after the 60 s timeout
+    assert not lock.held
+    assert _open_fds() == before  # the waiting thread's descriptor is closed
+    assert _helpers(path) == []
+
+
+def test_an_abandoned_wait_closes_its_descriptor_once_the_holder_leaves(
+    held: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    path, proc = held
+    before = _open_fds()
+    lock = CrossProcessLock(str(path), 0.2)
+    with pytest.raises(LockTimeoutError):
+        lock.__enter__()
+    [helper] = _helpers(path)  # still blocked in the kernel for us
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    helper.join(30)
+    assert not helper.is_alive()
+    assert _open_fds() == before  # its descriptor closed, the lock let go
+    with CrossProcessLock(str(path), 0):
+        pass
+    with lock:  # the same object takes it normally afterwards
+        assert lock.held
