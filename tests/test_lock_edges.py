@@ -137,3 +137,11 @@ def test_an_abandoned_wait_closes_its_descriptor_once_the_holder_leaves(
         pass
     with lock:  # the same object takes it normally afterwards
         assert lock.held
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("inf"), float("nan"), True, "5", None])
+def test_a_wait_without_a_bound_is_refused(tmp_path: Path, timeout: object) -> None:
+    # Every external call is bounded: a store made with lock_timeout=-1 must not wait forever.
+    with pytest.raises(ConfigError, match=r"lock timeout .* (not valid|not a number)"):
+        CrossProcessLock(str(tmp_path / "cache.lock"), timeout)  # type: ignore[arg-type]
+    assert not (tmp_path / "cache.lock").exists()
