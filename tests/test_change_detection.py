@@ -179,7 +179,7 @@ def test_identity_tells_a_replaced_file_from_an_appended_one(tmp_path: Path) -> 
 
     identity.forget()
     assert (identity.fd, identity.inode) == (None, None)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # the kept descriptor was closed
     assert identity.check() == (False, 0)
     identity.remember(None)

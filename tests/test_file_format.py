@@ -98,8 +98,8 @@ def test_new_files_have_the_documented_header() -> None:
 def test_only_32_byte_url_safe_keys_are_fernet_keys() -> None:
     assert crypto.is_fernet_key(KEY)
     assert len(KEY) == 44
-    for bad in (KEY[:-1], base64.urlsafe_b64encode(os.urandom(31)).decode(),
-                base64.urlsafe_b64encode(os.urandom(33)).decode(), "é" * 44, "!" * 44, ""):  # fmt: skip
+    short, long = (base64.urlsafe_b64encode(os.urandom(n)).decode() for n in (31, 33))
+    for bad in (KEY[:-1], short, long, "é" * 44, "!" * 44, ""):
         assert not crypto.is_fernet_key(bad), bad
     with pytest.raises(ConfigError, match=r"the key: expected Fernet keys"):
         crypto.FernetKeys((KEY, "nope"), label="the key")
@@ -230,7 +230,8 @@ def _scrypt(raw: bytes = b"s" * 16, **fields: Any) -> bytes:
 def test_scrypt_headers_within_the_bounds_are_read() -> None:
     for salt in (b"s" * 16, b"s" * 64):
         header, _ = crypto.parse_header(_scrypt(salt) + b"\nT\n")
-        assert (header.kdf, header.salt, header.n, header.r, header.p) == ("scrypt", salt, 2**14, 8, 1)
+        fields = (header.kdf, header.salt, header.n, header.r, header.p)
+        assert fields == ("scrypt", salt, 2**14, 8, 1)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +270,8 @@ def test_every_record_is_bound_to_its_file_and_place() -> None:
     blob = crypto.encrypt(b'{"a":1}', keys)
     header, token = crypto.parse_header(blob)
     record = crypto.seal(b'{"b":2}', KEY, header, 1)
-    assert record.endswith(b"\n") and record.count(b"\n") == 1
+    assert record.endswith(b"\n")
+    assert record.count(b"\n") == 1
     assert crypto.unseal(record[:-1], KEY, header, 1) == b'{"b":2}'
     with pytest.raises(CorruptCacheError, match="journal record 2 is out of place"):
         crypto.unseal(record[:-1], KEY, header, 2)

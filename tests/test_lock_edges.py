@@ -78,7 +78,8 @@ def held(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
         [PYTHON, "-m", "tests.lock_worker", "hold", str(path)],
         cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "held\n"
     yield path, proc
     if proc.poll() is None:
         proc.kill()

@@ -1,1 +1,281 @@
-"""The web core (msal_keyring_cache.web.core) on a real SQLite file: what one app sees."""
+"""The web core (msal_keyring_cache.web.core) on a real SQLite file: what one app sees.
+
+Written for mutants of web/core.py that no test killed. Two requests of one user are
+interleaved deterministically by nesting their blocks (the inner one saves first), so
+the compare-and-set conflict and its merge run every time, without thread timing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msal_keyring_cache import generate_key
+from msal_keyring_cache.config import MAX_TTL
+from msal_keyring_cache.errors import ConfigError, StoreError
+from msal_keyring_cache.web import UserCaches
+
+RT = "RefreshToken"
+
+
+def _entry(secret: str) -> dict[str, Any]:
+    return {"credential_type": RT, "secret": secret, "home_account_id": "h", "environment": "e",
+            "client_id": "c"}  # fmt: skip
+
+
+def _doc(**entries: str) -> str:
+    return json.dumps({RT: {name: _entry(secret) for name, secret in entries.items()}})
+
+
+def _secrets(caches: UserCaches, user: str) -> dict[str, str]:
+    with caches.for_user(user) as cache:
+        return {k: v["secret"] for k, v in cache.state().get(RT, {}).items()}
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tokens.db'}"
+
+
+@pytest.fixture
+def caches(url: str, key: str) -> Iterator[UserCaches]:
+    made = UserCaches.from_url(url, key=key, prefix="app")
+    yield made
+    made.close()
+
+
+# -- two requests of one user ------------------------------------------------------------------
+
+
+def test_interleaved_requests_of_one_user_both_keep_their_changes(caches: UserCaches) -> None:
+    caches.merge("ann", _doc(base="b0", gone="g0"))
+    with caches.for_user("ann") as outer:
+        with caches.for_user("ann") as inner:  # saves first
+            inner.absorb({RT: {"inner": _entry("i1"), "base": _entry("b-inner")}})
+        outer.absorb({RT: {"outer": _entry("o1")}})
+        outer.state()[RT].pop("gone")  # removed by this request: stays removed
+    assert _secrets(caches, "ann") == {"base": "b-inner", "inner": "i1", "outer": "o1"}
+    assert caches.stats.conflicts == 1
+    assert caches.stats.saves == 3
+
+
+def test_a_user_whose_cache_keeps_changing_gives_up_after_max_attempts(url: str, key: str) -> None:
+    for attempts in (1, 3):
+        caches = UserCaches.from_url(url, key=key, prefix="app", max_attempts=attempts)
+        rival = UserCaches.from_url(url, key=key, prefix="app")
+        real = caches.backend.save
+        wins: list[str] = []
+
+        def save_after_a_rival(name: str, seen: str, value: bytes, ttl: int) -> bool:
+            wins.append(f"r{len(wins)}")  # another request of the user saves just before
+            rival.merge("bo", _doc(**{wins[-1]: "theirs"}))
+            return real(name, seen, value, ttl)
+
+        caches.backend.save = save_after_a_rival  # type: ignore[method-assign]
+        with pytest.raises(StoreError, match=f"after {attempts} attempts: other requests"):
+            with caches.for_user("bo") as cache:
+                cache.absorb({RT: {"mine": _entry("o")}})
+        assert caches.stats.conflicts == attempts
+        assert caches.stats.saves == 0
+        assert set(_secrets(rival, "bo")) >= set(wins)  # the others' saves all kept
+        rival.delete_user("bo")
+        caches.close()
+        rival.close()
+
+
+def test_a_request_that_changes_nothing_writes_nothing(caches: UserCaches) -> None:
+    with caches.for_user("cy") as cache:
+        assert cache.state() == {}
+    assert caches.stats.saves == 0
+    assert caches.key_name("cy") not in _names(caches)
+
+
+def _names(caches: UserCaches) -> set[str]:
+    import sqlite3
+
+    path = caches.backend.engine.url.database  # type: ignore[attr-defined]
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM msal_keyring_cache")}
+
+
+# -- names, bindings, keys ----------------------------------------------------------------------
+
+
+def test_record_names_are_per_user_per_key_and_reveal_no_user_id(url: str, key: str) -> None:
+    caches = UserCaches.from_url(url, key=key, prefix="app")
+    name = caches.key_name("alice@example.com")
+    assert name.startswith("app:u:{")
+    assert name.endswith("}")
+    assert len(name) == len("app:u:{}") + 32
+    assert "alice" not in name
+    assert caches.key_name("bob@example.com") != name
+    again = UserCaches.from_url(url, key=key, prefix="app")
+    assert again.key_name("alice@example.com") == name  # stable across processes
+    other = UserCaches.from_url(url, key=generate_key(), prefix="app")
+    assert other.key_name("alice@example.com") != name
+    assert key not in repr(caches)
+    assert "prefix='app'" in repr(caches)
+    for made in (caches, again, other):
+        made.close()
+
+
+def test_a_rotated_key_moves_the_record_and_deletes_the_old_one(url: str, key: str) -> None:
+    old = UserCaches.from_url(url, key=key, prefix="app")
+    old.merge("di", _doc(a="1"))
+    old_name = old.key_name("di")
+    new_key = generate_key()
+    rotated = UserCaches.from_url(url, key=[new_key, key], prefix="app")
+    assert _secrets(rotated, "di") == {"a": "1"}  # read under the old name, moved on exit
+    assert rotated.stats.migrated == 1
+    assert _names(rotated) == {rotated.key_name("di")}
+    assert rotated.key_name("di") != old_name
+    assert _secrets(UserCaches.from_url(url, key=new_key, prefix="app"), "di") == {"a": "1"}
+    old.close()
+    rotated.close()
+
+
+def test_a_value_encrypted_with_an_older_key_is_re_encrypted_on_read(url: str, key: str) -> None:
+    old = UserCaches.from_url(url, key=key, prefix="app")
+    old.merge("ed", _doc(a="1"))
+    name = old.key_name("ed")
+    value = old.backend.load(name)
+    assert value is not None
+    second = generate_key()
+    # Keys [key, second]: the name is the same (first key), the value decrypts with key.
+    swapped = UserCaches.from_url(url, key=[second, key], prefix="app")
+    swapped.backend.save(swapped.key_name("ed"), "", value.value or b"", 60)
+    assert _secrets(swapped, "ed") == {"a": "1"}
+    assert swapped.stats.migrated == 1  # re-encrypted with the first key
+    assert _secrets(UserCaches.from_url(url, key=second, prefix="app"), "ed") == {"a": "1"}
+    assert _secrets(swapped, "ed") == {"a": "1"}
+    assert swapped.stats.migrated == 1  # once only
+    old.close()
+    swapped.close()
+
+
+def test_damaged_records_are_empty_caches_and_say_why(
+    caches: UserCaches, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cryptography.fernet import Fernet
+
+    name = caches.key_name("fi")
+    cases = {
+        b"": "has no encrypted data",
+        b"gAAAA-not-fernet": "does not decrypt with any configured key",
+        Fernet(key).encrypt(b"[1, 2]"): "does not hold a token cache",
+        Fernet(key).encrypt(b'{"u": "x", "c": []}'): "does not hold a token cache",
+        Fernet(key).encrypt(b"{not json"): "does not hold a token cache",
+    }
+    for count, (value, why) in enumerate(cases.items(), 1):
+        caches.backend.delete(name)
+        assert caches.backend.save(name, "", value, 60)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="msal_keyring_cache.web"):
+            assert _secrets(caches, "fi") == {}
+        assert caches.stats.corrupt == count
+        assert f"The value of {name} {why}; treating this user's cache as empty" in caplog.text
+    caches.merge("fi", _doc(new="n"))  # the next save replaces it
+    assert _secrets(caches, "fi") == {"new": "n"}
+
+
+def test_delete_user_says_whether_anything_was_there(url: str, key: str) -> None:
+    old = UserCaches.from_url(url, key=key, prefix="app")
+    old.merge("gu", _doc(a="1"))
+    rotated = UserCaches.from_url(url, key=[generate_key(), key], prefix="app")
+    assert rotated.delete_user("gu")  # found under the old key's name
+    assert not rotated.delete_user("gu")
+    assert _secrets(old, "gu") == {}
+    old.close()
+    rotated.close()
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+
+def test_a_session_cache_is_bound_to_its_session_and_user(key: str) -> None:
+    caches = UserCaches.in_sessions(key=key, prefix="sess")
+    session: dict[str, Any] = {}
+    with caches.for_session(session) as cache:
+        cache.absorb({RT: {"a": _entry("1")}})
+    sid = session["sess:id"]
+    assert isinstance(sid, str)
+    assert len(sid) == 24  # 16 random bytes
+    assert isinstance(session["sess:tokens"], str)
+    with caches.for_session(session) as cache:
+        assert set(cache.state()[RT]) == {"a"}
+    assert session["sess:id"] == sid  # kept
+    session["sess:id"] = ""  # an id that is no id: a new one, and the old value refused
+    with caches.for_session(session) as cache:
+        assert cache.state() == {}
+    assert session["sess:id"] not in ("", sid)
+    assert caches.stats.refused == 1
+    with caches.for_session(session, user_id="u1") as cache:
+        assert cache.state() == {}  # bound to the session's id, not to u1
+        cache.absorb({RT: {"b": _entry("2")}})
+    assert caches.stats.refused == 2
+    with caches.for_session(dict(session), user_id="u2") as cache:
+        assert cache.state() == {}
+    assert caches.stats.refused == 3
+    with caches.for_session(session, user_id="u1") as cache:
+        assert set(cache.state()[RT]) == {"b"}
+    session["sess:tokens"] = 42
+    with caches.for_session(session, user_id="u1") as cache:
+        assert cache.state() == {}
+    assert caches.stats.corrupt == 1
+
+
+def test_a_session_cache_that_did_not_change_is_not_rewritten(key: str) -> None:
+    caches = UserCaches.in_sessions(key=key, prefix="sess")
+    session: dict[str, Any] = {}
+    with caches.for_session(session, user_id="u"):
+        pass
+    assert "sess:tokens" not in session
+    assert caches.stats.saves == 0
+
+
+# -- arguments at their limits -------------------------------------------------------------------
+
+
+def test_arguments_at_their_limits_are_accepted(url: str, key: str) -> None:
+    for made in (
+        UserCaches.from_url(url, key=key, prefix="p" * 64, ttl=MAX_TTL, timeout=600),
+        UserCaches.from_url(url, key=(key,), prefix="a", ttl=1, timeout=0.001, max_attempts=1),
+        UserCaches.from_url(url, key=[key], max_attempts=1000),
+    ):
+        made.merge("x" * 4096, _doc(a="1"))
+        assert _secrets(made, "x" * 4096) == {"a": "1"}
+        made.close()
+    for attempts in (0, 1001, True, 1.0):
+        with pytest.raises(ConfigError, match="max_attempts must be a whole number from 1 to 1000"):
+            UserCaches.from_url(url, key=key, max_attempts=attempts)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="at most 4096 characters"):
+        UserCaches.from_url(url, key=key).key_name("x" * 4097)
+    with pytest.raises(ConfigError, match=r"expected whole seconds from 1 to \d+ \(10 years\)"):
+        UserCaches.from_url(url, key=key, ttl=MAX_TTL + 1)
+    with pytest.raises(ConfigError, match=r"expected seconds > 0 and at most 600"):
+        UserCaches.from_url(url, key=key, timeout=600.5)
+    with pytest.raises(
+        ConfigError, match=r"prefix 'p\{2\}' is not valid: expected 1 to 64 printable"
+    ):
+        UserCaches.from_url(url, key=key, prefix="p{2}")
+    with pytest.raises(ConfigError, match=r"prefix given is not valid"):
+        UserCaches.from_url(url, key=key, prefix="x" * 201)
+    with pytest.raises(ConfigError, match="cluster=True is for Redis Cluster"):
+        UserCaches.from_url(url, key=key, cluster=True)
+    with pytest.raises(ConfigError, match="The web cache URL is empty"):
+        UserCaches.from_url("  ", key=key)
+
+
+def test_merge_refuses_what_is_not_a_cache(caches: UserCaches) -> None:
+    with pytest.raises(ConfigError, match=r"expects a serialized msal token cache \(JSON text\)"):
+        caches.merge("u", b"{}")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"\(a JSON object\)"):
+        caches.merge("u", "[1]")
+    caches.merge("u", json.dumps({RT: {"a": _entry("1")}, "Other": [1]}))
+    with caches.for_user("u") as cache:
+        assert set(cache.state()) == {RT}  # not a table of entries: not taken
