@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
+import json
 import os
 import socket
 import subprocess
@@ -146,3 +148,16 @@ def test_a_wait_without_a_bound_is_refused(tmp_path: Path, timeout: object) -> N
     with pytest.raises(ConfigError, match=r"lock timeout .* (not valid|not a number)"):
         CrossProcessLock(str(tmp_path / "cache.lock"), timeout)  # type: ignore[arg-type]
     assert not (tmp_path / "cache.lock").exists()
+
+
+def test_a_lock_dropped_while_held_is_free_for_other_processes(tmp_path: Path) -> None:
+    path = tmp_path / "cache.lock"
+    lock = CrossProcessLock(str(path), 1)
+    lock.__enter__()
+    del lock
+    gc.collect()
+    done = subprocess.run(
+        [PYTHON, "-m", "tests.lock_worker", "try", str(path), "0"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert json.loads(done.stdout.splitlines()[-1])["ok"] is True
