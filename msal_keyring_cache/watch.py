@@ -90,7 +90,7 @@ class FileIdentity:
             return self._changed_by_prefix(), st.st_size
         return self._id != (st.st_dev, st.st_ino), st.st_size
 
-    def _changed_by_prefix(self) -> bool:
+    def _changed_by_prefix(self) -> bool:  # pragma: no cover, no mutate block - Windows only
         try:
             with open(self.path, "rb") as fh:
                 return fh.read(len(self._prefix or b"") or 1) != self._prefix

@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,39 @@ def test_loose_permissions_name_the_mode_that_lets_others_read(tmp_path: Path) -
     path.chmod(0o604)
     assert loose_permissions(str(path)) == "0o604"
     assert loose_permissions(str(tmp_path / "missing")) is None
+
+
+def test_a_name_too_long_for_the_file_system_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / ("c" * 250)  # its temporary file's name is longer than 255 bytes
+    with pytest.raises(StoreError, match=r"Cannot write .*: File name too long\. Check"):
+        atomic_write(str(path), b"data")
+    assert os.listdir(tmp_path) == []
+
+
+def test_leftovers_beside_a_file_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache.bin").write_bytes(b"damaged")
+    aside = move_aside("cache.bin", "bad header")
+    assert aside is not None
+    assert leftovers("cache.bin") == [os.path.join(".", os.path.basename(aside))]
+
+
+def test_a_damaged_file_s_name_is_dated_in_utc_whatever_the_local_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9 all year: local time is another day-hour
+    time.tzset()
+    try:
+        path = tmp_path / "cache.bin"
+        path.write_bytes(b"x")
+        before = time.gmtime()
+        aside = move_aside(str(path), "bad header")
+        after = time.gmtime()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert aside is not None
+    stamp = aside.split(".corrupt-")[1][:15]
+    assert stamp in {time.strftime("%Y%m%dT%H%M%S", t) for t in (before, after)}
