@@ -256,8 +256,8 @@ def test_scrypt_may_cost_four_times_the_library_s_own_and_no_more() -> None:
     allowed = [(2**16, 8, 1), (2**14, 32, 1), (2**14, 8, 4), (2**10, 1, 16), (2**15, 16, 1),
                (2**12, 32, 4), (2**10, 32, 16)]  # fmt: skip
     refused = [(2**17, 8, 1), (2**14, 33, 1), (2**14, 8, 5), (2**10, 1, 17), (2**9, 8, 1),
-               (3 * 2**10, 8, 1), (2**14, 0, 1), (2**14, 8, 0), (2**16, 8, 2), (2**16, 16, 1),
-               (2**15, 32, 1), (2**10, 32, 17)]  # fmt: skip
+               (3 * 2**10, 8, 1), (2**10, 33, 1), (2**14, 0, 1), (2**14, 8, 0), (2**16, 8, 2),
+               (2**16, 16, 1), (2**15, 32, 1), (2**10, 32, 17)]  # fmt: skip
     assert [c for c in allowed if not crypto.scrypt_allowed(*c)] == []
     assert [c for c in refused if crypto.scrypt_allowed(*c)] == []
 
