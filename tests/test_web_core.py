@@ -282,3 +282,52 @@ def test_merge_refuses_what_is_not_a_cache(caches: UserCaches) -> None:
     caches.merge("u", json.dumps({RT: {"a": _entry("1")}, "Other": [1]}))
     with caches.for_user("u") as cache:
         assert set(cache.state()) == {RT}  # not a table of entries: not taken
+
+
+# -- construction ------------------------------------------------------------------------------
+
+
+def test_every_constructor_applies_the_documented_defaults(url: str, key: str) -> None:
+    import sqlalchemy
+
+    from msal_keyring_cache.config import Settings
+
+    defaults = Settings()
+    engine = sqlalchemy.create_engine(url)
+    made = [
+        UserCaches.from_url(url, key=key),
+        UserCaches.from_engine(engine, key=key),
+        UserCaches.in_sessions(key=key),
+    ]
+    assert [c.prefix for c in made] == [defaults.web_prefix] * 3
+    assert [c.ttl for c in made[:2]] == [defaults.web_ttl] * 2
+    assert [c.max_attempts for c in made] == [50] * 3
+    chosen = [
+        UserCaches.from_url(url, key=key, prefix="a1", ttl=7, max_attempts=2),
+        UserCaches.from_engine(engine, key=key, prefix="a2", ttl=8, max_attempts=3),
+        UserCaches.in_sessions(key=key, prefix="a3", max_attempts=4),
+    ]
+    assert [(c.prefix, c.max_attempts) for c in chosen] == [("a1", 2), ("a2", 3), ("a3", 4)]
+    assert [c.ttl for c in chosen[:2]] == [7, 8]
+    with pytest.raises(AttributeError):
+        _ = made[0].client  # an SQL store has no Redis client
+    for caches in made + chosen:
+        caches.close()
+    engine.dispose()
+
+
+def test_purging_counts_what_it_deleted(url: str, key: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    with UserCaches.from_url(url, key=key, prefix="app") as caches:
+        for user in ("old", "new"):
+            caches.merge(user, _doc(a=user))
+        with sqlite3.connect(tmp_path / "tokens.db") as conn:
+            conn.execute(
+                "UPDATE msal_keyring_cache SET expires_at = 0 WHERE name = ?",
+                (caches.key_name("old"),),
+            )
+        assert caches.purge_expired() == 1
+        assert caches.purge_expired() == 0
+        assert caches.stats.purged == 1
+        assert _secrets(caches, "new") == {"a": "new"}
