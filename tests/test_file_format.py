@@ -294,3 +294,5 @@ def test_split_records_keeps_only_complete_records() -> None:
     assert crypto.split_records(b"HEAD\nr1\nr2\npartial", 5) == ([b"r1", b"r2"], 11)
     assert crypto.split_records(b"HEAD\nr1\n", 5) == ([b"r1"], 8)
     assert crypto.split_records(b"HEAD\npartial", 5) == ([], 5)
+    # A blank or spaced line is a record of its own (damaged), never silently dropped.
+    assert crypto.split_records(b"HEAD\nr1\n\nr 2\n", 5) == ([b"r1", b"", b"r 2"], 13)

@@ -185,6 +185,7 @@ def test_atomic_write_in_the_current_directory(
     monkeypatch.chdir(tmp_path)
     os.close(atomic_write("cache.bin", b"here"))
     assert (tmp_path / "cache.bin").read_bytes() == b"here"
+    assert os.listdir(tmp_path) == ["cache.bin"]  # nothing made elsewhere on the way
 
 
 def test_a_failed_atomic_write_is_a_store_error_and_leaves_nothing(tmp_path: Path) -> None:
