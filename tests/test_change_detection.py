@@ -87,8 +87,13 @@ def test_a_writer_killed_mid_write_leaves_the_counter_odd_until_the_next_write(
 
 def test_the_counter_never_returns_to_a_value_a_reader_trusted(tmp_path: Path) -> None:
     path = tmp_path / "cache.bin.gen"
-    writer = Generation(str(path))
-    writer.begin()
+    old = os.umask(0o022)
+    try:
+        writer = Generation(str(path))
+        writer.begin()  # creates the counter file, private whatever the umask
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     writer.end()
     reader = Generation(str(path))
     _looked(reader)
@@ -132,6 +137,20 @@ def test_a_counter_that_is_not_a_regular_file_is_never_trusted(tmp_path: Path) -
     _looked(reader)
     assert reader.peek() is None
     assert not reader.unchanged()
+
+
+def test_a_link_planted_at_the_counter_path_is_not_written_through(tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_bytes(b"\x02" + b"\0" * 7)
+    path = tmp_path / "cache.bin.gen"
+    path.symlink_to(target)
+    writer = Generation(str(path))
+    writer.begin()
+    writer.end()
+    assert target.read_bytes() == b"\x02" + b"\0" * 7
+    reader = Generation(str(path))
+    _looked(reader)
+    assert reader.peek() is None  # not mapped through the link either: exact checks only
 
 
 def test_a_counter_that_cannot_be_written_is_reported_once(
