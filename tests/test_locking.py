@@ -51,6 +51,7 @@ def _run(*args: str, timeout: float = 120, **env: str) -> dict[str, object]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr  # e.g. in a fork hook
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
