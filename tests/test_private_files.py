@@ -68,10 +68,12 @@ def test_a_file_in_the_way_of_a_directory_is_a_store_error(tmp_path: Path) -> No
         ensure_private_dir(str(tmp_path / "plain"))
 
 
-def test_directories_made_at_once_by_many_threads_all_succeed(tmp_path: Path) -> None:
-    # Several processes may create the cache directory at once: theirs is as good as ours.
+@pytest.mark.parametrize("attempt", range(4))
+def test_directories_made_at_once_by_many_threads_all_succeed(tmp_path: Path, attempt: int) -> None:
+    # Several processes may create the cache directory at once: theirs is as good as ours,
+    # and each caller returns only once the whole path exists.
     target = tmp_path / "x" / "y" / "z"
-    errors: list[BaseException] = []
+    errors: list[object] = []
     start = threading.Barrier(8)
 
     def make() -> None:
@@ -80,6 +82,8 @@ def test_directories_made_at_once_by_many_threads_all_succeed(tmp_path: Path) ->
             ensure_private_dir(str(target))
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
+        if not target.is_dir():
+            errors.append("returned before the directory existed")
 
     threads = [threading.Thread(target=make) for _ in range(8)]
     for thread in threads:
@@ -101,6 +105,14 @@ def test_read_file_returns_everything_even_beyond_one_read(tmp_path: Path) -> No
     assert read_file(str(tmp_path / "missing")) is None
     path.write_bytes(b"")
     assert read_file(str(path)) == b""
+
+
+def test_a_file_whose_size_the_kernel_does_not_report_is_read_to_its_end() -> None:
+    # /proc files say size 0 and come in pieces: every piece is kept, in order.
+    with open("/proc/kallsyms", "rb") as fh:
+        expected = fh.read()
+    assert len(expected) > 65536
+    assert read_file("/proc/kallsyms") == expected
 
 
 def test_a_file_that_grows_while_read_is_read_to_its_end(tmp_path: Path) -> None:
