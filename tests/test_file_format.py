@@ -107,6 +107,11 @@ def test_only_32_byte_url_safe_keys_are_fernet_keys() -> None:
         crypto.FernetKeys(())
 
 
+def test_the_header_says_where_the_key_came_from() -> None:
+    source = crypto.FernetKeys((KEY,), label="key file k.key", tag="key_file")
+    assert crypto.parse_header(crypto.encrypt(b"{}", source))[0].source == "key_file"
+
+
 def test_a_key_source_never_shows_its_keys() -> None:
     keys = crypto.FernetKeys((KEY,))
     assert KEY not in repr(keys)

@@ -368,7 +368,10 @@ def test_an_unwritable_directory_is_a_store_error() -> None:
     lines = done.stdout.splitlines()
     assert len(lines) == 2, done.stdout
     assert "Permission denied" in lines[0]
-    assert "MSAL_KEYRING_CACHE_PATH" in lines[0]
+    assert (
+        "check the owner and permissions of the file and its directory, or point the cache "
+        "at a location you own (MSAL_KEYRING_CACHE_PATH)"
+    ) in lines[0]
     assert "Permission denied" in lines[1]
     assert "Create it" in lines[1]
 
@@ -406,7 +409,10 @@ def test_a_read_only_file_system_is_a_store_error(tmp_path: Path) -> None:
     refused, existing = done.stdout.splitlines()
     assert refused.startswith("refused:")
     assert "Read-only file system" in refused
-    assert "MSAL_KEYRING_CACHE_PATH" in refused
+    assert (
+        "the file system is read-only: point the cache at a writable location "
+        "(MSAL_KEYRING_CACHE_PATH)"
+    ) in refused
     assert existing == "locked existing: True"  # an existing lock file still locks
 
 
