@@ -16,6 +16,7 @@ import pytest
 
 from msal_keyring_cache import MemoryStore, PersistentTokenCache, crypto, generate_key
 from msal_keyring_cache.cache import BackendInfo
+from msal_keyring_cache.errors import ConfigError
 from msal_keyring_cache.stores.file import EncryptedFileStore
 
 KEY = generate_key()
@@ -129,3 +130,31 @@ def test_close_releases_the_store_and_the_http_cache(tmp_path: Path) -> None:
     cache.http_cache = {}  # a plain mapping has nothing to close
     cache.close()
     assert _secrets(_file_cache(tmp_path / "c.bin")) == {"a": "one"}
+
+
+def test_deserialize_takes_entries_msal_could_not_use_but_merge_refuses_them() -> None:
+    # msal's own deserialize() does not insist on the fields msal needs; merge() does.
+    incomplete = json.dumps({"AccessToken": {"k": {"credential_type": "AccessToken"}}})
+    cache = PersistentTokenCache(MemoryStore())
+    cache.deserialize(incomplete)
+    assert json.loads(cache.serialize()) == json.loads(incomplete)
+    with pytest.raises(ConfigError, match=r"AccessToken entry 1 .*nothing was imported"):
+        cache.merge(incomplete)
+    with pytest.raises(ConfigError, match=r"^Not an msal token cache: the cache to import is not"):
+        cache.merge("{not json")
+
+
+def test_after_a_clear_this_process_still_takes_in_others_writes(tmp_path: Path) -> None:
+    path = tmp_path / "c.bin"
+    mine, theirs = _file_cache(path), _file_cache(path)
+    mine.deserialize(json.dumps({RT: {"a": _rt("one")}}))
+    mine.clear()
+    theirs.merge(json.dumps({RT: {"b": _rt("two")}}))
+    assert _secrets(mine) == {"b": "two"}
+
+
+def test_an_entry_with_a_time_is_newer_than_one_without() -> None:
+    cache = PersistentTokenCache(MemoryStore())
+    cache.deserialize(json.dumps({RT: {"k": _rt("mine")}}))  # no time: the oldest
+    assert cache.merge(json.dumps({RT: {"k": _rt("theirs", last_modification_time="0")}})) == 1
+    assert _secrets(cache) == {"k": "theirs"}

@@ -28,6 +28,13 @@ def _entry(secret: str) -> dict[str, Any]:
             "client_id": "c"}  # fmt: skip
 
 
+def _msal_key(entry: dict[str, Any]) -> str:
+    """The key msal files ``entry`` under (its modify() and remove find it there)."""
+    import msal
+
+    return str(msal.TokenCache().key_makers[RT](**entry))
+
+
 def _doc(**entries: str) -> str:
     return json.dumps({RT: {name: _entry(secret) for name, secret in entries.items()}})
 
@@ -331,3 +338,138 @@ def test_purging_counts_what_it_deleted(url: str, key: str, tmp_path: Path) -> N
         assert caches.purge_expired() == 0
         assert caches.stats.purged == 1
         assert _secrets(caches, "new") == {"a": "new"}
+
+
+# -- what a request changes ------------------------------------------------------------------
+
+
+def test_every_kind_of_change_msal_makes_is_saved(caches: UserCaches) -> None:
+    key = _msal_key(_entry("1"))
+    with caches.for_user("ha") as cache:
+        cache.deserialize(json.dumps({RT: {key: _entry("1")}}))  # replaces the whole cache
+    assert _secrets(caches, "ha") == {key: "1"}
+    with caches.for_user("ha") as cache:
+        cache.modify(RT, _entry("1"), {"secret": "rotated"})  # how msal rotates a token
+    assert _secrets(caches, "ha") == {key: "rotated"}
+    assert caches.stats.saves == 2
+
+
+def test_a_sign_out_during_a_request_does_not_fail_its_save(caches: UserCaches) -> None:
+    caches.merge("io", _doc(a="1"))
+    with caches.for_user("io") as cache:
+        assert caches.delete_user("io")  # another request signs the user out meanwhile
+        cache.absorb({RT: {"b": _entry("2")}})
+    assert _secrets(caches, "io") == {"b": "2"}  # saved as a new record, no error
+
+
+def test_a_session_changed_meanwhile_keeps_this_request_s_removal(key: str) -> None:
+    caches = UserCaches.in_sessions(key=key, prefix="sess")
+    session: dict[str, Any] = {}
+    with caches.for_session(session, user_id="u") as cache:
+        cache.absorb({RT: {_msal_key(_entry("1")): _entry("1")}})
+    with caches.for_session(session, user_id="u") as outer:
+        outer.modify(RT, _entry("1"))  # msal removes an entry in place
+        with caches.for_session(session, user_id="u") as inner:
+            inner.absorb({RT: {"b": _entry("2")}})
+    with caches.for_session(session, user_id="u") as cache:
+        assert set(cache.state()[RT]) == {"b"}  # the removal is not undone by the merge
+    assert caches.stats.conflicts == 1
+
+
+def test_a_session_value_that_is_not_ascii_text_is_an_empty_cache(
+    key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caches = UserCaches.in_sessions(key=key, prefix="sess")
+    for value, why in (("gAAAA-é", "does not decrypt with any configured key"),
+                       (b"bytes", "is not a token cache")):  # fmt: skip
+        session: dict[str, Any] = {"sess:tokens": value}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="msal_keyring_cache.web"):
+            with caches.for_session(session, user_id="u") as cache:
+                assert cache.state() == {}
+        assert f"The value of session entry 'sess:tokens' {why}" in caplog.text
+    assert caches.stats.corrupt == 2
+
+
+def test_a_refused_session_value_is_named_in_the_log(
+    key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caches = UserCaches.in_sessions(key=key, prefix="sess")
+    session: dict[str, Any] = {}
+    with caches.for_session(session, user_id="u1") as cache:
+        cache.absorb({RT: {"a": _entry("1")}})
+    with caplog.at_level(logging.WARNING, logger="msal_keyring_cache.web"):
+        with caches.for_session(session, user_id="u2"):
+            pass
+    assert "Refused the value of session entry 'sess:tokens'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="msal_keyring_cache.web"):
+        with caches.for_session(session, user_id="u2") as cache:
+            cache.absorb({RT: {"b": _entry("2")}})
+            session["sess:tokens"] = (
+                caches.in_sessions(key=key, prefix="sess")._seal("other", {}).decode()
+            )  # changed meanwhile, to a value of another user
+    assert "Refused the value of session entry 'sess:tokens'" in caplog.text
+
+
+# -- the three-way merge on its own -----------------------------------------------------------
+
+
+def test_three_way_merge_of_tables_and_of_other_values() -> None:
+    from msal_keyring_cache.web import three_way_merge
+
+    # A table removed by mine: base's entries go, theirs' own entries stay.
+    assert three_way_merge({"T": {"a": 1}}, {}, {"T": {"a": 1, "b": 2}}) == {"T": {"b": 2}}
+    # An entry removed on both sides.
+    assert three_way_merge({"T": {"a": 1}}, {"T": {}}, {"T": {}}) == {"T": {}}
+    # Values that are not tables: whole-value semantics.
+    assert three_way_merge({"X": 1}, {"X": 2}, {"X": 1}) == {"X": 2}
+    assert three_way_merge({"X": 1}, {"X": 1}, {"X": 3}) == {"X": 3}
+    assert three_way_merge({"X": 1}, {}, {"X": 1, "Y": 0}) == {"Y": 0}
+    assert three_way_merge({"X": [1]}, {"X": {"k": 1}}, {"X": [1]}) == {"X": {"k": 1}}
+    assert three_way_merge({}, {}, {"L": [1, 2]}) == {"L": [1, 2]}
+    # A value that is not a table never stops the rest of the merge.
+    base: dict[str, Any] = {"X": 1, **{f"T{i}": {} for i in range(30)}}
+    mine: dict[str, Any] = {"X": 2, **{f"T{i}": {"k": i} for i in range(30)}}
+    merged = three_way_merge(base, mine, base)
+    assert merged == mine
+
+
+# -- construction from settings and engines ---------------------------------------------------
+
+
+def test_from_env_reads_the_key_file_and_takes_overrides(tmp_path: Path, url: str) -> None:
+    key_file = tmp_path / "web.key"
+    key = generate_key()
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    env = {"MSAL_KEYRING_CACHE_WEB_URL": url, "MSAL_KEYRING_CACHE_KEY_FILE": str(key_file)}
+    with UserCaches.from_env(environ=env) as caches:
+        caches.merge("jo", _doc(a="1"))
+    with UserCaches.from_url(url, key=key) as caches:
+        assert _secrets(caches, "jo") == {"a": "1"}  # the key file's key was used
+    with UserCaches.from_env(environ=env, web_prefix="other") as caches:
+        assert caches.prefix == "other"
+    with pytest.raises(ConfigError, match="cluster=True is for Redis Cluster"):
+        UserCaches.from_env(environ=env, cluster=True)
+
+
+def test_from_engine_uses_the_table_it_is_given(tmp_path: Path, key: str) -> None:
+    import sqlite3
+
+    import sqlalchemy
+
+    path = tmp_path / "app.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    with UserCaches.from_engine(engine, key=key, table="app_tokens") as caches:
+        caches.merge("ka", _doc(a="1"))
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "app_tokens" in tables
+        assert conn.execute("SELECT count(*) FROM app_tokens").fetchone() == (1,)
+    engine.dispose()
+
+
+def test_a_store_that_expires_by_itself_purges_nothing(redis_server: Any, key: str) -> None:
+    with UserCaches.from_url(redis_server.url, key=key, prefix="purge") as caches:
+        assert caches.purge_expired() == 0
