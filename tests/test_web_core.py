@@ -379,14 +379,14 @@ def test_a_session_changed_meanwhile_keeps_this_request_s_removal(key: str) -> N
 def test_a_session_value_that_is_not_ascii_text_is_an_empty_cache(
     key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="msal_keyring_cache.web")
     caches = UserCaches.in_sessions(key=key, prefix="sess")
     for value, why in (("gAAAA-é", "does not decrypt with any configured key"),
                        (b"bytes", "is not a token cache")):  # fmt: skip
         session: dict[str, Any] = {"sess:tokens": value}
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="msal_keyring_cache.web"):
-            with caches.for_session(session, user_id="u") as cache:
-                assert cache.state() == {}
+        with caches.for_session(session, user_id="u") as cache:
+            assert cache.state() == {}
         assert f"The value of session entry 'sess:tokens' {why}" in caplog.text
     assert caches.stats.corrupt == 2
 
@@ -394,21 +394,21 @@ def test_a_session_value_that_is_not_ascii_text_is_an_empty_cache(
 def test_a_refused_session_value_is_named_in_the_log(
     key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="msal_keyring_cache.web")
     caches = UserCaches.in_sessions(key=key, prefix="sess")
     session: dict[str, Any] = {}
     with caches.for_session(session, user_id="u1") as cache:
         cache.absorb({RT: {"a": _entry("1")}})
-    with caplog.at_level(logging.WARNING, logger="msal_keyring_cache.web"):
-        with caches.for_session(session, user_id="u2"):
-            pass
+    with caches.for_session(session, user_id="u2"):
+        pass
     assert "Refused the value of session entry 'sess:tokens'" in caplog.text
+    others: dict[str, Any] = {}
+    with caches.for_session(others, user_id="other") as cache:
+        cache.absorb({RT: {"o": _entry("3")}})
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="msal_keyring_cache.web"):
-        with caches.for_session(session, user_id="u2") as cache:
-            cache.absorb({RT: {"b": _entry("2")}})
-            session["sess:tokens"] = (
-                caches.in_sessions(key=key, prefix="sess")._seal("other", {}).decode()
-            )  # changed meanwhile, to a value of another user
+    with caches.for_session(session, user_id="u2") as cache:
+        cache.absorb({RT: {"b": _entry("2")}})
+        session["sess:tokens"] = others["sess:tokens"]  # meanwhile: another user's value
     assert "Refused the value of session entry 'sess:tokens'" in caplog.text
 
 
