@@ -473,3 +473,25 @@ def test_from_engine_uses_the_table_it_is_given(tmp_path: Path, key: str) -> Non
 def test_a_store_that_expires_by_itself_purges_nothing(redis_server: Any, key: str) -> None:
     with UserCaches.from_url(redis_server.url, key=key, prefix="purge") as caches:
         assert caches.purge_expired() == 0
+
+
+def test_reading_a_damaged_or_refused_value_writes_nothing(url: str, key: str) -> None:
+    caches = UserCaches.from_url(url, key=key, prefix="app")
+    other = UserCaches.from_url(url, key=key, prefix="other-app")
+    caches.merge("lu", _doc(a="1"))
+    other.merge("lu", _doc(b="2"))
+    name = caches.key_name("lu")
+    foreign = other.backend.load(other.key_name("lu"))
+    assert foreign is not None
+    for value in (b"gAAAA-not-fernet", foreign.value or b""):  # damaged; another app's
+        record = caches.backend.load(name)
+        assert record is not None
+        assert caches.backend.save(name, record.version, value, 60)
+        saves = caches.stats.saves
+        assert _secrets(caches, "lu") == {}
+        assert caches.stats.saves == saves  # only the next real change replaces it
+        assert caches.stats.migrated == 0
+        assert caches.backend.load(name) == caches.backend.load(name)
+        assert (caches.backend.load(name) or record).value == value
+    caches.close()
+    other.close()
