@@ -494,3 +494,44 @@ def test_reading_a_damaged_or_refused_value_writes_nothing(url: str, key: str) -
         assert (caches.backend.load(name) or record).value == value
     caches.close()
     other.close()
+
+
+def test_a_redis_key_of_another_type_is_named_as_no_record(
+    redis_server: Any, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="msal_keyring_cache.web")
+    with UserCaches.from_url(redis_server.url, key=key, prefix="shape") as caches:
+        name = caches.key_name("mo")
+        caches.client.set(name, b"not a hash")
+        assert _secrets(caches, "mo") == {}
+        assert f"The value of {name} is not a token cache record" in caplog.text
+        caches.client.delete(name)
+
+
+def test_a_cache_made_without_state_is_an_empty_msal_cache() -> None:
+    from msal_keyring_cache.web import UserTokenCache
+
+    cache = UserTokenCache()
+    assert cache.state() == {}
+    assert list(cache.search(RT)) == []
+    assert cache.changed is False
+    cache.absorb({RT: {"a": _entry("1")}})
+    assert cache.changed is True
+    assert [e["secret"] for e in cache.search(RT)] == ["1"]
+
+
+def test_an_expired_record_under_an_older_key_s_name_does_not_hide_an_older_one(
+    url: str, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    first, second, third = generate_key(), generate_key(), generate_key()
+    with UserCaches.from_url(url, key=third, prefix="app") as oldest:
+        oldest.merge("no", _doc(a="kept"))
+    with UserCaches.from_url(url, key=second, prefix="app") as older:
+        older.merge("no", _doc(b="expired"))
+        expired = older.key_name("no")
+    with sqlite3.connect(tmp_path / "tokens.db") as conn:
+        conn.execute("UPDATE msal_keyring_cache SET expires_at = 0 WHERE name = ?", (expired,))
+    with UserCaches.from_url(url, key=[first, second, third], prefix="app") as rotated:
+        assert _secrets(rotated, "no") == {"a": "kept"}
