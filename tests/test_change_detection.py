@@ -36,8 +36,8 @@ def _child_steps(path: Path, *steps: str) -> None:
 
 
 def _looked(reader: Generation) -> None:
-    """An exact check ran: the reader marks what it peeked before it."""
-    reader.mark(reader.peek())
+    """An exact check ran: the reader vouches for what it peeked before it."""
+    reader.vouch(reader.peek())
 
 
 # -- the shared counter ----------------------------------------------------------------------
@@ -46,15 +46,15 @@ def _looked(reader: Generation) -> None:
 def test_a_reader_trusts_the_counter_until_another_process_writes(tmp_path: Path) -> None:
     path = tmp_path / "cache.bin.gen"
     first = Generation(str(path))
-    assert first.peek() is None  # no counter yet: exact checks only
-    first.mark(None)
+    assert first.peek() == -1  # no counter yet: exact checks only
+    first.vouch(-1)
     assert not first.unchanged()
     _child_steps(path, "begin", "end")
     assert _value(path) == 2  # odd during the write, even after it
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
     reader = Generation(str(path))
-    assert reader.peek() == (2).to_bytes(8, "little")
+    assert reader.peek() == 2
     assert not reader.unchanged()  # nothing vouched for before an exact check
     _looked(reader)
     assert reader.unchanged()
@@ -66,7 +66,8 @@ def test_a_reader_trusts_the_counter_until_another_process_writes(tmp_path: Path
     assert not reader.unchanged()
     _looked(reader)
     assert reader.unchanged()
-    reader.RECHECK = 0.0  # its time for an exact check has come
+    reader.RECHECK = 0.0  # its time for an exact check comes at once
+    _looked(reader)
     assert not reader.unchanged()
 
 
@@ -112,13 +113,13 @@ def test_a_counter_file_replaced_by_hand_is_mapped_again(tmp_path: Path) -> None
     reader = Generation(str(path))
     reader.RECHECK = 0.0
     _looked(reader)
-    assert reader.peek() == (4).to_bytes(8, "little")
+    assert reader.peek() == 4
     path.unlink()  # deleted by hand; the next writer makes a new one
     _child_steps(path, "begin", "end")
     _looked(reader)  # the exact check notices the new file and maps it
-    assert reader.peek() == (2).to_bytes(8, "little")
+    assert reader.peek() == 2
     reader.close()
-    assert reader.peek() == (2).to_bytes(8, "little")  # mapped again on use
+    assert reader.peek() == 2  # mapped again on use
 
 
 def test_a_counter_that_is_not_a_regular_file_is_never_trusted(tmp_path: Path) -> None:
@@ -129,13 +130,13 @@ def test_a_counter_that_is_not_a_regular_file_is_never_trusted(tmp_path: Path) -
     writer.end()
     reader = Generation(str(path))
     _looked(reader)
-    assert reader.peek() is None
+    assert reader.peek() == -1
     assert not reader.unchanged()
     short = tmp_path / "short.gen"
     short.write_bytes(b"\2\0\0")  # too short to map
     reader = Generation(str(short))
     _looked(reader)
-    assert reader.peek() is None
+    assert reader.peek() == -1
     assert not reader.unchanged()
 
 
@@ -150,7 +151,7 @@ def test_a_link_planted_at_the_counter_path_is_not_written_through(tmp_path: Pat
     assert target.read_bytes() == b"\x02" + b"\0" * 7
     reader = Generation(str(path))
     _looked(reader)
-    assert reader.peek() is None  # not mapped through the link either: exact checks only
+    assert reader.peek() == -1  # not mapped through the link either: exact checks only
 
 
 def test_a_counter_that_cannot_be_written_is_reported_once(

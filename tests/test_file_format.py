@@ -52,7 +52,7 @@ def _refused(header: bytes, match: str, token: bytes = b"gAAAA") -> None:
 
 
 def test_a_file_written_by_0_2_0_under_a_key_still_loads(tmp_path: Path) -> None:
-    path = _copy("v2_cache.bin", tmp_path)
+    path = _copy("v2_keyed.bin", tmp_path)
     assert crypto.fingerprint(GOLDEN["key"]) == GOLDEN["fingerprint"]
     store = EncryptedFileStore(str(path), crypto.FernetKeys((GOLDEN["key"],)))
     expected = json.loads(GOLDEN["snapshot"])
@@ -61,7 +61,7 @@ def test_a_file_written_by_0_2_0_under_a_key_still_loads(tmp_path: Path) -> None
     wrong = EncryptedFileStore(str(path), crypto.FernetKeys((KEY,)))
     with pytest.raises(DecryptError, match=f"fingerprint {GOLDEN['fingerprint']}"):
         wrong.load()
-    assert path.read_bytes() == (DATA / "v2_cache.bin").read_bytes()  # not changed
+    assert path.read_bytes() == (DATA / "v2_keyed.bin").read_bytes()  # not changed
 
 
 def test_a_file_written_by_0_2_0_under_a_passphrase_still_loads(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_a_file_written_by_0_2_0_under_a_passphrase_still_loads(tmp_path: Path) 
     with pytest.raises(DecryptError, match="protected by a passphrase, but a Fernet key"):
         EncryptedFileStore(str(path), crypto.FernetKeys((KEY,))).load()
     with pytest.raises(DecryptError, match="protected by a Fernet key, but a passphrase"):
-        EncryptedFileStore(str(_copy("v2_cache.bin", tmp_path)), crypto.Passphrase("x")).load()
+        EncryptedFileStore(str(_copy("v2_keyed.bin", tmp_path)), crypto.Passphrase("x")).load()
 
 
 def test_new_files_have_the_documented_header() -> None:
@@ -81,7 +81,7 @@ def test_new_files_have_the_documented_header() -> None:
     line = blob.split(b"\n")[0].decode()
     fp = crypto.fingerprint(KEY)
     assert re.fullmatch(
-        r'\{"format":"msal-keyring-cache","version":2,"kdf":"none","fp":"'
+        r'\{"format":"msal-keyring-cache","version":' + str(crypto.VERSION) + ',"kdf":"none","fp":"'
         + fp + r'","source":"key","gen":"[0-9a-f]{32}"\}', line,
     )  # fmt: skip
     assert re.fullmatch(r"[0-9a-f]{16}", fp)
@@ -194,7 +194,7 @@ def test_the_header_line_may_be_4096_bytes_and_no_more() -> None:
         (b"{not json", "header is not valid JSON"),
         (b"[1]", "is not an msal-keyring-cache file"),
         (_header_line(format="other"), "is not an msal-keyring-cache file"),
-        (_header_line(version=3), "unknown format version '3'"),
+        (_header_line(version=4), "unknown format version '4'"),
         (_header_line(version=True), "unknown format version 'True'"),
         (_header_line(version="2"), "unknown format version '2'"),
         (_header_line(kdf=None), "has no valid 'kdf'"),
@@ -273,7 +273,7 @@ def test_scrypt_may_cost_four_times_the_library_s_own_and_no_more() -> None:
 def test_every_record_is_bound_to_its_file_and_place() -> None:
     keys = crypto.FernetKeys((KEY,))
     blob = crypto.encrypt(b'{"a":1}', keys)
-    header, token = crypto.parse_header(blob)
+    header, _ = crypto.parse_header(blob)
     record = crypto.seal(b'{"b":2}', KEY, header, 1)
     assert record.endswith(b"\n")
     assert record.count(b"\n") == 1
@@ -284,15 +284,15 @@ def test_every_record_is_bound_to_its_file_and_place() -> None:
     with pytest.raises(CorruptCacheError, match="out of place"):
         crypto.unseal(record[:-1], KEY, other, 1)
     with pytest.raises(CorruptCacheError, match="out of place"):
-        crypto.unseal(crypto.encrypt_record(b"no binding", KEY)[:-1], KEY, header, 0)
+        crypto.unseal(crypto.encrypt_record(b"no binding", KEY)[:-1], KEY, header, 1)
     v1 = crypto.Header(header.fp, header.gen, version=1)
     with pytest.raises(CorruptCacheError, match="does not match the file's format version"):
-        crypto.unseal(token, KEY, v1, 0)  # a v2 record under a header edited to say v1
+        crypto.unseal(record[:-1], KEY, v1, 1)  # a bound record under a header edited to v1
     assert crypto.unseal(crypto.encrypt_record(b"{}", KEY)[:-1], KEY, v1, 0) == b"{}"
     assert crypto.seal(b"{}", KEY, v1, 3) != crypto.encrypt_record(b"{}", KEY)  # random IV
     assert crypto.decrypt_record(crypto.seal(b"{}", KEY, v1, 3)[:-1], KEY) == b"{}"
     with pytest.raises(CorruptCacheError, match="fails authentication"):
-        crypto.decrypt_record(token[:-4] + b"AAAA", KEY)
+        crypto.decrypt_record(record[:-5] + b"AAAA", KEY)
 
 
 def test_split_records_keeps_only_complete_records() -> None:
