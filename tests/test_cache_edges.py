@@ -158,3 +158,42 @@ def test_an_entry_with_a_time_is_newer_than_one_without() -> None:
     cache.deserialize(json.dumps({RT: {"k": _rt("mine")}}))  # no time: the oldest
     assert cache.merge(json.dumps({RT: {"k": _rt("theirs", last_modification_time="0")}})) == 1
     assert _secrets(cache) == {"k": "theirs"}
+
+
+def test_a_change_whose_write_failed_survives_another_process_s_write(tmp_path: Path) -> None:
+    # A's writes fail (another process holds the lock past A's timeout); B then writes.
+    # A must keep its changes on top of B's (a refresh token the identity provider already
+    # rotated would be lost otherwise), show them, and store them with its next write.
+    import subprocess
+
+    from msal_keyring_cache.errors import CacheError
+    from tests.helpers import PYTHON, ROOT, child_env
+
+    path = tmp_path / "c.bin"
+    a = PersistentTokenCache(
+        EncryptedFileStore(str(path), crypto.FernetKeys((KEY,)), lock_timeout=0.1)
+    )
+    gone = a.key_makers[RT](**_rt("x"))
+    a.deserialize(json.dumps({RT: {gone: _rt("x"), "kept": _rt("k")}}))
+    holder = subprocess.Popen(
+        [PYTHON, "-m", "tests.lock_worker", "hold", str(path) + ".lock"],
+        cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(CacheError):
+            a.merge(json.dumps({RT: {"mine": _rt("rotated")}}))
+        with pytest.raises(CacheError):
+            a.modify(RT, _rt("x"))  # msal removes an entry
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.communicate(timeout=30)
+    _file_cache(path).merge(json.dumps({RT: {"theirs": _rt("b")}}))  # B, meanwhile
+    assert _secrets(a) == {"kept": "k", "mine": "rotated", "theirs": "b"}
+    a.merge(json.dumps({RT: {"later": _rt("l")}}))  # the next write stores the pending ones
+    assert _secrets(_file_cache(path)) == {
+        "kept": "k", "mine": "rotated", "theirs": "b", "later": "l"
+    }  # fmt: skip
