@@ -21,6 +21,7 @@ from msal_keyring_cache.stores.file import EncryptedFileStore
 
 KEY = generate_key()
 RT = "RefreshToken"
+AT = {"credential_type": "AccessToken", "secret": "a", "expires_on": "9999999999"}
 
 
 def _file_cache(path: Path) -> PersistentTokenCache:
@@ -183,7 +184,7 @@ def test_a_change_whose_write_failed_survives_another_process_s_write(tmp_path: 
         assert holder.stdout is not None
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(CacheError):
-            a.merge(json.dumps({RT: {"mine": _rt("rotated")}}))
+            a.merge(json.dumps({RT: {"mine": _rt("rotated")}, "AccessToken": {"at": AT}}))
         with pytest.raises(CacheError):
             a.modify(RT, _rt("x"))  # msal removes an entry
     finally:
@@ -191,9 +192,14 @@ def test_a_change_whose_write_failed_survives_another_process_s_write(tmp_path: 
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.communicate(timeout=30)
-    _file_cache(path).merge(json.dumps({RT: {"theirs": _rt("b")}}))  # B, meanwhile
+    b = _file_cache(path)  # B, meanwhile, rewrites the whole file (A must reload it)
+    state = json.loads(b.serialize())
+    state[RT]["theirs"] = _rt("b")
+    b.deserialize(json.dumps(state))
     assert _secrets(a) == {"kept": "k", "mine": "rotated", "theirs": "b"}
+    assert json.loads(a.serialize())["AccessToken"] == {"at": AT}  # a table B never had
     a.merge(json.dumps({RT: {"later": _rt("l")}}))  # the next write stores the pending ones
     assert _secrets(_file_cache(path)) == {
         "kept": "k", "mine": "rotated", "theirs": "b", "later": "l"
     }  # fmt: skip
+    assert json.loads(_file_cache(path).serialize())["AccessToken"] == {"at": AT}
