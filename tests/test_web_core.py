@@ -275,6 +275,13 @@ def test_arguments_at_their_limits_are_accepted(url: str, key: str) -> None:
         UserCaches.from_url(url, key=key, prefix="p{2}")
     with pytest.raises(ConfigError, match=r"prefix given is not valid"):
         UserCaches.from_url(url, key=key, prefix="x" * 201)
+    with pytest.raises(ConfigError, match=r"prefix 'x{200}' is not valid"):
+        UserCaches.from_url(url, key=key, prefix="x" * 200)
+    with pytest.raises(ConfigError, match=r"prefix 'a\{b' is not valid"):
+        UserCaches.from_url(url, key=key, prefix="a{b")
+    for bad in ("nonsense-without-a-scheme", "://no-scheme"):
+        with pytest.raises(ConfigError, match="The web cache URL is not valid"):
+            UserCaches.from_url(bad, key=key)
     with pytest.raises(ConfigError, match="cluster=True is for Redis Cluster"):
         UserCaches.from_url(url, key=key, cluster=True)
     with pytest.raises(ConfigError, match="The web cache URL is empty"):
@@ -426,6 +433,7 @@ def test_three_way_merge_of_tables_and_of_other_values() -> None:
     assert three_way_merge({"X": 1}, {"X": 2}, {"X": 1}) == {"X": 2}
     assert three_way_merge({"X": 1}, {"X": 1}, {"X": 3}) == {"X": 3}
     assert three_way_merge({"X": 1}, {}, {"X": 1, "Y": 0}) == {"Y": 0}
+    assert three_way_merge({"X": 1}, {}, {}) == {}  # removed on both sides
     assert three_way_merge({"X": [1]}, {"X": {"k": 1}}, {"X": [1]}) == {"X": {"k": 1}}
     assert three_way_merge({}, {}, {"L": [1, 2]}) == {"L": [1, 2]}
     # A value that is not a table never stops the rest of the merge.
@@ -463,10 +471,13 @@ def test_from_engine_uses_the_table_it_is_given(tmp_path: Path, key: str) -> Non
     engine = sqlalchemy.create_engine(f"sqlite:///{path}")
     with UserCaches.from_engine(engine, key=key, table="app_tokens") as caches:
         caches.merge("ka", _doc(a="1"))
+    with UserCaches.from_url(f"sqlite:///{path}", key=key, table="url_tokens") as caches:
+        caches.merge("ka", _doc(a="1"))
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert "app_tokens" in tables
+        assert {"app_tokens", "url_tokens"} <= tables
         assert conn.execute("SELECT count(*) FROM app_tokens").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM url_tokens").fetchone() == (1,)
     engine.dispose()
 
 
@@ -535,3 +546,20 @@ def test_an_expired_record_under_an_older_key_s_name_does_not_hide_an_older_one(
         conn.execute("UPDATE msal_keyring_cache SET expires_at = 0 WHERE name = ?", (expired,))
     with UserCaches.from_url(url, key=[first, second, third], prefix="app") as rotated:
         assert _secrets(rotated, "no") == {"a": "kept"}
+
+
+def test_a_redis_py_client_is_wrapped_and_rediss_urls_are_redis(
+    redis_server: Any, key: str
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    caches = UserCaches(client, key=key, prefix="raw-client")
+    caches.merge("pa", _doc(a="1"))
+    assert _secrets(caches, "pa") == {"a": "1"}
+    assert caches.client is client
+    caches.delete_user("pa")
+    client.close()
+    tls = UserCaches.from_url("rediss://127.0.0.1:1/0", key=key, timeout=0.5)
+    assert isinstance(tls.client, redis.Redis)  # a Redis store, not an SQL dialect
+    tls.close()
