@@ -203,3 +203,33 @@ def test_a_change_whose_write_failed_survives_another_process_s_write(tmp_path: 
         "kept": "k", "mine": "rotated", "theirs": "b", "later": "l"
     }  # fmt: skip
     assert json.loads(_file_cache(path).serialize())["AccessToken"] == {"at": AT}
+
+
+def test_a_sign_in_whose_write_fails_raises(idp: Any, tmp_path: Path) -> None:
+    # Only msal's refresh grant is let through (its second call writes again and raises);
+    # any other sign-in whose write fails gets the error at once.
+    import subprocess
+
+    from msal_keyring_cache.errors import CacheError
+    from tests.helpers import PYTHON, ROOT, child_env
+
+    path = tmp_path / "c.bin"
+    cache = PersistentTokenCache(
+        EncryptedFileStore(str(path), crypto.FernetKeys((KEY,)), lock_timeout=0.1)
+    )
+    assert cache.http_cache is None  # the default: no persisted discovery answers
+    app = idp.public_app(token_cache=cache)
+    holder = subprocess.Popen(
+        [PYTHON, "-m", "tests.lock_worker", "hold", str(path) + ".lock"],
+        cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(CacheError):
+            app.acquire_token_by_username_password("ann@example.com", "pw", ["User.Read"])
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.communicate(timeout=30)
