@@ -132,13 +132,18 @@ class CrossProcessLock:
         return self._depth > 0
 
     def __enter__(self) -> CrossProcessLock:
+        return self.acquire()
+
+    def acquire(self, timeout: Optional[float] = None) -> CrossProcessLock:
+        """What ``with`` does, waiting at most ``timeout`` seconds (default :attr:`timeout`)."""
         if self._depth:
             self._depth += 1
             return self
+        limit = self.timeout if timeout is None else timeout
         if os.name == "posix":
-            self._fd = self._acquire()
+            self._fd = self._acquire(limit)
         else:
-            self._acquire_windows()
+            self._acquire_windows(limit)
         self._depth = 1
         return self
 
@@ -161,12 +166,44 @@ class CrossProcessLock:
             _unlock(fd)
             os.close(fd)
 
-    # -- POSIX ---------------------------------------------------------------------
+    def attempt(self) -> bool:
+        """Take the lock only if it is free right now (no wait); whether it was taken.
 
-    def _acquire(self) -> int:
+        ``False`` also when this object has a wait pending from an earlier timeout, and
+        always on Windows. Release a lock taken this way with ``__exit__``, as after
+        ``with``. OS errors propagate as from ``with`` (:class:`StoreError` …).
+        """
+        if self._depth:
+            self._depth += 1
+            return True
+        if os.name != "posix":
+            return False
         import fcntl
 
-        limit = self.timeout if self.timeout >= 0 else math.inf
+        with self._cond:
+            if self._waiter is not None and self._waiter.state not in (_CLOSED, _FAILED):
+                return False
+            self._waiter = None
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError as exc:
+            os.close(fd)
+            raise self._os_error(exc) from None
+        if not self._current(fd):
+            return False
+        self._fd, self._depth = fd, 1
+        return True
+
+    # -- POSIX ---------------------------------------------------------------------
+
+    def _acquire(self, timeout: float) -> int:
+        import fcntl
+
+        limit = timeout if timeout >= 0 else math.inf
         deadline = time.monotonic() + limit  # inf: wait as long as it takes
         while True:
             with self._cond:
@@ -337,14 +374,14 @@ class CrossProcessLock:
 
     # -- Windows -------------------------------------------------------------------
 
-    def _acquire_windows(self) -> None:  # pragma: no cover - exercised on Windows only
+    def _acquire_windows(self, timeout: float) -> None:  # pragma: no cover - Windows only
         from filelock import FileLock, Timeout
 
         if self._win is None:
             self._make_dir(os.path.dirname(self.path) or ".")
             self._win = FileLock(self.path, mode=0o600, thread_local=False)
         try:
-            self._win.acquire(timeout=self.timeout, poll_interval=0.005)
+            self._win.acquire(timeout=timeout, poll_interval=0.005)
         except Timeout:
             raise LockTimeoutError(
                 f"Gave up waiting {self.timeout:g} s for the token-cache lock {self.path}: "

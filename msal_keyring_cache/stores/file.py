@@ -85,12 +85,37 @@ class EncryptedFileStore(Store):
         self._records = 0  # journal records in the file up to _offset (= last seq)
         self._queue: list[bytes] = []  # decrypted records read but not handed out
         self._suspect = False  # an append failed midway: the next write replaces the file
+        self._unsynced: Optional[int] = None  # appended to, not fsynced yet (see sync())
         _stores.add(self)
 
     def lock(self) -> Any:
         if self.read_only:
             return contextlib.nullcontext(self)  # readers need no lock; writes are refused
         return _Guarded(self._lock, self)
+
+    def rendezvous(self) -> Optional[str]:
+        return None if self.read_only else self._lock.path
+
+    def sync(self) -> None:
+        """fsync the records appended since the last call (after the lock is released).
+
+        Any later writer's fsync of this file covers our record too, and a compaction
+        fsyncs its new file before renaming it, so the order does not matter for others:
+        see docs/how-it-works.md, "Durability".
+        """
+        fd, self._unsynced = self._unsynced, None
+        if fd is None:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._suspect = True  # the next write replaces the file
+            raise StoreError(
+                f"Cannot write {self.path}: {exc.strerror}. Check free disk space; the "
+                "change is kept in memory and written by the next write."
+            ) from None
+        finally:
+            os.close(fd)
 
     def changed(self) -> bool:
         self.stats.checks += 1
@@ -220,6 +245,7 @@ class EncryptedFileStore(Store):
 
     def append(self, delta: bytes, full: Callable[[], bytes]) -> None:
         self._refuse_if_read_only()
+        self.sync()  # a record a failed call left unsynced (normally sync() ran already)
         replaced, _ = self._identity.check()
         journal = self._offset - self._snapshot_end
         header = self._header
@@ -256,6 +282,7 @@ class EncryptedFileStore(Store):
                 return
             with self._writing():
                 self._write_at(fd, record)
+            self._unsynced, fd = fd, None  # fsynced by sync(), outside the lock
         finally:
             if fd is not None:
                 os.close(fd)
@@ -272,7 +299,6 @@ class EncryptedFileStore(Store):
             view = memoryview(record)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
         except OSError as exc:
             # Part of the record may be in the file (and seen by readers): never write
             # at this place again; the next write replaces the whole file.
@@ -313,6 +339,8 @@ class EncryptedFileStore(Store):
                 self.save(_apply(data, changes))
 
     def close(self) -> None:
+        with contextlib.suppress(CacheError):
+            self.sync()
         self._identity.forget()
         self._gen.close()
 
@@ -433,18 +461,37 @@ class _Guarded:
         return getattr(self.lock, name)  # timeout, and whatever else the lock offers
 
     def __enter__(self) -> CrossProcessLock:
+        return self.acquire()
+
+    def attempt(self) -> bool:
+        """Take the lock only if it is free now (see :meth:`CrossProcessLock.attempt`)."""
         try:
-            held = self.lock.__enter__()
+            taken = self.lock.attempt()
+        except CacheError:
+            raise
+        except OSError as exc:
+            raise self._error(exc) from None
+        if taken:
+            self.store._locked += 1
+        return taken
+
+    def acquire(self, timeout: Optional[float] = None) -> CrossProcessLock:
+        """Take the lock, waiting at most ``timeout`` seconds (default: the lock's)."""
+        try:
+            held = self.lock.acquire(timeout)
         except CacheError:  # LockTimeoutError is an OSError too
             raise
         except OSError as exc:
-            raise StoreError(
-                f"Cannot take the token-cache lock {self.path}: {exc.strerror}. The cache "
-                "can be read but not written here; check the directory (read-only file "
-                "system? permissions?)."
-            ) from None
+            raise self._error(exc) from None
         self.store._locked += 1
         return held
+
+    def _error(self, exc: OSError) -> StoreError:
+        return StoreError(
+            f"Cannot take the token-cache lock {self.path}: {exc.strerror}. The cache "
+            "can be read but not written here; check the directory (read-only file "
+            "system? permissions?)."
+        )
 
     def __exit__(self, *exc: object) -> None:
         self.store._locked -= 1
