@@ -348,25 +348,34 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
 
 
 def _time_critical_sections(held: list[float]) -> None:
-    """Record how long each outermost hold of this project's lock lasts (bench only)."""
+    """Record how long each outermost hold of this project's lock lasts (bench only).
+
+    Every way of taking the lock counts: ``acquire`` (what ``with`` does) and the
+    no-wait ``attempt``.
+    """
     from msal_keyring_cache import locking
 
     cls = locking.CrossProcessLock
-    enter, leave = cls.__enter__, cls.__exit__
+    leave = cls.__exit__
     started: dict[int, float] = {}
 
-    def timed_enter(self: Any) -> Any:
-        result = enter(self)
-        if self._depth == 1:
-            started[id(self)] = time.perf_counter()
-        return result
+    def timing(take: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(self: Any, *args: Any) -> Any:
+            result = take(self, *args)
+            if self._depth == 1 and result:
+                started[id(self)] = time.perf_counter()
+            return result
+
+        return timed
 
     def timed_exit(self: Any, *exc: Any) -> None:
         if self._depth == 1 and id(self) in started:
             held.append(time.perf_counter() - started.pop(id(self)))
         leave(self, *exc)
 
-    cls.__enter__ = timed_enter  # type: ignore[method-assign]
+    for name in ("acquire", "attempt", "__enter__"):
+        if hasattr(cls, name) and (name != "__enter__" or not hasattr(cls, "acquire")):
+            setattr(cls, name, timing(getattr(cls, name)))
     cls.__exit__ = timed_exit  # type: ignore[method-assign]
 
 

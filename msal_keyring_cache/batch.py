@@ -136,6 +136,7 @@ class Request:
     def alive(self) -> bool:
         """Whether the follower still waits (it closes its end when it gives up)."""
         try:
+            self._sock.setblocking(False)  # with a timeout set, recv would wait for it
             self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True

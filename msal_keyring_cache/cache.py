@@ -50,7 +50,10 @@ _MISSING: Any = object()
 #: others (msal ignores top-level keys it does not know, and keeps them).
 BATCH = "~batch"
 _KEEP_IDS = 512  # ids kept: more than the writers that can wait at once
-_POLL = 0.05  # a follower tries the lock this often while it waits for its leader
+# A follower waiting for its leader tries the lock itself after _GRACE seconds, then every
+# _POLL: a leader that died or hangs without the lock must not hold it up, and a live one
+# (which waits for one write before its own) must not lose the lock to its followers.
+_GRACE, _POLL = 1.0, 0.25
 
 
 @dataclass(frozen=True)
@@ -408,11 +411,13 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     def _follow(self, ticket: batch.Ticket, lock: Any, deadline: float) -> Optional[bool]:
         """Wait for the leader: ``True`` written, ``False`` not, ``None`` we hold the lock."""
         try:
+            wait = _GRACE
             while True:
                 left = deadline - time.monotonic()
-                answer = ticket.wait(min(_POLL, max(left, 0.0)))
+                answer = ticket.wait(min(wait, max(left, 0.0)))
                 if answer is not None:
                     return answer
+                wait = _POLL
                 # A leader that died or hangs without the lock must not hold us up.
                 try:
                     if lock.attempt():
