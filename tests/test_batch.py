@@ -254,3 +254,38 @@ def test_forked_writers_group_and_lose_nothing(seeded: Path, key: str) -> None:
     assert _keys(seeded, key) == wanted | {"seed", "parent"}
     written = [k for r in _records(seeded, key) for k in r.get("AccessToken", {})]
     assert sorted(k for k in written if k in wanted) == sorted(wanted)
+
+
+@pytest.mark.secret_service
+def test_secret_service_writers_group_and_plain_keyring_reads_the_result(
+    tmp_path: Path, use_secret_service: Any
+) -> None:
+    import keyring
+    import msal
+
+    path = tmp_path / "data" / "token_cache.bin"
+    cache = build_cache("msal-keyring-cache-tests", path=str(path))
+    assert cache.backend_info.backend == "keyring"
+    cache.merge(entry("seed"))
+    store: Any = cache.store
+    lock_file = store.describe().lock_file
+    processes, each = 6, 5
+    env = child_env(MSAL_KEYRING_CACHE_PATH=str(path), MSAL_KEYRING_CACHE_LOCK_TIMEOUT="120")
+    with CrossProcessLock(lock_file, 10):
+        children = [_child(env, "write", str(i * each), str(each)) for i in range(processes)]
+        time.sleep(2.0)
+    sets = 0
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
+        assert out.split()[:2] == ["done", "sets"]
+        sets += int(out.split()[2])
+    assert sets < processes * each  # keyring writes shared by the group
+    wanted = {f"k{i}" for i in range(processes * each)} | {"seed"}
+    # Plain keyring (no library code) reads one msal cache holding every change.
+    text = keyring.get_password(store.service, store.account)
+    plain = msal.SerializableTokenCache()
+    plain.deserialize(text)
+    found = {e["target"] for e in plain.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)}
+    assert found == wanted
+    cache.close()
