@@ -366,8 +366,18 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             self._depth = 0
             changes = self._changes()
             self._pending.update(changes)
-            if changes:
+            if self._rewrite:  # deserialize(): a whole rewrite, written alone
+                self._write_alone(lock, deadline)
+            elif changes:
                 self._write_grouped(lock, meet, changes, deadline)
+
+    def _write_alone(self, lock: Any, deadline: float) -> None:
+        lock.acquire(max(0.0, deadline - time.monotonic()))  # a timeout keeps it pending
+        try:
+            wrote = self._persist()
+        finally:
+            lock.__exit__(None, None, None)
+        self._sync(wrote)
 
     def _write_grouped(
         self, lock: Any, meet: str, changes: dict[tuple[str, str], Any], deadline: float
