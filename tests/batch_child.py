@@ -7,6 +7,8 @@ usage: python -m tests.batch_child MODE [ARGS...]
                         "before" its store write, or "after" it (before answering its
                         followers)
   follow KEY            one merge of KEY; prints its group role, then "done"
+  unsynced KEY          one merge of KEY, uncontended; SIGKILLs itself between releasing
+                        the lock and the fsync
   fork CHILDREN COUNT   forks CHILDREN processes after one write; each writes COUNT entries
 Settings come from MSAL_KEYRING_CACHE_* in the environment. Compaction is turned off
 (BATCH_NO_COMPACT=1) so that the test can count the journal records in the file.
@@ -77,6 +79,10 @@ def main(argv: list[str]) -> int:
         cache.merge(entry(key))
         print("done", flush=True)
         return 0
+    if mode == "unsynced":  # one write alone, SIGKILLed after the lock, before its fsync
+        cache._sync = lambda wrote: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign]
+        cache.merge(entry(argv[1]))
+        return 1
     if mode == "fork":
         children, count = int(argv[1]), int(argv[2])
         cache.merge(entry("parent"))

@@ -151,6 +151,19 @@ def test_a_leader_killed_loses_no_follower_change_and_writes_none_twice(
         assert len(_records(seeded, key)) == 1
 
 
+def test_a_writer_killed_before_its_fsync_leaves_a_sound_file(seeded: Path, key: str) -> None:
+    # The fsync runs after the lock is released: a writer SIGKILLed in between leaves its
+    # complete record (the page cache survives the process), and the lock free.
+    child = _child(_env(seeded, key), "unsynced", "lost-or-kept")
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    cache = build_cache("t", backend="file", path=str(seeded), key=key, lock_timeout=5)
+    cache.merge(entry("next"))  # the lock was freed; the next append follows the record
+    cache.close()
+    assert _keys(seeded, key) == {"seed", "lost-or-kept", "next"}
+    assert [sorted(r["AccessToken"]) for r in _records(seeded, key)] == [["lost-or-kept"], ["next"]]
+
+
 class _Listener:
     """Someone else holding the group's socket name: silent, or answering garbage."""
 
