@@ -12,6 +12,9 @@ Rules (see docs/how-it-works):
   write holds just the entries this process changed (a journal record) where the
   store supports it, else the whole cache. msal's own RLock is only taken inside
   that, so the lock order is always in-process → cross-process → msal.
+* **Group commit**: when the cross-process lock is busy, the change is handed to the
+  writer that gets the lock next, which writes every waiting writer's change at once
+  (:mod:`.batch`); uncontended, each msal call writes alone, as above.
 * msal prunes expired access tokens while it searches; such a prune changes only
   memory and is folded into the next write, never written on its own.
 * A write that fails stays pending: the caller gets the :class:`~.errors.CacheError`,
@@ -557,9 +560,9 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # lock), and the record it becomes is sealed with its place in the file (the next
         # sequence number, known only under the lock). Moving the JSON encoding (~4 µs for
         # a sign-in's entries) and the encryption (~10 µs) out of the lock would need a
-        # speculative record that is thrown away whenever another process wrote first; the
-        # fsync that makes the write durable costs ~2 ms here and dominates the critical
-        # section (measured: docs/how-it-works.md, "Durability").
+        # speculative record that is thrown away whenever another process wrote first. The
+        # fsync that makes the write durable (2-9 ms here, about half of the critical
+        # section when it was inside) runs after the lock: _sync().
         changes = self._changes()
         try:
             if self._rewrite:
