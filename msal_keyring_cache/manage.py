@@ -426,7 +426,7 @@ def _check_cleared(settings: Settings, where: str) -> None:
 
 
 def clear(settings: Settings) -> str:
-    """Delete every account and token; the location cleared.
+    """Delete every account and token (and the http cache kept beside them); the location cleared.
 
     Raises :class:`~msal_keyring_cache.StoreError` when the store refuses the delete, and
     checks afterwards that nothing is left (a sign-out that did not happen never passes).
@@ -445,6 +445,7 @@ def clear(settings: Settings) -> str:
             raise StoreError(
                 f"The cache in {where} could not be deleted: {exc} Nobody was signed out."
             ) from None
+        _forget_discovery(cache)
     finally:
         _close(cache)
     _check_cleared(cleared, where)
@@ -452,6 +453,24 @@ def clear(settings: Settings) -> str:
         _remove_leftovers(where)
     logger.debug("Cleared the cache in %s", where)
     return where
+
+
+def _forget_discovery(cache: PersistentTokenCache) -> None:
+    """The http cache beside the token cache goes too. It holds no token (discovery
+    documents and throttling answers only), so a failure is a warning, not a failed sign-out."""
+    from .http_cache import HttpCache
+
+    http = HttpCache.beside(cache.store)
+    try:
+        http.remove()
+    except (CacheError, OSError) as exc:
+        logger.warning(
+            "The http cache beside %s was not deleted (%s); it holds no tokens.",
+            _where(cache),
+            type(exc).__name__,
+        )
+    finally:
+        http.close()
 
 
 def _remove_leftovers(path: str) -> None:

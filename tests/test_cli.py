@@ -280,8 +280,14 @@ def test_clear_one_account(
     assert not app.get_accounts(username="bob@example.com")
 
 
-def test_clear_removes_set_aside_and_temporary_copies(signed_in: dict[str, str]) -> None:
+def test_clear_removes_set_aside_and_temporary_copies(
+    signed_in: dict[str, str], idp: LoopbackIdentityProvider, key: str
+) -> None:
     path = Path(signed_in["MSAL_KEYRING_CACHE_PATH"])
+    cache = build_cache(backend="file", path=str(path), key=key, http_cache=True)
+    app = idp.public_app(token_cache=cache, http_cache=cache.http_cache)
+    assert app.acquire_token_silent(SCOPES, account=app.get_accounts()[0])
+    cache.close()
     blob = path.read_bytes()
     leftovers = [
         path.with_name(path.name + ".corrupt-20260101T000000-abcdef"),
@@ -291,10 +297,13 @@ def test_clear_removes_set_aside_and_temporary_copies(signed_in: dict[str, str])
         leftover.write_bytes(blob)  # both would still decrypt to every refresh token
     unrelated = path.with_name("notes.txt")
     unrelated.write_text("mine")
+    http = path.with_name(path.name + ".http")
+    assert http.exists()  # msal's discovery answer, kept beside the cache
     run = cli("clear", "--yes", env=signed_in)
     assert run.code == 0, run.err
     assert not path.exists()
     assert not any(p.exists() for p in leftovers)
+    assert not http.exists()
     assert unrelated.read_text() == "mine"
 
 

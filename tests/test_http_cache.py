@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msal_keyring_cache import build_cache, generate_key
+from msal_keyring_cache import Settings, build_cache, generate_key, manage
 from msal_keyring_cache.crypto import FernetKeys
 from msal_keyring_cache.errors import CorruptCacheError
 from msal_keyring_cache.http_cache import (
@@ -171,6 +171,10 @@ def test_second_process_makes_no_request_with_the_real_secret_service(
     assert not any(t[:40] in value for t in idp.issued)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".http")]
     assert_no_token_text(idp, tmp_path)
+    # A sign-out deletes both entries.
+    manage.clear(Settings.resolve(environ={}, app_name=SERVICE, **options))
+    names = [a["username"] for a, _ in use_secret_service.items() if a["service"] == SERVICE]
+    assert names == []
 
 
 def test_processes_share_and_merge_their_entries(
