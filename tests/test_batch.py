@@ -313,3 +313,21 @@ def test_secret_service_writers_group_and_plain_keyring_reads_the_result(
     found = {e["target"] for e in plain.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)}
     assert found == wanted
     cache.close()
+
+
+def test_group_commit_off_writes_alone(seeded: Path, key: str) -> None:
+    cache = build_cache("t", backend="file", path=str(seeded), key=key, lock_timeout=30)
+    cache.group_commit = False
+    listener = _Listener(seeded, b"+")  # would take (and "acknowledge") any change sent
+    try:
+        with _lock(seeded):
+            writer = threading.Thread(target=cache.merge, args=(entry("alone"),))
+            writer.start()
+            time.sleep(0.5)
+        writer.join(30)
+    finally:
+        listener.close()
+    assert not writer.is_alive()
+    assert listener.got == 0  # nothing was sent: it waited for the lock and wrote itself
+    assert "alone" in _keys(seeded, key)
+    cache.close()
