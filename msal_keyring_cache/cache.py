@@ -4,19 +4,26 @@ Rules (see docs/how-it-works):
 
 * **Reads** (``search``, ``find``, msal's private ``_get*``) first ask the store
   whether it changed since this cache last loaded or saved it — exactly and without
-  decrypting — and reload only then.
+  decrypting — and reload only then. Where the store has a shared change counter
+  (:attr:`~.stores.base.Store.generation`), a read that finds it where this cache
+  vouched for it asks nothing more: no lock, no system call (the warm hit).
+* **One lock** in the process: msal's own ``RLock`` is this cache's in-process lock
+  too, so msal's code (a search being iterated holds it) and this cache's catch-ups
+  and writes can never wait for each other in opposite orders.
 * **Writes**: each msal call that changes the cache (``add``, ``modify`` and the
   ``remove_*``/``update_rt`` helpers built on it) runs as one transaction: take the
   in-process lock, then the cross-process lock, take in what another process wrote
   meanwhile, apply the change on top of it, write once if any entry changed. The
   write holds just the entries this process changed (a journal record) where the
-  store supports it, else the whole cache. msal's own RLock is only taken inside
-  that, so the lock order is always in-process → cross-process → msal.
+  store supports it, else the whole cache. The lock order is always in-process →
+  cross-process.
 * **Group commit**: when the cross-process lock is busy, the change is handed to the
   writer that gets the lock next, which writes every waiting writer's change at once
   (:mod:`.batch`); uncontended, each msal call writes alone, as above.
-* msal prunes expired access tokens while it searches; such a prune changes only
-  memory and is folded into the next write, never written on its own.
+* msal prunes expired access tokens while it searches, holding its lock; a change
+  made while the calling thread already holds the lock (that prune, or code changing
+  the cache while iterating a search) changes only memory and is folded into the next
+  write, never written on its own.
 * A write that fails stays pending: the caller gets the :class:`~.errors.CacheError`,
   memory keeps the change, and the next write stores it (on top of whatever others
   wrote meanwhile, so a refresh token rotated during the failure is not lost).
@@ -44,6 +51,7 @@ import msal
 from . import batch
 from .errors import CacheError, ConfigError, CorruptCacheError
 from .stores.base import Description, Store, apply_delta, parse_json, validate_cache
+from .watch import Generation
 
 __all__ = ["BackendInfo", "PersistentTokenCache"]
 
@@ -99,9 +107,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         super().__init__()
         self.store = store
         self.backend_info = backend_info or BackendInfo(store.backend, "store given explicitly")
-        self._io_lock = threading.RLock()
-        self._depth = 0  # nesting of write transactions (owned by the _io_lock holder)
-        self._deferring = 0  # > 0 while msal's search runs: its prunes stay in memory
+        # msal's RLock (self._lock) is the one in-process lock: see the module docstring.
+        self._depth = 0  # nesting of write transactions (owned by the lock's holder)
+        # The store's shared change counter, or one that never vouches.
+        self._generation = store.generation or Generation("")
         # Entries as they were before this process's unsaved changes, by (type, key):
         # the next write stores those that differ now. Kept in memory only.
         self._before: dict[tuple[str, str], Any] = {}
@@ -120,26 +129,47 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
 
     # -- reads -----------------------------------------------------------------
 
-    def search(self, credential_type: str, *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        with self._io_lock:
-            if not self._depth and self.store.changed():  # _refresh(), inlined: hot path
-                self._catch_up()
-            self._deferring += 1
-            try:
-                for entry in super().search(credential_type, *args, **kwargs):
-                    self._deferring -= 1
-                    try:
-                        yield entry
-                    finally:
-                        self._deferring += 1
-            finally:
-                self._deferring -= 1
+    def search(
+        self,
+        credential_type: str,
+        target: Optional[list[str]] = None,
+        query: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> Iterator[dict[str, Any]]:
+        # The warm hit: the shared counter vouches and msal's own generator is returned,
+        # nothing else runs (inlined, no wrapper: this is the hot path).
+        gen = self._generation
+        if gen.view[0] == gen.seen and _monotonic() < gen.until:
+            return _search(self, credential_type, target, query, **kwargs)  # type: ignore[no-any-return]
+        return self._search_checked(credential_type, target, query, kwargs)
+
+    def _search_checked(
+        self,
+        credential_type: str,
+        target: Optional[list[str]],
+        query: Optional[dict[str, Any]],
+        kwargs: dict[str, Any],
+    ) -> Iterator[dict[str, Any]]:
+        """:meth:`search` when the counter does not vouch: one exact check, then msal's
+        search holding the lock (its lookups do not check again; its prunes stay in memory)."""
+        if self._lock._is_owned():  # a write transaction, or msal iterating: no catch-up
+            yield from _search(self, credential_type, target, query, **kwargs)
+            return
+        with self._lock:
+            self._check()
+            yield from _search(self, credential_type, target, query, **kwargs)
+
+    def find(self, credential_type: str, *args: Any, **kwargs: Any) -> Any:
+        # msal < 1.26 reads through find() (newer ones call search(), checked there).
+        self._refresh()
+        return super().find(credential_type, *args, **kwargs)
 
     def _get(self, credential_type: str, key: str, default: Any = None) -> Any:
         # msal's O(1) reads (_get_access_token, _get_app_metadata) all come here.
-        if not self._deferring:
+        gen = self._generation
+        if gen.view[0] != gen.seen or _monotonic() >= gen.until:
             self._refresh()
-        return super()._get(credential_type, key, default)
+        return _get(self, credential_type, key, default)
 
     def serialize(self) -> str:
         """The current cache as JSON (msal's format), after taking in the store's changes."""
@@ -166,16 +196,19 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         old_entry: dict[str, Any],
         new_key_value_pairs: Optional[dict[str, Any]] = None,
     ) -> None:
-        with self._io_lock:
-            if not (self._deferring or self._depth):
-                with self._writing():
-                    self.modify(credential_type, old_entry, new_key_value_pairs)
-                return
-            key = self.key_makers[credential_type](**old_entry)
-            with self._lock:
-                current = self._cache.get(credential_type, {}).get(key, _MISSING)
-                self._before.setdefault((credential_type, key), current)
-                super().modify(credential_type, old_entry, new_key_value_pairs)
+        if not self._lock._is_owned():
+            with self._writing():
+                self.modify(credential_type, old_entry, new_key_value_pairs)
+            return
+        # The calling thread holds the lock already: inside a write transaction (msal's
+        # add calls this), or inside msal's code — its prune of expired access tokens in
+        # search, or a caller changing the cache while iterating a search. Memory only;
+        # the next write stores it (writing now would interleave with msal's own step).
+        key = self.key_makers[credential_type](**old_entry)
+        with self._lock:
+            current = self._cache.get(credential_type, {}).get(key, _MISSING)
+            self._before.setdefault((credential_type, key), current)
+            super().modify(credential_type, old_entry, new_key_value_pairs)
 
     def deserialize(self, state: Optional[str]) -> None:
         """Replace the whole cache with ``state`` (msal's JSON) and store it: one write.
@@ -221,18 +254,17 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
 
     def clear(self) -> None:
         """Delete everything this cache stores (all accounts, all tokens)."""
-        with self._io_lock, self.store.lock():
+        with self._lock, self.store.lock():
             self.store.clear()
-            with self._lock:
-                self._cache = {}
-                self.has_state_changed = True  # memory changed since the last serialize()
+            self._cache = {}
+            self.has_state_changed = True  # memory changed since the last serialize()
             self._before.clear()
             self._pending.clear()
             self._rewrite = False
 
     def reload(self) -> None:
         """Load the store's content now, whether or not it changed."""
-        with self._io_lock:
+        with self._lock:
             self._reload()
             if self.store.changed():
                 self._catch_up()
@@ -247,9 +279,21 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     # -- machinery ---------------------------------------------------------------
 
     def _refresh(self) -> None:
-        with self._io_lock:
-            if not self._depth and self.store.changed():
-                self._catch_up()
+        """Take in what the store has and we have not (when the counter does not vouch)."""
+        if self._lock._is_owned():
+            # Inside a write transaction (which caught up under the cross-process lock),
+            # or inside msal's code iterating the cache: memory is not replaced under it.
+            return
+        with self._lock:
+            self._check()
+
+    def _check(self) -> None:
+        """Under the lock: an exact check, a catch-up if needed, then vouch for it."""
+        gen = self._generation
+        value = gen.peek()  # before the exact check: a later write changes it
+        if self.store.changed():
+            self._catch_up()
+        gen.vouch(value)
 
     def _catch_up(self) -> None:
         """Take in what the store has and we have not: journal records, or everything."""
@@ -293,7 +337,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        with self._io_lock:
+        with self._lock:
             if self._depth:
                 self._depth += 1
                 try:
@@ -605,6 +649,9 @@ def _imported(state: Optional[str], *, complete: bool = True) -> dict[str, Any]:
     return validate_cache(doc, complete=complete)
 
 
+_search: Any = getattr(msal.SerializableTokenCache, "search", None)  # msal >= 1.26
+_get = msal.SerializableTokenCache._get
+_monotonic = time.monotonic
 _caches: weakref.WeakSet[PersistentTokenCache] = weakref.WeakSet()
 
 
@@ -613,9 +660,8 @@ def _after_fork() -> None:
     # in the child, so the child starts with fresh ones. The store's kept descriptors
     # stay valid (reads use pread, so a shared file offset does not matter).
     for cache in list(_caches):
-        cache._io_lock = threading.RLock()
         cache._lock = threading.RLock()
-        cache._depth = cache._deferring = 0
+        cache._depth = 0
 
 
 if hasattr(os, "register_at_fork"):

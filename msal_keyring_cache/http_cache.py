@@ -312,7 +312,7 @@ class SealedFile:
         if len(blob) > MAX_BYTES * 2:  # Fernet grows the text by a third; refuse unread
             raise CorruptCacheError(f"it is larger than {MAX_BYTES * 2} bytes")
         header, token = crypto.parse_header(blob)
-        if blob.count(b"\n") != 2:
+        if len(crypto.file_records(blob)) != 2 or not blob.endswith(token + b"\n"):
             raise CorruptCacheError("it has more than one record")
         data = crypto.unseal(token, crypto.file_key(header, self.source), header, 0)
         self._header = header

@@ -18,6 +18,7 @@ import logging
 import mmap
 import os
 import stat
+import sys
 import time
 from typing import Callable, Optional
 
@@ -109,13 +110,20 @@ class Generation:
 
     Writers step it around every change to the cache file (under the cache's lock): odd
     while a write is in progress, even when done. A reader maps the file into memory and
-    compares 8 bytes — no system call — to tell "nothing changed since I last looked". It
-    trusts only an even value it saw before an exact check; anything else (odd: a write in
-    progress, or a writer killed mid-write; no counter file; a file it cannot map) sends
-    it to the exact check (:class:`FileIdentity`). The counter file holds no secret, is
-    created 0600 beside the cache, and is never deleted (mapped readers rely on its inode);
-    an exact check at least every :attr:`RECHECK` seconds catches a writer that does not
-    bump it (an older version of the library, a file restored by hand).
+    compares one 8-byte word — no system call, no lock — to tell "nothing changed since I
+    last caught up": the warm hit.
+
+    How a reader uses it (:class:`~msal_keyring_cache.PersistentTokenCache` does): it
+    trusts ``view[0] == seen`` until the monotonic clock passes ``until``. Otherwise it
+    takes its lock, reads :meth:`peek`, checks the cache file exactly, takes in what
+    changed, and then passes the value it peeked to :meth:`vouch`. A counter read before the
+    exact check can only be older than what the check saw, so vouching for it never hides
+    a change. Anything it cannot trust (odd: a write in progress, or a writer killed
+    mid-write; no counter file; a file it cannot map) leaves ``seen`` at -1, which no
+    counter equals: every read then checks exactly. The counter file holds no secret, is
+    created 0600 beside the cache, and is never deleted (mapped readers rely on its
+    inode); an exact check at least every :attr:`RECHECK` seconds catches a writer that
+    does not bump it (an older version of the library, a file restored by hand).
     """
 
     RECHECK = 1.0
@@ -123,38 +131,47 @@ class Generation:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._map: Optional[mmap.mmap] = None
+        #: The counter as mapped, one native unsigned 64-bit word (a private word that is
+        #: never vouched for while there is no counter file).
+        self.view: memoryview = _unmapped()
+        #: The counter value the reader vouched for; -1 (no counter value) for none.
+        self.seen = -1
+        #: Monotonic time after which the reader checks exactly again.
+        self.until = 0.0
         self._inode: Optional[tuple[int, int]] = None
-        self._seen: Optional[bytes] = None  # an even value, seen before an exact check
-        self._checked = 0.0  # monotonic time of the last exact check
+        self._mapped = False
+        self._tried = -1e9  # monotonic time of the last attempt to map the file
+        self._verified = 0.0  # monotonic time the mapped file was last compared by path
 
     def unchanged(self) -> bool:
-        """True only when the cache surely did not change since :meth:`mark`."""
-        m = self._map
-        if m is None or self._seen is None:
-            return False
-        if m[: self.SIZE] != self._seen:
-            return False
-        return time.monotonic() - self._checked < self.RECHECK
+        """True only when the cache surely did not change since the last :meth:`vouch`."""
+        return self.view[0] == self.seen and time.monotonic() < self.until
 
-    def peek(self) -> Optional[bytes]:
-        """The counter now (read before an exact check), or ``None`` without a counter."""
-        if self._map is None and time.monotonic() - self._tried > self.RECHECK:
-            self._tried = time.monotonic()  # an open() per check would cost more than a stat
-            self._open()
-        m = self._map
-        return None if m is None else m[: self.SIZE]
-
-    def mark(self, value: Optional[bytes]) -> None:
-        """An exact check just ran after :meth:`peek` returned ``value``."""
-        self._checked = time.monotonic()
-        self._seen = value if value is not None and not value[0] & 1 else None
-        if self._inode is not None and self._checked - self._verified > self.RECHECK:
-            self._verified = self._checked
+    def peek(self) -> int:
+        """The counter now (read before an exact check); -1 without a usable even value."""
+        now = time.monotonic()
+        if not self._mapped:
+            if now - self._tried > self.RECHECK:
+                self._tried = now  # an open() per check would cost more than a stat
+                self._open()
+        elif now - self._verified > self.RECHECK:
+            self._verified = now
             self._verify()
+        if not self._mapped:
+            return -1
+        raw = self.view.tobytes()  # one copy: the parity and the value of the same read
+        if raw[0] & 1:  # little-endian on disk: the low bit is in the first byte
+            return -1
+        return int.from_bytes(raw, sys.byteorder)
 
-    _verified = 0.0
-    _tried = -1e9
+    def vouch(self, value: int) -> None:
+        """The reader took in everything the file held when :meth:`peek` returned ``value``."""
+        self.until = time.monotonic() + self.RECHECK
+        self.seen = value
+
+    def forget(self) -> None:
+        """Vouch for nothing: the next read checks exactly."""
+        self.seen = -1
 
     def begin(self) -> None:
         """Before a write (under the cache's lock): make the counter odd.
@@ -183,7 +200,7 @@ class Generation:
             value = int.from_bytes(os.pread(fd, self.SIZE, 0).ljust(self.SIZE, b"\0"), "little")
             if wanted(value):
                 os.pwrite(fd, ((value + 1) % 2**63).to_bytes(self.SIZE, "little"), 0)
-            if self._map is None:
+            if not self._mapped:
                 self._tried = -1e9  # it exists now: map it at the next check
         except OSError:
             self._cannot_bump()
@@ -213,8 +230,10 @@ class Generation:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size < self.SIZE:
                 return
-            self._map = mmap.mmap(fd, self.SIZE, access=mmap.ACCESS_READ)
-            self._inode = (st.st_dev, st.st_ino)
+            mapped = mmap.mmap(fd, self.SIZE, access=mmap.ACCESS_READ)
+            self.view = memoryview(mapped).cast("Q")
+            self._inode, self._mapped = (st.st_dev, st.st_ino), True
+            self._verified = time.monotonic()
         except (OSError, ValueError):
             self.close()
         finally:
@@ -230,8 +249,15 @@ class Generation:
             self._open()
 
     def close(self) -> None:
-        """Unmap the counter (the next use maps it again)."""
-        if self._map is not None:
-            with contextlib.suppress(Exception):
-                self._map.close()
-        self._map, self._inode, self._seen = None, None, None
+        """Drop the mapping (the next :meth:`peek` maps the file again).
+
+        Readers on other threads may still hold the old view for a moment: it is not
+        closed but dropped, and unmapped when the last of them lets go.
+        """
+        self.seen = -1
+        self.view, self._inode, self._mapped = _unmapped(), None, False
+
+
+def _unmapped() -> memoryview:
+    """A private word standing in for a counter file: never vouched for."""
+    return memoryview(bytearray(Generation.SIZE)).cast("Q")

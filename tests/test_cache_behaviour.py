@@ -195,3 +195,106 @@ def test_good_file_written_just_before_the_set_aside_stays(
     assert [a["username"] for a in doc["Account"].values()] == ["replacer@example.com"]
     assert not list(cache_path.parent.glob(cache_path.name + ".corrupt-*"))
     assert "moved aside" not in caplog.text
+
+
+# -- the read path: the shared counter, one lock -------------------------------------------
+
+
+def test_readers_never_miss_a_write_that_returned_before_their_read(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    # Two cache objects on one file (as two processes would be): reader threads take the
+    # warm path (the counter vouches, no lock, no stat) and must still see every write that
+    # returned before their read began.
+    writer = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    reader = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    wapp = idp.confidential_app(token_cache=writer)
+    wapp.acquire_token_for_client(["api://t/0/.default"])
+    assert (
+        idp.confidential_app(token_cache=reader).acquire_token_for_client(["api://t/0/.default"])[
+            "token_source"
+        ]
+        == "cache"
+    )
+    returned = [0]  # writes that returned, published after each one
+    reads = [0]
+    misses: list[tuple[int, list[int]]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            done = returned[0]
+            found = {e["target"] for e in reader.search("AccessToken")}
+            reads[0] += 1
+            missing = [i for i in range(done + 1) if f"api://t/{i}/.default" not in found]
+            if missing:
+                misses.append((done, missing))
+                return
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 31):
+            wapp.acquire_token_for_client([f"api://t/{i}/.default"])
+            returned[0] = i
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert misses == []
+    assert reads[0] > 60
+    # Most reads were answered by the counter: an exact check (a stat) only after a write
+    # (and at most once a second otherwise), not one per read.
+    assert reader.store.stats.checks < reads[0] / 2
+
+
+def test_a_change_made_while_iterating_a_search_is_written_by_the_next_write(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    app = idp.public_app(token_cache=cache)
+    app.acquire_token_by_username_password("alice@example.com", "pw", ["User.Read"])
+    (token,) = list(cache.search("AccessToken"))
+    saves = cache.store.stats.saves
+    for _account in cache.search("Account"):  # msal holds its lock while this loop runs
+        cache.remove_at(token)  # so this stays in memory: writing now could deadlock
+    assert cache.store.stats.saves == saves
+    assert list(cache.search("AccessToken")) == []
+    idp.confidential_app(token_cache=cache).acquire_token_for_client(["api://t/a/.default"])
+    assert cache.store.stats.saves == saves + 1  # the next write carries it
+    fresh = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    assert [e["target"] for e in fresh.search("AccessToken")] == ["api://t/a/.default"]
+
+
+def test_a_write_waits_for_a_search_being_iterated_and_nothing_deadlocks(
+    idp: LoopbackIdentityProvider, cache_path: Path, key: str
+) -> None:
+    cache = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    app = idp.public_app(token_cache=cache)
+    app.acquire_token_by_username_password("alice@example.com", "pw", ["User.Read"])
+    capp = idp.confidential_app(token_cache=cache)
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            capp.acquire_token_for_client(["api://t/other/.default"])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    found = cache.search("Account")
+    next(found)  # msal now holds the cache's one in-process lock for this thread
+    writer = threading.Thread(target=other_thread)
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive()  # it waits for the lock (the only thing it can wait for)
+    # This thread writes too while it holds the lock: the same lock, taken again, so it
+    # neither waits for the other writer nor takes the locks in another order.
+    capp.acquire_token_for_client(["api://t/mine/.default"])
+    found.close()  # msal lets go of the lock
+    writer.join(60)
+    assert not writer.is_alive()
+    assert errors == []
+    fresh = build_cache(APP, backend="file", path=str(cache_path), key=key)
+    targets = {e["target"] for e in fresh.search("AccessToken")}
+    assert {"api://t/other/.default", "api://t/mine/.default"} <= targets

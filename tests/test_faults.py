@@ -37,6 +37,7 @@ from msal_keyring_cache import (
 from msal_keyring_cache.files import ensure_private_dir
 from msal_keyring_cache.stores.base import validate_cache
 from msal_keyring_cache.testing import LoopbackIdentityProvider
+from msal_keyring_cache.watch import Generation
 from tests.helpers import PYTHON, mounted_tmpfs
 
 DATA = Path(__file__).parent / "data"
@@ -448,9 +449,10 @@ def _journal(idp: LoopbackIdentityProvider, path: Path, key: str, users: list[st
     cache = _cache(path, key)
     for user in users:
         _sign_in(idp, cache, user)
-    lines = path.read_bytes().split(b"\n")
-    assert lines[-1] == b""
-    return lines[:-1]
+    blob = path.read_bytes()
+    lines = crypto.file_records(blob)
+    assert b"\n".join(lines) + b"\n" == blob
+    return lines
 
 
 def _write(path: Path, lines: list[bytes]) -> None:
@@ -518,22 +520,26 @@ def test_records_cut_off_the_end_are_seen_by_a_running_reader(
     assert "lost journal records" in caplog.text
 
 
-def test_version_1_file_is_read_and_rewritten_as_version_2(
-    idp: LoopbackIdentityProvider, tmp_path: Path
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_format_file_is_read_and_rewritten_in_the_current_format(
+    idp: LoopbackIdentityProvider, tmp_path: Path, version: int
 ) -> None:
-    key = (DATA / "v1_cache.key").read_text().strip()
+    # v1_cache.bin: written by 0.1.0; v2_cache.bin: by 0.2.0 (a Fernet snapshot and two
+    # journal records). Both load, and the next write rewrites them as version 3.
+    name = f"v{version}_cache"
+    key = (DATA / f"{name}.key").read_text().strip()
     path = tmp_path / "c" / "cache.bin"
     path.parent.mkdir(mode=0o700)
-    shutil.copyfile(DATA / "v1_cache.bin", path)
+    shutil.copyfile(DATA / f"{name}.bin", path)
     os.chmod(path, 0o600)
-    expected = json.loads((DATA / "v1_cache.keys.json").read_text())
+    expected = json.loads((DATA / f"{name}.keys.json").read_text())
     cache = _cache(path, key)
     doc = json.loads(cache.serialize())
     assert {k: sorted(v) for k, v in doc.items()} == expected
-    assert crypto.parse_header(path.read_bytes())[0].version == 1
+    assert crypto.parse_header(path.read_bytes())[0].version == version
     _sign_in(idp, cache, "carol@example.com")
     header, _ = crypto.parse_header(path.read_bytes())
-    assert header.version == 2
+    assert header.version == crypto.VERSION == 3
     again = json.loads(_cache(path, key).serialize())
     assert len(again["Account"]) == len(expected["Account"]) + 1
 
@@ -624,7 +630,7 @@ def _warm(idp: LoopbackIdentityProvider, path: Path, key: str) -> tuple[Any, Any
     cache = _cache(path, key)
     app = _sign_in(idp, cache, "alice@example.com")
     (account,) = app.get_accounts()
-    cache.store._gen.RECHECK = 3600.0  # type: ignore[attr-defined]
+    cache.store.generation.RECHECK = 3600.0
     assert app.acquire_token_silent(["User.Read"], account)["token_source"] == "cache"
     return cache, app, account
 
@@ -690,8 +696,41 @@ def test_writer_that_does_not_bump_is_noticed_at_the_next_recheck(
     _sign_in(idp, writer, "bob@example.com")
     os.replace(other, cache_path)  # by hand: the counter is not bumped
     assert len(app.get_accounts()) == 1  # within the recheck interval: not seen yet
-    cache.store._gen._checked -= cache.store._gen.RECHECK  # the interval has passed
+    cache.store.generation.until = 0.0  # the interval has passed
     assert len(app.get_accounts()) == 2
+
+
+def test_counter_vouches_only_for_an_even_value_it_was_given(tmp_path: Path) -> None:
+    # What the cache's warm path relies on, one rule at a time.
+    path = str(tmp_path / "c.gen")
+    reader, writer = Generation(path), Generation(path)
+    assert reader.peek() == -1  # no counter file: nothing to vouch for
+    reader.vouch(reader.peek())
+    assert not reader.unchanged()  # -1 never matches a mapped or stand-in counter
+    writer.begin()  # creates it, odd: a write in progress
+    reader._tried = -1e9  # the file exists now: the next peek maps it (else within RECHECK)
+    assert reader.peek() == -1  # odd vouches for nothing
+    writer.end()
+    value = reader.peek()
+    assert value == reader.view[0] == 2  # 0, odd 1, even 2
+    reader.vouch(value)
+    assert reader.unchanged()
+    writer.begin()
+    assert not reader.unchanged()  # seen at once through the mapping, no system call
+    writer.end()
+    assert not reader.unchanged()  # even again, but another value
+    reader.vouch(reader.peek())
+    assert reader.unchanged()
+    reader.until = 0.0
+    assert not reader.unchanged()  # the recheck interval passed: an exact check is due
+    reader.vouch(reader.peek())
+    os.unlink(path)  # replaced by hand: the old mapping no longer tells anything
+    writer.begin()
+    writer.end()
+    reader._verified = -1e9  # the replacement is looked for at most once per RECHECK
+    assert reader.peek() == reader.view[0] == 2  # the new file's count, not the old one's 4
+    reader.close()
+    assert not reader.unchanged()
 
 
 def _env() -> dict[str, str]:

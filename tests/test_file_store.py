@@ -273,9 +273,9 @@ def test_damaged_journal_record_keeps_what_came_before_and_sets_file_aside(
     writer = build_cache(APP, backend="file", path=str(cache_path), key=key)
     for name in "abc":
         _cc(idp, writer, f"api://t/{name}/.default")
-    lines = cache_path.read_bytes().split(b"\n")
+    lines = crypto.file_records(cache_path.read_bytes())
     lines[2] = lines[2][:-10] + b"AAAAAAAAAA"  # header, snapshot (a), record b, record c
-    cache_path.write_bytes(b"\n".join(lines))
+    cache_path.write_bytes(b"\n".join(lines) + b"\n")
     caplog.set_level(logging.WARNING, "msal_keyring_cache")
     reader = build_cache(APP, backend="file", path=str(cache_path), key=key)
     assert _targets(reader) == {"api://t/a/.default"}

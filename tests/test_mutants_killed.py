@@ -106,17 +106,17 @@ def test_a_good_file_written_just_before_the_set_aside_stays(
     path = tmp_path / "token_cache.bin"
     path.write_bytes(b"garbage\n")
     reader, writer = _store(path), _store(path)
-    real = crypto.parse_header
+    real = crypto.open_file
     calls = {"n": 0}
 
-    def parse_then_race(blob: bytes) -> Any:
+    def parse_then_race(blob: bytes, source: crypto.KeySource) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:  # the reader's parse of the damaged file
             with writer.lock():
                 writer.save(b'{"good":1}')
-        return real(blob)
+        return real(blob, source)
 
-    monkeypatch.setattr("msal_keyring_cache.stores.file.crypto.parse_header", parse_then_race)
+    monkeypatch.setattr("msal_keyring_cache.stores.file.crypto.open_file", parse_then_race)
     assert reader.load() == b'{"good":1}'
     assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     monkeypatch.undo()
@@ -131,9 +131,9 @@ def test_damage_in_a_later_journal_record_keeps_every_record_before_it(tmp_path:
         for name in "bcd":
             delta = json.dumps({"RefreshToken": {name: {"secret": name}}}).encode()
             writer.append(delta, lambda: b"unused")
-    lines = path.read_bytes().split(b"\n")  # header, snapshot, b, c, d, ""
+    lines = crypto.file_records(path.read_bytes())  # header, snapshot, b, c, d
     lines[4] = lines[4][:-10] + b"AAAAAAAAAA"  # record d damaged
-    path.write_bytes(b"\n".join(lines))
+    path.write_bytes(b"\n".join(lines) + b"\n")
     data = _store(path).load()
     assert data is not None
     assert sorted(json.loads(data)["RefreshToken"]) == ["a", "b", "c"]

@@ -80,7 +80,7 @@ def _passphrase_file(plaintext: bytes) -> tuple[dict[str, Any], bytes]:
     """A valid scrypt header doc and its snapshot token, made without the library's writer."""
     key = crypto.Passphrase(_PASSPHRASE).derive(_SALT, _SMALL_N, 8, 1)
     doc = {
-        "format": "msal-keyring-cache", "version": 2, "kdf": "scrypt",
+        "format": "msal-keyring-cache", "version": crypto.VERSION, "kdf": "scrypt",
         "fp": crypto.fingerprint(key), "gen": "9f" * 16, "source": "passphrase",
         "salt": base64.b64encode(_SALT).decode(), "n": _SMALL_N, "r": 8, "p": 1,
     }  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, Optional, Union
 
 from ..crypto import Protection
 from ..errors import ConfigError, CorruptCacheError
+from ..watch import Generation
 
 __all__ = [
     "Description",
@@ -228,6 +229,10 @@ class Store(abc.ABC):
 
     #: Short name: ``file``, ``keyring``, ``memory`` …
     backend: ClassVar[str] = ""
+    #: A change counter shared with every writer (:class:`~msal_keyring_cache.watch.Generation`),
+    #: or ``None``. While it vouches, the cache skips :meth:`changed` on its reads; it
+    #: vouches only for what the cache took in after an exact :meth:`changed`.
+    generation: Optional[Generation] = None
 
     def __init__(self) -> None:
         self.stats = StoreStats()

@@ -1,4 +1,4 @@
-"""The cache as one Fernet-encrypted file (format: :mod:`msal_keyring_cache.crypto`).
+"""The cache as one encrypted file (format: :mod:`msal_keyring_cache.crypto`).
 
 A write appends one encrypted record holding only the entries that msal call changed,
 so its cost does not grow with the cache; a reader that already has the file applies
@@ -83,7 +83,7 @@ class EncryptedFileStore(Store):
         self.key_source = key_source
         self._lock = CrossProcessLock(self.path + ".lock", lock_timeout)
         self._identity = FileIdentity(self.path)
-        self._gen = Generation(self.path + ".gen")
+        self.generation: Generation = Generation(self.path + ".gen")
         self._locked = 0  # depth of our own hold on the cross-process lock
         self._header: Optional[crypto.Header] = None
         self._key = ""  # the key of the file we hold (records are appended under it)
@@ -126,28 +126,22 @@ class EncryptedFileStore(Store):
             os.close(fd)
 
     def changed(self) -> bool:
+        # Exact: a stat of the path. The warm hit does not come here while the shared
+        # counter (self.generation) vouches; see watch.Generation.
         self.stats.checks += 1
         if self._queue:
             return True
-        gen = self._gen
-        # The warm hit: the shared counter vouches that nothing changed (no system call).
-        # Under the lock (about to write) the answer must be exact: always check the file.
-        if not self._locked and gen.unchanged():
-            return False
-        value = gen.peek()  # read before the exact check: a later write changes it
         replaced, size = self._identity.check()
-        moved = replaced or size != self._size
-        gen.mark(None if moved else value)
-        return moved
+        return replaced or size != self._size
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """Around every change to the file: the shared counter is odd meanwhile."""
-        self._gen.begin()
+        self.generation.begin()
         try:
             yield
         finally:
-            self._gen.end()
+            self.generation.end()
 
     def load(self) -> Optional[bytes]:
         self.stats.loads += 1
@@ -158,9 +152,7 @@ class EncryptedFileStore(Store):
             blob, fd = found
             try:
                 self._check_mode(fd)
-                header, token = crypto.parse_header(blob)
-                key = crypto.file_key(header, self.key_source)
-                plaintext = crypto.unseal(token, key, header, 0)
+                header, key, plaintext, snapshot_end = crypto.open_file(blob, self.key_source)
             except CorruptCacheError as exc:
                 os.close(fd)
                 if self.read_only:
@@ -175,7 +167,7 @@ class EncryptedFileStore(Store):
             newline = blob.find(b"\n") + 1
             self._identity.remember(fd, blob[:newline])
             self._header, self._key = header, key
-            self._snapshot_end = newline + len(token) + 1
+            self._snapshot_end = snapshot_end
             records, self._offset = crypto.split_records(blob, self._snapshot_end)
             self._records, self._size = len(records), len(blob)
             try:
@@ -431,7 +423,7 @@ class EncryptedFileStore(Store):
         with contextlib.suppress(CacheError):
             self.sync()
         self._identity.forget()
-        self._gen.close()
+        self.generation.close()
 
     def _refuse_if_read_only(self) -> None:
         if self.read_only:
