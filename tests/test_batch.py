@@ -284,9 +284,6 @@ def test_forked_writers_group_and_lose_nothing(seeded: Path, key: str) -> None:
 def test_secret_service_writers_group_and_plain_keyring_reads_the_result(
     tmp_path: Path, use_secret_service: Any
 ) -> None:
-    import keyring
-    import msal
-
     path = tmp_path / "data" / "token_cache.bin"
     cache = build_cache("msal-keyring-cache-tests", path=str(path))
     assert cache.backend_info.backend == "keyring"
@@ -306,12 +303,25 @@ def test_secret_service_writers_group_and_plain_keyring_reads_the_result(
         sets += int(out.split()[2])
     assert sets < processes * each  # keyring writes shared by the group
     wanted = {f"k{i}" for i in range(processes * each)} | {"seed"}
-    # Plain keyring (no library code) reads one msal cache holding every change.
-    text = keyring.get_password(store.service, store.account)
-    plain = msal.SerializableTokenCache()
-    plain.deserialize(text)
-    found = {e["target"] for e in plain.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)}
-    assert found == wanted
+    # Plain keyring and msal (no library code, in a process of their own: bounded) read
+    # one msal cache holding every change.
+    script = (
+        "import json, keyring, msal, sys\n"
+        "plain = msal.SerializableTokenCache()\n"
+        "plain.deserialize(keyring.get_password(sys.argv[1], sys.argv[2]))\n"
+        "kind = msal.TokenCache.CredentialType.ACCESS_TOKEN\n"
+        "print(json.dumps(sorted(e['target'] for e in plain.search(kind))))\n"
+    )
+    done = subprocess.run(
+        [PYTHON, "-c", script, store.service, store.account],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(json.loads(done.stdout)) == wanted
     cache.close()
 
 
