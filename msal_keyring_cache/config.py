@@ -101,8 +101,8 @@ def _name(raw: str) -> str:
 
 def _secret(raw: str) -> str:
     """text (secret)"""
-    if not raw:
-        raise _Invalid("expected a non-empty value")
+    if not raw.strip():  # spaces only: an unset variable written as "" with a typo, not a secret
+        raise _Invalid("expected a non-empty value (not only spaces)")
     if "\0" in raw or len(raw) > MAX_SECRET:
         raise _Invalid(f"expected at most {MAX_SECRET} characters and no NUL")
     try:

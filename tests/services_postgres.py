@@ -7,7 +7,7 @@ configured (``fsync=off`` for the tests: nothing here survives the session anywa
 Stopped (fast shutdown) and removed after.
 
 Fixtures: ``postgres_server`` (session) and ``postgres_launcher`` (servers a test may
-stop). Under ``CI=true`` a missing PostgreSQL fails the run.
+stop or configure). Under ``CI=true`` a missing PostgreSQL fails the run.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ class PostgresServer:
     """One PostgreSQL server on 127.0.0.1:``port`` with a database ``webtest``."""
 
     fsync: bool = False
+    #: More ``-c name=value`` server settings (e.g. shared_preload_libraries).
+    settings: dict[str, str] = field(default_factory=dict)
     port: int = 0
     workdir: str = ""
     process: Any = None
@@ -104,6 +106,8 @@ class PostgresServer:
                     "-c", f"unix_socket_directories={self.workdir}",
                     "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200",
                     "-c", "logging_collector=off"]  # fmt: skip
+            for name, value in self.settings.items():
+                args += ["-c", f"{name}={value}"]
             options: dict[str, Any] = {}
             if self._user is not None:
                 options = {"user": self._user.pw_uid, "group": self._user.pw_gid}
@@ -200,8 +204,8 @@ def postgres_launcher() -> Iterator[Any]:
     require_postgres()
     started: list[PostgresServer] = []
 
-    def launch() -> PostgresServer:
-        server = PostgresServer()
+    def launch(**settings: str) -> PostgresServer:
+        server = PostgresServer(settings=settings)
         started.append(server)
         return server.start()
 

@@ -64,7 +64,7 @@ BAD: dict[str, list[str]] = {
     "backend": ["keychain", "auto,file", "1"],
     "path": ["   "],
     "key": ["not-a-key", f"{KEY_A},short", " , "],
-    "passphrase": [],  # any non-empty text is a passphrase
+    "passphrase": ["   ", "\t"],  # any other text is a passphrase, spaces around it kept
     "key_file": ["  "],
     "key_in_keyring": ["maybe", "2", "enabled"],
     "keyring_service": [" "],

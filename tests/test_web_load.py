@@ -27,3 +27,6 @@ def test_web_load_small(web_store: Any) -> None:
     assert figures["lost_updates"] == 0
     assert figures["workers"] == 2
     assert figures["requests_per_s"] > 0
+    if web_store.name == "postgresql":  # counted by the server: a load and a save each
+        assert 1.5 <= figures["transactions_per_request"] <= 3.0
+        assert figures["wal_kb_per_save"] > 0

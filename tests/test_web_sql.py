@@ -374,3 +374,73 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+@pytest.mark.postgres
+def test_postgres_runs_one_statement_to_load_and_one_to_save(
+    postgres_launcher: Any, key: str, idp: LoopbackIdentityProvider
+) -> None:
+    """Counted by the server itself (pg_stat_statements): no BEGIN, COMMIT or other call."""
+    import psycopg
+
+    server = postgres_launcher(shared_preload_libraries="pg_stat_statements")
+    watch = psycopg.connect(server.url, autocommit=True)
+    watch.execute("CREATE EXTENSION pg_stat_statements")
+
+    def counted() -> dict[str, int]:
+        rows = watch.execute(
+            "SELECT query, calls FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND query NOT LIKE '%pg_stat_statements%'"
+        ).fetchall()
+        watch.execute("SELECT pg_stat_statements_reset()")
+        return {" ".join(q.split()[:1]).upper(): int(n) for q, n in rows}
+
+    caches = UserCaches.from_url(server.url, key=key, prefix="count", timeout=5)
+    with caches.for_user("sam") as cache:  # connects and creates the table: not counted
+        _sign_in(idp, cache, "sam@example.com", "api://loopback/one")
+    counted()
+    for n in range(5):  # past psycopg's prepare threshold: prepared statements from here
+        with caches.for_user("sam") as cache:
+            _sign_in(idp, cache, "sam@example.com", f"api://loopback/n{n}")
+    assert counted() == {"SELECT": 5, "UPDATE": 5}
+    with caches.for_user("sam") as cache:  # a read-only request: one statement
+        assert len(list(cache.search(AT))) == 6
+    assert counted() == {"SELECT": 1}
+    with caches.for_user("new-user") as cache:
+        _sign_in(idp, cache, "new@example.com", "api://loopback/new")
+    assert counted() == {"SELECT": 1, "INSERT": 1}
+    caches.close()
+    watch.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_values_are_stored_as_raw_fernet_bytes_and_base64_rows_still_read(
+    kind: str, tmp_path: Path, key: str, idp: LoopbackIdentityProvider, request: Any
+) -> None:
+    import base64
+
+    from cryptography.fernet import Fernet
+
+    from tests.services_web import make_web_store
+
+    store = make_web_store(kind, request, tmp_path)
+    caches = store.caches(key, prefix="raw" + str(os.getpid()))
+    with caches.for_user("rae") as cache:
+        _sign_in(idp, cache, "rae@example.com", "api://loopback/raw")
+    name = caches.key_name("rae")
+    stored = store.get(name)
+    assert stored[:1] == b"\x80"  # Fernet's version byte: not base64 text
+    token = base64.urlsafe_b64encode(stored)
+    assert b'"u":' in Fernet(key).decrypt(token)  # exactly the token's bytes
+    store.put(name, token)  # a row written as base64 text (before values were raw)
+    assert scopes(caches, "rae") == {"api://loopback/raw"}
+    with caches.for_user("rae") as cache:  # saved again: raw again
+        _sign_in(idp, cache, "rae@example.com", "api://loopback/next")
+    assert store.get(name)[:1] == b"\x80"
+    assert scopes(caches, "rae") == {"api://loopback/raw", "api://loopback/next"}
+    assert caches.stats.corrupt == 0
+    store.put(name, b"\x80" + b"damaged" * 10)  # raw but not a token: empty, not a crash
+    assert scopes(caches, "rae") == set()
+    assert caches.stats.corrupt == 1
+    caches.close()

@@ -4,7 +4,9 @@
 (or Redis Cluster), in any SQL database through SQLAlchemy 2 (SQLite, PostgreSQL, …),
 or inside a server-side session; docs/web.md tells how. The pieces:
 
-* :mod:`.core`: the caches (user binding, encryption, key rotation, merge, TTL, stats);
+* :mod:`.core`: the caches (loads, optimistic saves, key rotation, TTL, stats, sessions);
+* :mod:`.seal`: names, user binding and encryption of values;
+* :mod:`.merge`: a user's msal cache, copied and merged entry by entry;
 * :mod:`.base`: what a store must do (:class:`Backend`, :class:`Record`);
 * :mod:`.redis_backend`, :mod:`.sql_backend`: the stores;
 * :mod:`.session`: which sessions may hold a cache.

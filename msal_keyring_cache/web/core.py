@@ -13,22 +13,17 @@ One :class:`UserCaches` serves every request of an app (it is thread-safe)::
 
 The core does the same on every store (docs/web.md has the details):
 
-* A user's record is named ``<prefix>:u:{<digest>}``, ``<digest>`` an HMAC of the user id
-  under a key derived from the Fernet key: names reveal no user id.
-* The value is a Fernet token of ``{"u": <binding>, "c": <msal cache>}``; ``<binding>``
-  hashes the prefix and the user id, so a value copied onto another user (or another
-  app's prefix) is refused.
+* Names reveal no user id and values are encrypted and bound to their user
+  (:mod:`.seal`); a value copied onto another user or app is refused.
 * Saves are optimistic: a compare-and-set on the record's version. When another request
   of the same user saved first, this request's own changes (a three-way diff against what
-  it loaded) are applied on top of the new value and the save is retried.
+  it loaded) are applied on top of the new value and the save is retried
+  (:mod:`.merge`).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import json
 import logging
 import math
 import random
@@ -39,12 +34,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-import msal
-
 from ..config import DEFAULT_ENV_PREFIX, MAX_TTL, Settings
-from ..crypto import FernetKeys, decrypt_record, encrypt_record
-from ..errors import CacheError, ConfigError, CorruptCacheError, StoreError
+from ..errors import CacheError, ConfigError, StoreError
 from .base import Backend, Record
+from .merge import UserTokenCache, copy_state, parse_cache, parse_payload, three_way_merge
+from .seal import Sealer, User
 from .session import check_server_side
 
 __all__ = ["UserCaches", "UserTokenCache", "WebStats", "three_way_merge"]
@@ -56,10 +50,6 @@ _DEFAULTS = Settings()
 DEFAULT_MAX_ATTEMPTS = 50
 #: Longest timeout accepted (seconds): a web request must not wait longer for its tokens.
 MAX_TIMEOUT = 600.0
-MAX_PREFIX = 64
-MAX_USER_ID = 4096
-_NAME_LABEL = b"msal-keyring-cache redis key names v1"  # also for SQL rows: one name scheme
-_BINDING_LABEL = b"msal-keyring-cache user binding v1\0"
 _SESSION_USER = "session:"  # binding of a session's cache when no user id is given
 
 Keys = Union[str, Sequence[str]]
@@ -83,50 +73,6 @@ class WebStats:
             setattr(self, name, getattr(self, name) + count)
 
 
-class UserTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
-    """The msal cache of one user for one request; remembers whether msal changed it."""
-
-    def __init__(self, state: Optional[dict[str, Any]] = None) -> None:
-        super().__init__()
-        self._cache = state if state is not None else {}  # owned from now on: not copied
-        self.changed = False
-
-    def add(self, event: Any, **kwargs: Any) -> None:
-        super().add(event, **kwargs)
-        self.changed = True
-
-    def modify(self, credential_type: Any, old_entry: Any, new_key_value_pairs: Any = None) -> None:
-        super().modify(credential_type, old_entry, new_key_value_pairs)
-        self.changed = True
-
-    def deserialize(self, state: Optional[str]) -> None:
-        super().deserialize(state)
-        self.changed = True
-
-    def absorb(self, incoming: Mapping[str, Any]) -> None:
-        """Add the entries of another cache's tables (same key: replaced)."""
-        with self._lock:
-            for kind, entries in incoming.items():
-                if isinstance(entries, dict):
-                    self._cache.setdefault(kind, {}).update(_copy({kind: entries})[kind])
-            self.changed = True
-
-    def state(self) -> dict[str, Any]:
-        """The cache's tables (not a copy: the request is over when this is read)."""
-        with self._lock:
-            return dict(self._cache)
-
-
-def _copy(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy deep enough for msal: it replaces entries, never edits one in place."""
-    return {
-        kind: {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
-        if isinstance(table, dict)
-        else table
-        for kind, table in state.items()
-    }
-
-
 @dataclass
 class _Loaded:
     version: str  # of the primary name ("" when absent)
@@ -137,45 +83,8 @@ class _Loaded:
 
     def base(self) -> dict[str, Any]:
         """What was loaded, as it was (msal has changed ``cache`` since)."""
-        payload = _payload(self.plain) if self.plain else None
+        payload = parse_payload(self.plain) if self.plain else None
         return payload["c"] if payload else {}
-
-
-@dataclass(frozen=True)
-class _User:
-    names: list[str]  # one per configured key; the first is where saves go
-    binding: str
-
-
-def three_way_merge(
-    base: Mapping[str, Any], mine: Mapping[str, Any], theirs: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Apply the changes ``base`` → ``mine`` on top of ``theirs``; return the result.
-
-    Changes are per credential type and entry key: added or changed entries of
-    ``mine`` are set, entries removed in ``mine`` are removed. On an entry both sides
-    changed, ``mine`` wins. ``theirs`` is not modified.
-    """
-    result = {kind: dict(v) if isinstance(v, dict) else v for kind, v in theirs.items()}
-    for kind in set(base) | set(mine):
-        old, new = base.get(kind, {}), mine.get(kind, {})  # absent = an empty table
-        if not isinstance(old, dict) or not isinstance(new, dict):
-            if old != new:  # not a table of entries: whole-value semantics
-                if kind in mine:
-                    result[kind] = new
-                else:
-                    result.pop(kind, None)
-            continue
-        target = result.get(kind)
-        if not isinstance(target, dict):
-            target = result[kind] = {}
-        for key in set(old) | set(new):
-            if key in new:
-                if new[key] != old.get(key):
-                    target[key] = new[key]
-            else:
-                target.pop(key, None)
-    return result
 
 
 class UserCaches:
@@ -201,14 +110,8 @@ class UserCaches:
         ttl: int = _DEFAULTS.web_ttl,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
-        keys = (key,) if isinstance(key, str) else tuple(key) if _is_sequence(key) else ()
-        if not keys or not all(isinstance(k, str) for k in keys):
-            raise ConfigError(_KEY_HELP)
-        try:
-            self._keys = FernetKeys(keys, label="the web caches' key")
-        except ConfigError:
-            raise ConfigError(_KEY_HELP) from None
-        _check_prefix(prefix)
+        self.stats = WebStats()
+        self._seals = Sealer(key, prefix, self.stats.add)
         _check_ttl(ttl)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
             raise ConfigError("max_attempts must be a whole number from 1 to 1000")
@@ -222,13 +125,6 @@ class UserCaches:
         self.prefix = prefix
         self.ttl = ttl
         self.max_attempts = max_attempts
-        self.stats = WebStats()
-        # Names use an HMAC key derived per Fernet key (domain-separated by label).
-        self._name_keys = [
-            hmac.new(base64.urlsafe_b64decode(k), _NAME_LABEL, hashlib.sha256).digest()
-            for k in keys
-        ]
-        self._prefix_bytes = prefix.encode("utf-8")
 
     # -- construction ----------------------------------------------------------------
 
@@ -375,7 +271,7 @@ class UserCaches:
     def __repr__(self) -> str:
         return (
             f"<UserCaches {self.backend!r} prefix={self.prefix!r} "
-            f"keys={list(self._keys.fingerprints)}>"
+            f"keys={list(self._seals.keys.fingerprints)}>"
         )
 
     # -- public API --------------------------------------------------------------------
@@ -393,7 +289,7 @@ class UserCaches:
         If the block raises, changes made so far (a token msal just got) are still saved;
         a failure to save is then logged, and the block's exception propagates.
         """
-        user = self._user(user_id)
+        user = self._seals.user(user_id)
         loaded = self._load(user)
         cache = UserTokenCache(loaded.cache)
         try:
@@ -427,13 +323,13 @@ class UserCaches:
             if not isinstance(sid, str) or not sid:
                 sid = base64.urlsafe_b64encode(_random(16)).decode("ascii")
                 session[f"{self.prefix}:id"] = sid
-            binding = self._binding(_SESSION_USER + sid)
+            binding = self._seals.binding(_SESSION_USER + sid)
         else:
-            binding = self._user(user_id).binding
+            binding = self._seals.user(user_id).binding
         self.stats.add("loads")
         raw = session.get(slot)
-        base = self._open_text(slot, raw, binding)
-        cache = UserTokenCache(_copy(base))  # msal changes its copy; base stays for a merge
+        base = self._seals.open_text(slot, raw, binding)
+        cache = UserTokenCache(copy_state(base))  # msal changes its copy; base stays for a merge
         try:
             yield cache
         except BaseException:
@@ -448,14 +344,14 @@ class UserCaches:
         learn the user id from the result, then ``merge(user_id, temp.serialize())``.
         Entries the user already has under the same key are replaced.
         """
-        incoming = _parse_cache(serialized)
+        incoming = parse_cache(serialized)
         with self.for_user(user_id) as cache:
             cache.absorb(incoming)
 
     def delete_user(self, user_id: str) -> bool:
         """Delete everything stored for ``user_id`` (sign-out). True if anything was there."""
         deleted = False
-        for name in self._user(user_id).names:  # one per name: separate slots / rows
+        for name in self._seals.user(user_id).names:  # one per name: separate slots / rows
             deleted = self.backend.delete(name) or deleted
         return deleted
 
@@ -467,7 +363,7 @@ class UserCaches:
 
     def key_name(self, user_id: str) -> str:
         """The name (Redis key, SQL row) holding ``user_id``'s cache; reveals no user id."""
-        return self._user(user_id).names[0]
+        return self._seals.user(user_id).names[0]
 
     def close(self) -> None:
         """Close the connections this object opened."""
@@ -481,22 +377,10 @@ class UserCaches:
 
     # -- machinery ---------------------------------------------------------------------
 
-    def _user(self, user_id: str) -> _User:
-        raw = _user_bytes(user_id)
-        names = [
-            f"{self.prefix}:u:{{{hmac.new(k, raw, hashlib.sha256).hexdigest()[:32]}}}"
-            for k in self._name_keys
-        ]
-        return _User(names, self._binding_of(raw))
-
     def _binding(self, user_id: str) -> str:
-        return self._binding_of(_user_bytes(user_id))
+        return self._seals.binding(user_id)
 
-    def _binding_of(self, raw: bytes) -> str:
-        # Inside the ciphertext only, so it need not be keyed; the prefix binds the app.
-        return hashlib.sha256(_BINDING_LABEL + self._prefix_bytes + b"\0" + raw).hexdigest()
-
-    def _load(self, user: _User) -> _Loaded:
+    def _load(self, user: User) -> _Loaded:
         self.stats.add("loads")
         for index, name in enumerate(user.names):
             record = self.backend.load(name)
@@ -504,81 +388,26 @@ class UserCaches:
                 continue  # absent: look under the name of an older key (rotation)
             if record.value is None:  # expired, or not a value at all
                 if record.damaged:
-                    self._unusable(name, "is not a token cache record")
+                    self._seals.unusable(name, "is not a token cache record")
                 if index:
                     continue
                 return _Loaded(record.version, {})
-            cache, old_key, plain = self._decrypt(name, record.value, user.binding)
+            cache, old_key, plain = self._seals.decrypt(name, record.value, user.binding)
             if index:
                 return _Loaded("", cache or {}, plain, legacy=name, rewrite=cache is not None)
             return _Loaded(record.version, cache or {}, plain, rewrite=old_key)
         return _Loaded("", {})
 
-    def _open(self, name: str, data: bytes, binding: str) -> tuple[Optional[dict[str, Any]], bool]:
-        """Decrypt and check a value: (cache or None if unusable, decrypted by an old key)."""
-        cache, old_key, _ = self._decrypt(name, data, binding)
-        return cache, old_key
-
-    def _decrypt(
-        self, name: str, data: bytes, binding: str
-    ) -> tuple[Optional[dict[str, Any]], bool, bytes]:
-        """(cache or None if unusable, decrypted by an old key, the plain text)."""
-        if not data:
-            self._unusable(name, "has no encrypted data")
-            return None, False, b""
-        plain, old_key = None, False
-        for index, key in enumerate(self._keys.keys):
-            try:
-                plain, old_key = decrypt_record(data, key), index > 0
-                break
-            except CorruptCacheError:
-                continue
-        if plain is None:
-            self._unusable(name, "does not decrypt with any configured key")
-            return None, False, b""
-        payload = _payload(plain)
-        if payload is None:
-            self._unusable(name, "does not hold a token cache")
-            return None, False, b""
-        if not hmac.compare_digest(str(payload.get("u", "")).encode(), binding.encode()):
-            self.stats.add("refused")
-            logger.warning(
-                "Refused the value of %s: it belongs to another user or app (copied there?). "
-                "Treating this user's cache as empty; it is replaced on the next save.",
-                name,
-            )
-            return None, False, b""
-        return payload["c"], old_key, plain
-
-    def _open_text(self, slot: str, raw: Any, binding: str) -> dict[str, Any]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, str):
-            self._unusable(f"session entry {slot!r}", "is not a token cache")
-            return {}
-        return (
-            self._open(f"session entry {slot!r}", raw.encode("ascii", "replace"), binding)[0] or {}
-        )
-
-    def _unusable(self, name: str, why: str) -> None:
-        self.stats.add("corrupt")
-        logger.warning("The value of %s %s; treating this user's cache as empty "
-                       "(the user signs in again).", name, why)  # fmt: skip
-
-    def _seal(self, binding: str, cache: Mapping[str, Any]) -> bytes:
-        payload = json.dumps({"u": binding, "c": cache}, separators=(",", ":"))
-        return encrypt_record(payload.encode("utf-8"), self._keys.keys[0])[:-1]
-
-    def _finish(self, user: _User, loaded: _Loaded, cache: UserTokenCache) -> None:
+    def _finish(self, user: User, loaded: _Loaded, cache: UserTokenCache) -> None:
         if not cache.changed and not loaded.rewrite:
             return
         self._save(user, loaded, cache.state())
 
-    def _save(self, user: _User, loaded: _Loaded, mine: dict[str, Any]) -> None:
+    def _save(self, user: User, loaded: _Loaded, mine: dict[str, Any]) -> None:
         name, version, target = user.names[0], loaded.version, mine
         base: Optional[dict[str, Any]] = None
         for attempt in range(self.max_attempts):
-            if self.backend.save(name, version, self._seal(user.binding, target), self.ttl):
+            if self.backend.save(name, version, self._seals.seal(user.binding, target), self.ttl):
                 self.stats.add("saves")
                 if loaded.rewrite:
                     self.stats.add("migrated")
@@ -593,7 +422,7 @@ class UserCaches:
             record = self.backend.load(name)
             version, theirs = _version(record), {}
             if record is not None and record.value is not None:
-                theirs = self._open(name, record.value, user.binding)[0] or {}
+                theirs = self._seals.open(name, record.value, user.binding)[0] or {}
             target = three_way_merge(base, mine, theirs)
         raise StoreError(
             f"Could not save a user's token cache after {self.max_attempts} attempts: other "
@@ -616,26 +445,9 @@ class UserCaches:
         current = session.get(slot)
         if current != raw:  # changed in the session since we loaded it: merge on top
             self.stats.add("conflicts")
-            mine = three_way_merge(base, mine, self._open_text(slot, current, binding))
-        session[slot] = self._seal(binding, mine).decode("ascii")
+            mine = three_way_merge(base, mine, self._seals.open_text(slot, current, binding))
+        session[slot] = self._seals.seal(binding, mine).decode("ascii")
         self.stats.add("saves")
-
-
-_KEY_HELP = (
-    "UserCaches needs one or more Fernet keys (32 url-safe base64-encoded bytes each); "
-    "make one with: msal-keyring-cache generate-key"
-)
-
-
-def _payload(plain: bytes) -> Optional[dict[str, Any]]:
-    """The ``{"u": …, "c": {…}}`` document in a decrypted value, or None."""
-    try:
-        payload = json.loads(plain)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(payload, dict) or not isinstance(payload.get("c"), dict):
-        return None
-    return payload
 
 
 def _version(record: Optional[Record]) -> str:
@@ -646,54 +458,6 @@ def _random(size: int) -> bytes:
     import os
 
     return os.urandom(size)
-
-
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, (list, tuple))
-
-
-def _parse_cache(serialized: Any) -> dict[str, Any]:
-    if not serialized:
-        return {}
-    if not isinstance(serialized, str):
-        raise ConfigError("merge() expects a serialized msal token cache (JSON text)")
-    try:
-        incoming = json.loads(serialized)
-    except (ValueError, RecursionError):
-        incoming = None
-    if not isinstance(incoming, dict):
-        raise ConfigError("merge() expects a serialized msal token cache (a JSON object)")
-    return incoming
-
-
-def _user_bytes(user_id: str) -> bytes:
-    if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID:
-        raise ConfigError(
-            f"user_id must be a non-empty text of at most {MAX_USER_ID} characters "
-            "(a stable id of the signed-in user, such as its home_account_id)"
-        )
-    try:
-        return user_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError(
-            "user_id is not valid text (it contains a lone surrogate): pass the user's id "
-            "as it came from the identity provider"
-        ) from None
-
-
-def _check_prefix(prefix: Any) -> None:
-    ok = isinstance(prefix, str) and 0 < len(prefix) <= MAX_PREFIX and prefix.isprintable()
-    if ok and "{" not in prefix and "}" not in prefix:
-        try:
-            prefix.encode("utf-8")
-            return
-        except UnicodeEncodeError:
-            pass
-    shown = repr(prefix) if isinstance(prefix, str) and len(prefix) <= 200 else "given"
-    raise ConfigError(
-        f"The web cache prefix {shown} is not valid: expected 1 to {MAX_PREFIX} printable "
-        "characters without '{' or '}' (braces are Redis Cluster hash tags)"
-    )
 
 
 def _check_ttl(ttl: Any) -> int:
