@@ -440,3 +440,28 @@ def test_a_lock_file_replaced_while_waiting_is_locked_anew(lock_path: Path) -> N
     assert got.wait(30)
     release.set()
     thread.join(30)
+
+
+def test_attempt_takes_a_free_lock_only_and_acquire_takes_its_own_timeout(
+    lock_path: Path,
+) -> None:
+    first, second = CrossProcessLock(str(lock_path), 5), CrossProcessLock(str(lock_path), 5)
+    assert first.attempt()
+    assert first.held
+    assert first.attempt()  # re-entrant, like ``with``
+    first.__exit__(None, None, None)
+    assert not second.attempt()  # busy: no wait, nothing held
+    assert not second.held
+    started = time.monotonic()
+    with pytest.raises(LockTimeoutError):
+        second.acquire(0.2)  # its own bound, not the object's 5 s
+    assert time.monotonic() - started < 4
+    first.__exit__(None, None, None)
+    # The timed-out wait's helper thread takes and frees the lock as it wakes; until then
+    # attempt() says no rather than start a second wait.
+    deadline = time.monotonic() + 10
+    while not second.attempt():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    second.__exit__(None, None, None)
+    assert not second.held
