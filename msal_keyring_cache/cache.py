@@ -172,9 +172,15 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         return _get(self, credential_type, key, default)
 
     def serialize(self) -> str:
-        """The current cache as JSON (msal's format), after taking in the store's changes."""
+        """The current cache as JSON (msal's format), after taking in the store's changes.
+
+        The ids of group-committed writes (a table of this library's own) are left out:
+        what an app or ``export`` gets is msal's document only.
+        """
         self._refresh()
-        return str(super().serialize())
+        with self._lock:
+            self.has_state_changed = False
+            return json.dumps({k: v for k, v in self._cache.items() if k != BATCH}, indent=4)
 
     # -- writes ----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from msal_keyring_cache import batch, build_cache, crypto
+from msal_keyring_cache import Settings, batch, build_cache, crypto, manage
 from msal_keyring_cache.locking import CrossProcessLock
 from tests.batch_child import entry
 from tests.helpers import PYTHON, ROOT, child_env, require
@@ -115,6 +115,14 @@ def test_contended_writers_share_writes_and_lose_nothing(seeded: Path, key: str)
     ids = [i for r in records for i in r.get("~batch", {})]
     assert ids  # followers' ids went with their changes
     assert len(ids) == len(set(ids))
+    # ...and stay the library's own: what an app or an export sees is msal's document.
+    reader = build_cache("t", backend="file", path=str(seeded), key=key)
+    try:
+        assert "~batch" not in json.loads(reader.serialize())
+        settings = Settings.resolve(environ={}, backend="file", path=str(seeded), key=key)
+        assert "~batch" not in manage.export(settings)
+    finally:
+        reader.close()
 
 
 def _group(path: Path, key: str, when: str, followers: int) -> tuple[Any, list[Any]]:

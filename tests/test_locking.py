@@ -111,9 +111,9 @@ def test_surface_and_reentrance(lock_path: Path) -> None:
         assert other.held is False
     assert not lock.held
     # Released: anyone may take it. (Not with timeout 0: the abandoned wait of `other`
-    # takes the lock for an instant when it is released, then lets it go.)
-    with CrossProcessLock(str(lock_path), 5.0):
-        pass
+    # may hold the lock for an instant when it is released, then lets it go at once.)
+    with CrossProcessLock(str(lock_path), 5.0) as again:
+        assert again.held
 
 
 def test_filelock_holders_and_ours_exclude_each_other(lock_path: Path) -> None:
