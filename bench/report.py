@@ -241,16 +241,25 @@ def _why(results: dict[str, Any]) -> list[str]:
         else ""
     )
     lines += [
-        "- **Fsync.** Every write is fsynced before the lock is released, so a write that "
-        f"returned is on disk{cost}. It is part of every row of ours above and is paid "
-        "inside the lock, one writer at a time: at N processes × M misses that is N·M "
-        "fsyncs in a row. msal-extensions does not fsync, so its rows do not pay for "
-        "durability.",
+        "- **Group commit.** Under contention this project's writers do not write one by "
+        "one: a writer that finds the lock busy hands its change (over a same-user Unix "
+        "socket, in memory) to the writer that gets the lock next, which writes every "
+        "waiting writer's change in one journal record or one credential-store write and "
+        "answers each once it is durable. So a Secret Service write (a D-Bus round trip "
+        "and gnome-keyring re-encrypting its keyring file) and a journal append with its "
+        "fsync serve many acquisitions; uncontended, each msal call still writes alone. "
+        "msal-extensions writes once per `modify`, one writer at a time.",
+        "- **Fsync.** Every journal append is fsynced before the write returns, so a write "
+        f"that returned is on disk{cost}; the fsync runs after the lock is released (a "
+        "later writer's fsync covers earlier records of the same file; docs/how-it-works.md, "
+        "*Durability*), so it is paid in parallel, not in the critical section. It is part "
+        "of every row of ours above. msal-extensions does not fsync, so its rows do not pay "
+        "for durability.",
         "- **The floor.** *msal, in memory* does the same acquisitions without sharing or "
         "storing anything: every process works in parallel, and the only shared resource "
         "is the identity provider. A shared cache serializes its writers by definition; "
-        "the distance to the floor is that serialized part (lock hand-over, encryption, "
-        "write, fsync).",
+        "the distance to the floor is that serialized part (lock hand-over, catching up "
+        "with the others' records, encryption, write).",
         "- **Where we are slower.** Decrypting is work plain JSON does not do: the "
         "load-and-first-hit rows pay one AES-256-GCM pass over the whole snapshot (format "
         "version 3: binary, no base64; as a Fernet token in version 2 it cost more than the "
@@ -311,7 +320,8 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
         "over all acquisitions of a run. Lost = the call returned a token but the token is "
         "not in the shared cache afterwards; errors = calls that raised or returned no token. "
         "Lost and errors are summed over all runs of a cell. *Lock held*: for this project, "
-        "the median critical section (one write: catch up, append, fsync), and the share "
+        "the median critical section (one write, for one or a group of waiting writers: "
+        "catch up, append; the fsync follows outside the lock), and the share "
         "of the wall time some process held the lock — near 100% means writers are "
         "serialized back to back and the hand-over costs little; the rest is the "
         "critical section's own length.",

@@ -286,8 +286,11 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
     from forking import run_children
 
     held: list[float] = []  # this child's critical sections (ours only), seconds
+    phases: dict[str, list[float]] = {}  # BENCH_PHASES=1: where the held time goes
     if name.startswith("ours-"):
         _time_critical_sections(held)
+        if os.environ.get("BENCH_PHASES"):
+            _time_phases(phases)
 
     def prepare(index: int) -> Callable[[], dict[str, Any]]:
         variant = open_variant(name, directory)
@@ -320,6 +323,7 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
                 "times": times,
                 "stored": stored,
                 "held": held,
+                "phases": phases,
             }
             if name == "msal-memory":  # no shared cache: count what this process holds
                 out["own_tokens"] = len(variant.cache._cache.get("AccessToken", {}))
@@ -338,31 +342,129 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         "own_tokens": sum(r.get("own_tokens", 0) for r in results),
         "stored": [s for r in results for s in r.get("stored", [])],
         "held": [h for r in results for h in r.get("held", [])],
+        "phases": _sum_phases([r.get("phases", {}) for r in results]),
     }
     sys.stdout.write(json.dumps(summary) + "\n")
 
 
 def _time_critical_sections(held: list[float]) -> None:
-    """Record how long each outermost hold of this project's lock lasts (bench only)."""
+    """Record how long each outermost hold of this project's lock lasts (bench only).
+
+    Every way of taking the lock counts: ``acquire`` (what ``with`` does) and the
+    no-wait ``attempt``.
+    """
     from msal_keyring_cache import locking
 
     cls = locking.CrossProcessLock
-    enter, leave = cls.__enter__, cls.__exit__
+    leave = cls.__exit__
     started: dict[int, float] = {}
 
-    def timed_enter(self: Any) -> Any:
-        result = enter(self)
-        if self._depth == 1:
-            started[id(self)] = time.perf_counter()
-        return result
+    def timing(take: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(self: Any, *args: Any) -> Any:
+            result = take(self, *args)
+            if self._depth == 1 and result:
+                started[id(self)] = time.perf_counter()
+            return result
+
+        return timed
 
     def timed_exit(self: Any, *exc: Any) -> None:
         if self._depth == 1 and id(self) in started:
             held.append(time.perf_counter() - started.pop(id(self)))
         leave(self, *exc)
 
-    cls.__enter__ = timed_enter  # type: ignore[method-assign]
+    for name in ("acquire", "attempt", "__enter__"):
+        if hasattr(cls, name) and (name != "__enter__" or not hasattr(cls, "acquire")):
+            setattr(cls, name, timing(getattr(cls, name)))
     cls.__exit__ = timed_exit  # type: ignore[method-assign]
+
+
+_HOLDING = [0]  # > 0 while this process holds the cross-process lock (bench only)
+
+
+def _time_phases(phases: dict[str, list[float]]) -> None:
+    """``BENCH_PHASES=1``: time the steps of a write, inside and outside the lock.
+
+    Each phase collects ``[seconds, calls]``; ``*_locked`` phases ran while this process
+    held the lock. Wraps library functions in this benchmark process only.
+    """
+    from msal_keyring_cache import cache, crypto, locking, watch
+    from msal_keyring_cache.stores import file
+
+    def timed(owner: Any, attr: str, label: str) -> None:
+        inner = getattr(owner, attr)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                key = label + ("_locked" if _HOLDING[0] else "")
+                slot = phases.setdefault(key, [0.0, 0])
+                slot[0] += time.perf_counter() - start
+                slot[1] += 1
+
+        setattr(owner, attr, wrapper)
+
+    timed(cache.PersistentTokenCache, "_catch_up", "catch_up")
+    timed(cache.PersistentTokenCache, "_reload", "reload")
+    timed(cache.PersistentTokenCache, "_persist", "persist")
+    timed(file.EncryptedFileStore, "read_changes", "read_changes")
+    timed(file.EncryptedFileStore, "load", "load")
+    timed(file.EncryptedFileStore, "save", "save")
+    timed(file.EncryptedFileStore, "_write_at", "write_at")
+    timed(crypto, "seal", "seal")
+    timed(crypto, "unseal", "unseal")
+    timed(os, "fsync", "fsync")
+    timed(watch.Generation, "begin", "gen_begin")
+    timed(watch.Generation, "end", "gen_end")
+    cls = locking.CrossProcessLock
+    leave = cls.__exit__
+    acquire, attempt = cls.acquire, getattr(cls, "attempt", None)
+    mine: set[int] = set()
+
+    def holding_acquire(self: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        result = acquire(self, *args)
+        if self._depth == 1:
+            slot = phases.setdefault("lock_wait", [0.0, 0])
+            slot[0] += time.perf_counter() - start
+            slot[1] += 1
+            _HOLDING[0] += 1
+            mine.add(id(self))
+        return result
+
+    def holding_attempt(self: Any) -> bool:
+        taken = bool(attempt(self))  # type: ignore[misc]
+        if taken and self._depth == 1:
+            _HOLDING[0] += 1
+            mine.add(id(self))
+            slot = phases.setdefault("lock_attempted", [0.0, 0])
+            slot[1] += 1
+        return taken
+
+    def holding_exit(self: Any, *exc: Any) -> None:
+        if self._depth == 1 and id(self) in mine:
+            mine.discard(id(self))
+            _HOLDING[0] -= 1
+        leave(self, *exc)
+
+    cls.acquire = holding_acquire  # type: ignore[method-assign]
+    if attempt is not None:
+        cls.attempt = holding_attempt  # type: ignore[method-assign]
+    cls.__exit__ = holding_exit  # type: ignore[method-assign]
+    timed(cache.PersistentTokenCache, "_follow", "follow")
+    timed(cache.PersistentTokenCache, "_lead", "lead")
+
+
+def _sum_phases(parts: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    total: dict[str, list[float]] = {}
+    for part in parts:
+        for key, (seconds, calls) in part.items():
+            slot = total.setdefault(key, [0.0, 0])
+            slot[0] += seconds
+            slot[1] += calls
+    return total
 
 
 def mode_lockstress(name: str, directory: str, processes: int, count: int) -> None:

@@ -17,6 +17,9 @@ Rules (see docs/how-it-works):
   write holds just the entries this process changed (a journal record) where the
   store supports it, else the whole cache. The lock order is always in-process →
   cross-process.
+* **Group commit**: when the cross-process lock is busy, the change is handed to the
+  writer that gets the lock next, which writes every waiting writer's change at once
+  (:mod:`.batch`); uncontended, each msal call writes alone, as above.
 * msal prunes expired access tokens while it searches, holding its lock; a change
   made while the calling thread already holds the lock (that prune, or code changing
   the cache while iterating a search) changes only memory and is folded into the next
@@ -32,7 +35,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import secrets
 import threading
 import time
 import weakref
@@ -43,6 +48,7 @@ from typing import Any, Optional
 
 import msal
 
+from . import batch
 from .errors import CacheError, ConfigError, CorruptCacheError
 from .stores.base import Description, Store, apply_delta, parse_json, validate_cache
 from .watch import Generation
@@ -51,6 +57,14 @@ __all__ = ["BackendInfo", "PersistentTokenCache"]
 
 logger = logging.getLogger("msal_keyring_cache")
 _MISSING: Any = object()
+#: The cache's table of group-commit ids: ``{id: {}}`` for the changes a leader wrote for
+#: others (msal ignores top-level keys it does not know, and keeps them).
+BATCH = "~batch"
+_KEEP_IDS = 512  # ids kept: more than the writers that can wait at once
+# A follower waiting for its leader tries the lock itself after _GRACE seconds, then every
+# _POLL: a leader that died or hangs without the lock must not hold it up, and a live one
+# (which waits for one write before its own) must not lose the lock to its followers.
+_GRACE, _POLL = 1.0, 0.25
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     since the last ``serialize()``/``deserialize()`` (every change is already stored, so
     code that saves a copy when it is true only writes a redundant copy).
     """
+
+    #: Group commit: when the lock is busy, hand this process's change to the writer
+    #: that gets it next, which writes it with its own (:mod:`~msal_keyring_cache.batch`).
+    group_commit: bool = True
 
     def __init__(self, store: Store, *, backend_info: Optional[BackendInfo] = None) -> None:
         super().__init__()
@@ -154,9 +172,15 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         return _get(self, credential_type, key, default)
 
     def serialize(self) -> str:
-        """The current cache as JSON (msal's format), after taking in the store's changes."""
+        """The current cache as JSON (msal's format), after taking in the store's changes.
+
+        The ids of group-committed writes (a table of this library's own) are left out:
+        what an app or ``export`` gets is msal's document only.
+        """
         self._refresh()
-        return str(super().serialize())
+        with self._lock:
+            self.has_state_changed = False
+            return json.dumps({k: v for k, v in self._cache.items() if k != BATCH}, indent=4)
 
     # -- writes ----------------------------------------------------------------
 
@@ -327,20 +351,34 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 finally:
                     self._depth -= 1
                 return
-            failure: Optional[CacheError] = None
             lock: Any = self.store.lock()
+            held = False
+            meet = self.store.rendezvous() if self.group_commit and not self._rewrite else None
+            if meet is not None:
+                try:
+                    held = bool(lock.attempt())
+                except Exception:  # the plain path below takes the lock and says why not
+                    meet = None
+            if meet is not None and not held:
+                with self._grouped(lock, meet):
+                    yield
+                return
+            failure: Optional[CacheError] = None
+            if not held:
+                try:
+                    lock.__enter__()
+                    held = True
+                except CacheError as exc:  # a timeout, a read-only file system
+                    failure = exc
             try:
-                lock.__enter__()
-            except CacheError as exc:  # a timeout, a read-only file system
-                failure, lock = exc, None
-            try:
-                if lock is not None and self.store.changed():
+                if held and self.store.changed():
                     self._catch_up()
             except CacheError as exc:
                 failure = exc
             # Even without the lock or the others' changes, msal's change is applied in
             # memory and kept pending (the identity provider may already have rotated a
             # refresh token); the caller gets the error after it.
+            wrote: Optional[dict[tuple[str, str], Any]] = None
             try:
                 self._depth = 1
                 try:
@@ -348,14 +386,198 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 finally:
                     self._depth = 0
                     if failure is None:
-                        self._persist()
+                        wrote = self._persist()
                     else:
                         self._keep_pending()
             finally:
-                if lock is not None:
+                if held:
                     lock.__exit__(None, None, None)
             if failure is not None:
                 raise failure
+            self._sync(wrote)
+
+    @contextmanager
+    def _grouped(self, lock: Any, meet: str) -> Iterator[None]:
+        """A write while the lock is busy: write together with the other waiting writers.
+
+        msal's change is made on the store's state read without the lock, then it is
+        pending (re-applied over whatever is taken in later) until written — by the
+        group's leader, or by this writer itself (see :mod:`.batch` and
+        docs/how-it-works.md, "Group commit").
+        """
+        limit = float(getattr(lock, "timeout", 60.0))
+        deadline = time.monotonic() + (limit if limit >= 0 else math.inf)
+        try:
+            if self.store.changed():
+                self._catch_up()
+        except CacheError:
+            pass  # taken in again under the lock, where a failure counts
+        self._depth = 1
+        try:
+            yield
+        finally:
+            self._depth = 0
+            changes = self._changes()
+            self._pending.update(changes)
+            if self._rewrite:  # deserialize(): a whole rewrite, written alone
+                self._write_alone(lock, deadline)
+            elif changes:
+                self._write_grouped(lock, meet, changes, deadline)
+
+    def _write_alone(self, lock: Any, deadline: float) -> None:
+        lock.acquire(max(0.0, deadline - time.monotonic()))  # a timeout keeps it pending
+        try:
+            wrote = self._persist()
+        finally:
+            lock.__exit__(None, None, None)
+        self._sync(wrote)
+
+    def _write_grouped(
+        self, lock: Any, meet: str, changes: dict[tuple[str, str], Any], deadline: float
+    ) -> None:
+        ident = secrets.token_hex(16)
+        role = batch.join(meet, ident, _encode(changes))
+        if isinstance(role, batch.Leader):
+            self._lead(role, lock)
+            return
+        held = False
+        if isinstance(role, batch.Ticket):
+            answer = self._follow(role, lock, deadline)
+            if answer is True:  # written, durably, by the leader
+                for key in changes:
+                    self._pending.pop(key, None)
+                return
+            held = answer is None
+        if not held:  # a timeout raises; our change stays pending for the next write
+            lock.acquire(max(0.0, deadline - time.monotonic()))
+        wrote: Optional[dict[tuple[str, str], Any]] = None
+        try:
+            # Take in the store without our change first: a leader that died after
+            # writing may have written it (with our id), and it must not be written
+            # again over what others wrote since.
+            self._pending.clear()
+            try:
+                if self.store.changed():
+                    self._catch_up()
+            finally:
+                table = self._cache.get(BATCH)
+                if role is None or not isinstance(table, dict) or ident not in table:
+                    self._pending.update(changes)
+                    with self._lock:
+                        self._reapply_pending()
+            if self._pending:
+                wrote = self._persist()
+        finally:
+            lock.__exit__(None, None, None)
+        self._sync(wrote)
+
+    def _follow(self, ticket: batch.Ticket, lock: Any, deadline: float) -> Optional[bool]:
+        """Wait for the leader: ``True`` written, ``False`` not, ``None`` we hold the lock."""
+        try:
+            wait = _GRACE
+            while True:
+                left = deadline - time.monotonic()
+                answer = ticket.wait(min(wait, max(left, 0.0)))
+                if answer is not None:
+                    return answer
+                wait = _POLL
+                # A leader that died or hangs without the lock must not hold us up.
+                try:
+                    if lock.attempt():
+                        return None
+                except Exception:
+                    return False
+                if left <= 0:
+                    return False
+        finally:
+            ticket.close()  # before we write: a leader that has not written leaves us out
+
+    def _lead(self, leader: batch.Leader, lock: Any) -> None:
+        """Take the lock, then write our change and every follower's in one write."""
+        try:
+            lock.__enter__()
+        except BaseException:
+            leader.close()  # the followers write themselves
+            raise
+        accepted: list[batch.Request] = []
+        own = dict(self._pending)
+        wrote: Optional[dict[tuple[str, str], Any]] = None
+        try:
+            requests = leader.collect()
+            try:
+                if self.store.changed():
+                    self._catch_up()
+                with self._lock:
+                    for request in requests:
+                        if request.alive() and self._take(request.change):
+                            self._mark(request.ident)
+                            accepted.append(request)
+                        else:
+                            request.answer(False)
+                wrote = self._persist()
+            except BaseException:
+                for request in requests:
+                    request.answer(False)
+                accepted = []
+                raise
+            finally:
+                if not accepted:  # theirs are not ours to keep pending
+                    self._pending = {k: v for k, v in self._pending.items() if k in own}
+        finally:
+            lock.__exit__(None, None, None)
+        try:
+            self._sync(wrote)
+        except BaseException:
+            for request in accepted:
+                request.answer(False)  # they write themselves; not ours to keep pending
+            self._pending = {k: v for k, v in self._pending.items() if k in own}
+            raise
+        for request in accepted:
+            request.answer(True)
+        if accepted:
+            logger.debug("Wrote %d other writers' changes with ours", len(accepted))
+
+    def _take(self, data: bytes) -> bool:
+        """Apply a follower's change over memory, as our own (under _lock); False if bad."""
+        try:
+            change = parse_json(data, "a change from another writer")
+            apply_delta({}, change)  # checks the shape (and applies it to nothing)
+        except CorruptCacheError:
+            return False
+        for kind, entries in change.items():
+            table = self._cache.get(kind)
+            if not isinstance(table, dict):
+                table = self._cache[kind] = {}
+            for key, entry in entries.items():
+                self._before.setdefault((kind, key), table.get(key, _MISSING))
+                if entry is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = entry
+        return True
+
+    def _mark(self, ident: str) -> None:
+        """Record a follower's id in the write (under _lock), dropping the oldest ids."""
+        table = self._cache.get(BATCH)
+        if not isinstance(table, dict):
+            table = self._cache[BATCH] = {}
+        self._before.setdefault((BATCH, ident), table.get(ident, _MISSING))
+        table[ident] = {}
+        while len(table) > _KEEP_IDS:
+            oldest = next(iter(table))
+            self._before.setdefault((BATCH, oldest), table[oldest])
+            del table[oldest]
+
+    def _sync(self, wrote: Optional[dict[tuple[str, str], Any]]) -> None:
+        """Make a write durable (after the lock is released); a failure keeps it pending."""
+        if wrote is None:
+            return
+        try:
+            self.store.sync()
+        except BaseException:
+            for key, value in wrote.items():
+                self._pending.setdefault(key, value)
+            raise
 
     def _changes(self) -> dict[tuple[str, str], Any]:
         """Entries changed since the last write (and those still pending), by (type, key)."""
@@ -382,26 +604,23 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             else:
                 table[key] = value
 
-    def _persist(self) -> None:
+    def _persist(self) -> Optional[dict[tuple[str, str], Any]]:
         # Runs under the cross-process lock, and must: the delta is this call's change
         # applied on top of what others wrote (known only after catching up under the
         # lock), and the record it becomes is sealed with its place in the file (the next
         # sequence number, known only under the lock). Moving the JSON encoding (~4 µs for
         # a sign-in's entries) and the encryption (~10 µs) out of the lock would need a
-        # speculative record that is thrown away whenever another process wrote first; the
-        # fsync that makes the write durable costs ~2 ms here and dominates the critical
-        # section (measured: docs/how-it-works.md, "Durability").
+        # speculative record that is thrown away whenever another process wrote first. The
+        # fsync that makes the write durable (2-9 ms here, about half of the critical
+        # section when it was inside) runs after the lock: _sync().
         changes = self._changes()
-        delta: dict[str, dict[str, Any]] = {}
-        for (credential_type, key), now in changes.items():
-            delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
         try:
             if self._rewrite:
                 self.store.save(self._dump())
-            elif delta:
-                self.store.append(json.dumps(delta, separators=(",", ":")).encode(), self._dump)
+            elif changes:
+                self.store.append(_encode(changes), self._dump)
             else:
-                return
+                return None
         except BaseException:
             # Nothing is forgotten: the change stays in memory and pending, and the next
             # write (after taking in what others wrote) stores it.
@@ -410,10 +629,19 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         self._rewrite = False
         self._pending.clear()
         logger.debug("Saved the token cache to the %s store", self.store.backend)
+        return changes
 
     def _dump(self) -> bytes:
         with self._lock:
             return json.dumps(self._cache, separators=(",", ":")).encode()
+
+
+def _encode(changes: dict[tuple[str, str], Any]) -> bytes:
+    """Changes by (type, key) as a journal delta (JSON)."""
+    delta: dict[str, dict[str, Any]] = {}
+    for (credential_type, key), now in changes.items():
+        delta.setdefault(credential_type, {})[key] = None if now is _MISSING else now
+    return json.dumps(delta, separators=(",", ":")).encode()
 
 
 def _imported(state: Optional[str], *, complete: bool = True) -> dict[str, Any]:

@@ -83,8 +83,9 @@ _NONCE, _TAG = 12, 16
 _SNAPSHOT_INFO = b"msal-keyring-cache snapshot v3"
 # scrypt, cost as the cryptography docs suggest for interactive use (16 MiB, ~50 ms).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-#: A header may ask for at most this multiple of the work and memory the library itself
-#: uses (n·r·p and 128·n·r bytes): a crafted header cannot make a start take minutes.
+#: A header may ask for at most this multiple of the work the library itself uses (n·r·p);
+#: its memory (128·n·r bytes) is then within the same multiple, as p >= 1: a crafted
+#: header cannot make a start take minutes or gigabytes.
 SCRYPT_LIMIT = 4
 _FP_LABEL = b"msal-keyring-cache key fingerprint v1"
 
@@ -236,11 +237,7 @@ def scrypt_allowed(n: int, r: int, p: int) -> bool:
     """Whether scrypt ``(n, r, p)`` stays within :data:`SCRYPT_LIMIT` times our own cost."""
     if not (n >= 2**10 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
         return False
-    work, memory = n * r * p, 128 * n * r
-    return (
-        work <= SCRYPT_LIMIT * SCRYPT_N * SCRYPT_R * SCRYPT_P
-        and memory <= SCRYPT_LIMIT * 128 * SCRYPT_N * SCRYPT_R
-    )
+    return n * r * p <= SCRYPT_LIMIT * SCRYPT_N * SCRYPT_R * SCRYPT_P
 
 
 def file_records(blob: bytes) -> list[bytes]:

@@ -253,7 +253,7 @@ def fork(path: str) -> int:
         # A child forked inside the parent's critical section holds nothing, cannot take
         # the lock while the parent has it, and leaving the block frees nothing.
         def child_of_holder() -> bool:
-            if holder.held:
+            if holder.held or _open_on(path):
                 return False
             holder.__exit__(None, None, None)  # the block the parent entered ends here too
             return times_out(holder, 0.3) and times_out(_lock(path), 0.3)
@@ -264,8 +264,9 @@ def fork(path: str) -> int:
         go_r, go_w = os.pipe()
 
         def child_with_abandoned_wait() -> bool:
+            inherited = _open_on(path)  # the parent's waiting descriptor must be closed too
             os.read(go_r, 1)  # until the parent released
-            return takes(other, 10) and takes(holder, 10)
+            return not inherited and takes(other, 10) and takes(holder, 10)
 
         pid = os.fork()
         if pid == 0:
@@ -279,6 +280,18 @@ def fork(path: str) -> int:
     )
     print(json.dumps(checks), flush=True)
     return 0
+
+
+def _open_on(path: str) -> list[str]:
+    """This process's descriptors open on ``path`` (from /proc: an outside observer)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == os.path.abspath(path):
+                found.append(fd)
+        except OSError:
+            continue
+    return found
 
 
 def _safe(check: Callable[[], bool]) -> bool:

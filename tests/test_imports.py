@@ -9,8 +9,8 @@ from one below:
  #    modules                                          owns
 ====  ==============================================  =====================================
  0    ``errors``                                       every public exception
- 1    ``files``, ``locking``, ``watch``, ``waits``,    OS files, locks, change counters,
-      ``crypto``, ``config``                           bounded waits, the format, settings
+ 1    ``files``, ``locking``, ``batch``, ``watch``,    OS files, locks, group commit,
+      ``waits``, ``crypto``, ``config``                change counters, bounded waits, …
  2    ``stores``, ``stores.*``                         where the bytes live (Store protocol)
  3    ``cache``, ``http_cache``                        the msal adapters (tokens, discovery)
  4    ``factory``                                      settings → store → cache
@@ -36,7 +36,7 @@ from tests.helpers import ROOT
 PACKAGE = "msal_keyring_cache"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("files", "locking", "watch", "waits", "crypto", "config"),
+    ("files", "locking", "batch", "watch", "waits", "crypto", "config"),
     ("stores",),
     ("cache", "http_cache"),
     ("factory",),

@@ -51,6 +51,7 @@ def _run(*args: str, timeout: float = 120, **env: str) -> dict[str, object]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr  # e.g. in a fork hook
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -109,8 +110,10 @@ def test_surface_and_reentrance(lock_path: Path) -> None:
             other.__enter__()
         assert other.held is False
     assert not lock.held
-    with CrossProcessLock(str(lock_path), 0):  # released: anyone may take it at once
-        pass
+    # Released: anyone may take it. (Not with timeout 0: the abandoned wait of `other`
+    # may hold the lock for an instant when it is released, then lets it go at once.)
+    with CrossProcessLock(str(lock_path), 5.0) as again:
+        assert again.held
 
 
 def test_filelock_holders_and_ours_exclude_each_other(lock_path: Path) -> None:
@@ -365,7 +368,10 @@ def test_an_unwritable_directory_is_a_store_error() -> None:
     lines = done.stdout.splitlines()
     assert len(lines) == 2, done.stdout
     assert "Permission denied" in lines[0]
-    assert "MSAL_KEYRING_CACHE_PATH" in lines[0]
+    assert (
+        "check the owner and permissions of the file and its directory, or point the cache "
+        "at a location you own (MSAL_KEYRING_CACHE_PATH)"
+    ) in lines[0]
     assert "Permission denied" in lines[1]
     assert "Create it" in lines[1]
 
@@ -403,7 +409,10 @@ def test_a_read_only_file_system_is_a_store_error(tmp_path: Path) -> None:
     refused, existing = done.stdout.splitlines()
     assert refused.startswith("refused:")
     assert "Read-only file system" in refused
-    assert "MSAL_KEYRING_CACHE_PATH" in refused
+    assert (
+        "the file system is read-only: point the cache at a writable location "
+        "(MSAL_KEYRING_CACHE_PATH)"
+    ) in refused
     assert existing == "locked existing: True"  # an existing lock file still locks
 
 
@@ -431,3 +440,28 @@ def test_a_lock_file_replaced_while_waiting_is_locked_anew(lock_path: Path) -> N
     assert got.wait(30)
     release.set()
     thread.join(30)
+
+
+def test_attempt_takes_a_free_lock_only_and_acquire_takes_its_own_timeout(
+    lock_path: Path,
+) -> None:
+    first, second = CrossProcessLock(str(lock_path), 5), CrossProcessLock(str(lock_path), 5)
+    assert first.attempt()
+    assert first.held
+    assert first.attempt()  # re-entrant, like ``with``
+    first.__exit__(None, None, None)
+    assert not second.attempt()  # busy: no wait, nothing held
+    assert not second.held
+    started = time.monotonic()
+    with pytest.raises(LockTimeoutError):
+        second.acquire(0.2)  # its own bound, not the object's 5 s
+    assert time.monotonic() - started < 4
+    first.__exit__(None, None, None)
+    # The timed-out wait's helper thread takes and frees the lock as it wakes; until then
+    # attempt() says no rather than start a second wait.
+    deadline = time.monotonic() + 10
+    while not second.attempt():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    second.__exit__(None, None, None)
+    assert not second.held

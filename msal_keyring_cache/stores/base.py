@@ -260,6 +260,22 @@ class Store(abc.ABC):
         """
         self.save(full())
 
+    def sync(self) -> None:  # noqa: B027 - optional hook
+        """Make the last write durable; called once the lock is released.
+
+        A store whose writes are durable when they return does nothing here. The caller
+        returns to its own caller only after this, so "a write that returned is durable"
+        holds either way (docs/how-it-works.md, "Durability").
+        """
+
+    def rendezvous(self) -> Optional[str]:
+        """Where writers waiting for this store's lock meet to write together, or ``None``.
+
+        The lock file's path for stores whose lock is shared across processes (see
+        :mod:`~msal_keyring_cache.batch`); ``None`` (the default) writes alone.
+        """
+        return None
+
     @abc.abstractmethod
     def changed(self) -> bool:
         """Whether the stored cache differs from the version last loaded or saved here.

@@ -215,12 +215,18 @@ class _NoLock(CrossProcessLock):
     def __enter__(self) -> _NoLock:
         return self
 
+    def acquire(self, timeout: Optional[float] = None) -> _NoLock:
+        return self
+
     def __exit__(self, *exc: object) -> None:
         return None
 
     @property
     def held(self) -> bool:
         return False
+
+    def attempt(self) -> bool:
+        return True
 
 
 # -- the store ----------------------------------------------------------------------------
@@ -520,6 +526,9 @@ class KeyringStore(Store):
     def lock(self) -> CrossProcessLock:
         """The cross-process lock (a read-only store takes none and creates no file)."""
         return _NoLock(self._lock.path, self._lock.timeout) if self.read_only else self._lock
+
+    def rendezvous(self) -> Optional[str]:
+        return None if self.read_only else self._lock.path
 
     def changed(self) -> bool:
         self.stats.checks += 1

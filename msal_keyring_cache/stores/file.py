@@ -3,12 +3,18 @@
 A write appends one encrypted record holding only the entries that msal call changed,
 so its cost does not grow with the cache; a reader that already has the file applies
 just the records it has not seen. When the journal outgrows the snapshot, the next
-writer compacts: it writes a new file (snapshot only) and renames it over the old one.
+writer compacts: it writes a new file (a snapshot, then its own change as record 1) and
+renames it over the old one. Record 1 of a compacted file also names the file it
+continues (``~link``: the old file's random ``gen`` and how many of its records the
+snapshot holds), so a reader that knows the old file reads the few old records it
+missed from the old file, which it still holds open, and record 1 — instead of
+decrypting the whole new snapshot.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import stat
@@ -39,6 +45,8 @@ logger = logging.getLogger("msal_keyring_cache")
 #: Compact when the journal has this many records, or more bytes than the snapshot.
 MAX_RECORDS = 64
 MIN_JOURNAL_BYTES = 64 * 1024
+#: The table of record 1 of a compacted file naming the file it continues.
+LINK = "~link"
 
 _warned_mode: set[str] = set()
 
@@ -85,12 +93,37 @@ class EncryptedFileStore(Store):
         self._records = 0  # journal records in the file up to _offset (= last seq)
         self._queue: list[bytes] = []  # decrypted records read but not handed out
         self._suspect = False  # an append failed midway: the next write replaces the file
+        self._unsynced: Optional[int] = None  # appended to, not fsynced yet (see sync())
         _stores.add(self)
 
     def lock(self) -> Any:
         if self.read_only:
             return contextlib.nullcontext(self)  # readers need no lock; writes are refused
         return _Guarded(self._lock, self)
+
+    def rendezvous(self) -> Optional[str]:
+        return None if self.read_only else self._lock.path
+
+    def sync(self) -> None:
+        """fsync the records appended since the last call (after the lock is released).
+
+        Any later writer's fsync of this file covers our record too, and a compaction
+        fsyncs its new file before renaming it, so the order does not matter for others:
+        see docs/how-it-works.md, "Durability".
+        """
+        fd, self._unsynced = self._unsynced, None
+        if fd is None:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._suspect = True  # the next write replaces the file
+            raise StoreError(
+                f"Cannot write {self.path}: {exc.strerror}. Check free disk space; the "
+                "change is kept in memory and written by the next write."
+            ) from None
+        finally:
+            os.close(fd)
 
     def changed(self) -> bool:
         # Exact: a stat of the path. The warm hit does not come here while the shared
@@ -141,6 +174,10 @@ class EncryptedFileStore(Store):
                 self._queue = [
                     crypto.unseal(r, key, header, seq) for seq, r in enumerate(records, 1)
                 ]
+                if self._queue and LINK.encode() in self._queue[0]:
+                    first = parse_json(self._queue[0], "a journal record")
+                    first.pop(LINK, None)
+                    self._queue[0] = json.dumps(first, separators=(",", ":")).encode()
             except CorruptCacheError as exc:
                 if self.read_only:
                     raise CorruptCacheError(
@@ -170,6 +207,11 @@ class EncryptedFileStore(Store):
 
     def read_changes(self) -> Optional[list[bytes]]:
         replaced, size = self._identity.check()
+        if replaced and os.name == "posix" and self._header is not None:
+            linked = self._linked()
+            if linked is not None:
+                linked, self._queue = self._queue + linked, []
+                return linked
         if replaced or self._header is None or (self._identity.fd is None and os.name == "posix"):
             return None
         if size != self._size:
@@ -210,8 +252,80 @@ class EncryptedFileStore(Store):
         self._snapshot_end = self._offset = self._size = len(blob)
         self._records, self._queue, self._suspect = 0, [], False
 
+    def _compact(self, delta: bytes, data: bytes, old: crypto.Header) -> None:
+        """Replace the file: snapshot ``data``, then ``delta`` as record 1 with the link."""
+        change = parse_json(delta, "a journal record")
+        change[LINK] = {f"{old.gen}:{self._records}": {}}
+        blob = crypto.encrypt(data, self.key_source, old)
+        header, _token = crypto.parse_header(blob)
+        key = crypto.file_key(header, self.key_source)
+        snapshot_end = len(blob)
+        blob += crypto.seal(json.dumps(change, separators=(",", ":")).encode(), key, header, 1)
+        with self._writing():
+            fd = atomic_write(self.path, blob)  # raises StoreError; the old file stays whole
+        self.stats.saves += 1
+        self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
+        self._header, self._key = header, key
+        self._snapshot_end, self._offset = snapshot_end, len(blob)
+        self._size, self._records, self._queue, self._suspect = len(blob), 1, [], False
+
+    def _linked(self) -> Optional[list[bytes]]:
+        """The file was replaced by a compaction of the one we hold: what we have not seen.
+
+        That is the old file's records after ours up to the link (read from the old file,
+        still open), and the new file's records; the new snapshot is not decrypted.
+        ``None`` when the new file is not such a continuation (then: load it whole).
+        """
+        old_fd, old_header = self._identity.fd, self._header
+        if old_fd is None or old_header is None or self._queue:
+            return None
+        found = _read_keep_open(self.path)
+        if found is None:
+            return None
+        blob, fd = found
+        try:
+            header, token = crypto.parse_header(blob)
+            if header.gen == old_header.gen:
+                raise CorruptCacheError("not a new file")
+            key = crypto.file_key(header, self.key_source)
+            newline = blob.find(b"\n") + 1
+            snapshot_end = newline + len(token) + 1
+            records, end = crypto.split_records(blob, snapshot_end)
+            if not records:
+                raise CorruptCacheError("no link")
+            first = parse_json(crypto.unseal(records[0], key, header, 1), "a journal record")
+            link = first.pop(LINK, None)
+            if not isinstance(link, dict) or len(link) != 1:
+                raise CorruptCacheError("no link")
+            gen, _, count = next(iter(link)).partition(":")
+            if gen != old_header.gen or not count.isdigit() or int(count) < self._records:
+                raise CorruptCacheError("a link to another file")
+            missed = int(count) - self._records
+            old, _ = crypto.split_records(self._read_from(self._offset), 0)
+            if len(old) < missed:
+                raise CorruptCacheError("the old file ends early")
+            queue = [
+                crypto.unseal(r, self._key, old_header, seq)
+                for seq, r in enumerate(old[:missed], self._records + 1)
+            ]
+            queue.append(json.dumps(first, separators=(",", ":")).encode())
+            queue.extend(crypto.unseal(r, key, header, seq) for seq, r in enumerate(records[1:], 2))
+        except CorruptCacheError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._check_mode(fd)
+        self._identity.remember(fd, blob[:newline])
+        self._header, self._key = header, key
+        self._snapshot_end, self._offset = snapshot_end, end
+        self._records, self._size = len(records), len(blob)
+        return queue
+
     def append(self, delta: bytes, full: Callable[[], bytes]) -> None:
         self._refuse_if_read_only()
+        self.sync()  # a record a failed call left unsynced (normally sync() ran already)
         replaced, _ = self._identity.check()
         journal = self._offset - self._snapshot_end
         header = self._header
@@ -220,11 +334,12 @@ class EncryptedFileStore(Store):
             or header is None
             or header.version < crypto.VERSION  # an old file: rewrite it in today's format
             or self._suspect
-            or self._records >= MAX_RECORDS
-            or journal > max(self._snapshot_end, MIN_JOURNAL_BYTES)
             or header.fp != self.key_source.new_header(header)[0].fp  # rotated
         ):
             self.save(full())
+            return
+        if self._records >= MAX_RECORDS or journal > max(self._snapshot_end, MIN_JOURNAL_BYTES):
+            self._compact(delta, full(), header)
             return
         record = crypto.seal(delta, self._key, header, self._records + 1)
         try:
@@ -248,6 +363,7 @@ class EncryptedFileStore(Store):
                 return
             with self._writing():
                 self._write_at(fd, record)
+            self._unsynced, fd = fd, None  # fsynced by sync(), outside the lock
         finally:
             if fd is not None:
                 os.close(fd)
@@ -264,7 +380,6 @@ class EncryptedFileStore(Store):
             view = memoryview(record)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
         except OSError as exc:
             # Part of the record may be in the file (and seen by readers): never write
             # at this place again; the next write replaces the whole file.
@@ -305,6 +420,8 @@ class EncryptedFileStore(Store):
                 self.save(_apply(data, changes))
 
     def close(self) -> None:
+        with contextlib.suppress(CacheError):
+            self.sync()
         self._identity.forget()
         self.generation.close()
 
@@ -425,18 +542,37 @@ class _Guarded:
         return getattr(self.lock, name)  # timeout, and whatever else the lock offers
 
     def __enter__(self) -> CrossProcessLock:
+        return self.acquire()
+
+    def attempt(self) -> bool:
+        """Take the lock only if it is free now (see :meth:`CrossProcessLock.attempt`)."""
         try:
-            held = self.lock.__enter__()
+            taken = self.lock.attempt()
+        except CacheError:
+            raise
+        except OSError as exc:
+            raise self._error(exc) from None
+        if taken:
+            self.store._locked += 1
+        return taken
+
+    def acquire(self, timeout: Optional[float] = None) -> CrossProcessLock:
+        """Take the lock, waiting at most ``timeout`` seconds (default: the lock's)."""
+        try:
+            held = self.lock.acquire(timeout)
         except CacheError:  # LockTimeoutError is an OSError too
             raise
         except OSError as exc:
-            raise StoreError(
-                f"Cannot take the token-cache lock {self.path}: {exc.strerror}. The cache "
-                "can be read but not written here; check the directory (read-only file "
-                "system? permissions?)."
-            ) from None
+            raise self._error(exc) from None
         self.store._locked += 1
         return held
+
+    def _error(self, exc: OSError) -> StoreError:
+        return StoreError(
+            f"Cannot take the token-cache lock {self.path}: {exc.strerror}. The cache "
+            "can be read but not written here; check the directory (read-only file "
+            "system? permissions?)."
+        )
 
     def __exit__(self, *exc: object) -> None:
         self.store._locked -= 1
@@ -461,8 +597,6 @@ def _apply(data: bytes, changes: list[bytes]) -> bytes:
     """The whole cache ``data`` with journal ``changes`` applied."""
     if not changes:
         return data
-    import json
-
     state = parse_json(data, "the cache snapshot")
     for change in changes:
         apply_delta(state, parse_json(change, "a journal record"))
