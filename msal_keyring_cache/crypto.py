@@ -215,13 +215,18 @@ def _parse(blob: bytes) -> tuple[Header, int, int]:
     return header, start, stop
 
 
+def _canonical(digits: bytes) -> bool:
+    """A length as the writer writes it: ASCII digits, no leading zero (one form per record)."""
+    return digits.isdigit() and not digits.startswith(b"0")
+
+
 def _snapshot_end(blob: bytes, start: int) -> int:
     """Where the version-3 snapshot record at ``start`` (``<length>:<length bytes>`` and a
     newline) ends, before its newline; -1 if incomplete. A length that is not plain
     digits, or does not end at a newline, is damage."""
     colon = blob.find(b":", start, start + _LENGTH_DIGITS + 1)
     digits = blob[start:colon]
-    if colon < 0 or not digits.isdigit():
+    if colon < 0 or not _canonical(digits):
         if len(blob) - start <= _LENGTH_DIGITS:
             return -1  # cut off within the length
         raise CorruptCacheError("the encrypted snapshot has no valid length")
@@ -497,7 +502,7 @@ def _open_snapshot(token: Union[bytes, memoryview], key: str, header: Header) ->
     head = bytes(token[: _LENGTH_DIGITS + 1])
     colon = head.find(b":")
     digits = head[:colon]
-    if colon < 0 or not digits.isdigit() or int(digits) != len(token) - colon - 1:
+    if colon < 0 or not _canonical(digits) or int(digits) != len(token) - colon - 1:
         raise CorruptCacheError("the encrypted snapshot has no valid length")
     start = colon + 1
     if len(token) - start < _NONCE + _TAG:

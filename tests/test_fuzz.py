@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import msal
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -219,6 +220,19 @@ def test_snapshot_record_parser_answers_any_bytes_with_corrupt_cache_error(
         assert plaintext == found == b'{"a":1}'
         assert token + b"\n" == real
         assert blob[end - len(real) : end] == real
+
+
+def test_a_snapshot_length_has_one_form() -> None:
+    # The writer never writes a leading zero: "035:" framing the same ciphertext is damage,
+    # so one record has one byte form (found by the fuzz test above).
+    header = crypto.Header(crypto.fingerprint(KEY), "0123456789abcdef0123456789abcdef", version=3)
+    real = crypto.seal(b'{"a":1}', KEY, header, 0)
+    assert crypto.unseal(real[:-1], KEY, header, 0) == b'{"a":1}'
+    padded = b"0" + real
+    with pytest.raises(CorruptCacheError, match="no valid length"):
+        crypto.unseal(padded[:-1], KEY, header, 0)
+    with pytest.raises(CorruptCacheError):
+        crypto.open_file(header.to_bytes() + b"\n" + padded, SOURCE)
 
 
 # -- records -----------------------------------------------------------------------------
