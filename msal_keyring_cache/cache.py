@@ -44,14 +44,16 @@ import weakref
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import msal
 
-from . import batch
 from .errors import CacheError, ConfigError, CorruptCacheError
 from .stores.base import Description, Store, apply_delta, parse_json, validate_cache
 from .watch import Generation
+
+if TYPE_CHECKING:
+    from . import batch
 
 __all__ = ["BackendInfo", "PersistentTokenCache"]
 
@@ -435,6 +437,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     def _write_grouped(
         self, lock: Any, meet: str, changes: dict[tuple[str, str], Any], deadline: float
     ) -> None:
+        from . import batch  # only under contention: an uncontended process never loads it
+
         ident = secrets.token_hex(16)
         role = batch.join(meet, ident, _encode(changes))
         if isinstance(role, batch.Leader):
