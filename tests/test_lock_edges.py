@@ -88,8 +88,16 @@ def held(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     proc.communicate(timeout=30)
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _fds_on(path: Path) -> int:
+    """Descriptors of this process open on ``path`` (the kernel's view; other tests'
+    objects opening or closing their own files meanwhile do not count)."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve())
+        except OSError:
+            continue  # closed while we looked
+    return found
 
 
 def _helpers(path: Path) -> list[threading.Thread]:
@@ -110,14 +118,14 @@ def test_a_kernel_refusal_while_waiting_is_reported_at_once_and_leaks_nothing(
         real(fd, op)
 
     monkeypatch.setattr(fcntl, "flock", flock)
-    before = _open_fds()
+    before = _fds_on(path)
     lock = CrossProcessLock(str(path), 60)
     start = time.monotonic()
     with pytest.raises(StoreError, match=r"No locks available; check free space"):
         lock.__enter__()
     assert time.monotonic() - start < 30  # at once, not after the 60 s timeout
     assert not lock.held
-    assert _open_fds() == before  # the waiting thread's descriptor is closed
+    assert _fds_on(path) == before  # the waiting thread's descriptor is closed
     assert _helpers(path) == []
 
 
@@ -125,17 +133,18 @@ def test_an_abandoned_wait_closes_its_descriptor_once_the_holder_leaves(
     held: tuple[Path, subprocess.Popen[str]],
 ) -> None:
     path, proc = held
-    before = _open_fds()
+    before = _fds_on(path)
     lock = CrossProcessLock(str(path), 0.2)
     with pytest.raises(LockTimeoutError):
         lock.__enter__()
     [helper] = _helpers(path)  # still blocked in the kernel for us
+    assert _fds_on(path) == before + 1  # on a descriptor of its own (the observer sees it)
     assert proc.stdin is not None
     proc.stdin.write("\n")
     proc.stdin.flush()
     helper.join(30)
     assert not helper.is_alive()
-    assert _open_fds() == before  # its descriptor closed, the lock let go
+    assert _fds_on(path) == before  # its descriptor closed, the lock let go
     with CrossProcessLock(str(path), 0):
         pass
     with lock:  # the same object takes it normally afterwards
