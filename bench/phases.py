@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,21 +33,7 @@ def main(argv: list[str]) -> int:
         try:
             for processes, each in shapes:
                 directory = bench.new_dir(f"phases-{processes}")
-                bench.setup(variant, directory)
-                proc = subprocess.Popen(
-                    bench.worker("contend", variant, directory, str(processes), str(each)),
-                    env=bench.env,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                assert proc.stdout is not None
-                assert proc.stdin is not None
-                if proc.stdout.readline() == "ready\n":
-                    proc.stdin.write("go\n")
-                    proc.stdin.flush()
-                out, err = proc.communicate(timeout=1800)
+                _code, out, err = bench.contend(variant, directory, processes, each)
                 if not out.strip():
                     print(err[-3000:], file=sys.stderr)
                     return 1

@@ -330,10 +330,13 @@ class Bench:
                 rows.append(row)
         return {"rounds": self.rounds, "rows": rows, "cap_s": CELL_CAP_S}
 
-    def _contend(self, variant: str, processes: int, each: int) -> dict[str, Any]:
-        from forking import percentile
+    def contend(
+        self, variant: str, directory: str, processes: int, each: int
+    ) -> tuple[int, str, str]:
+        """One contention run in ``directory``, from one sign-in: (exit code, stdout, stderr).
 
-        directory = self.new_dir(f"contend-{variant}-{processes}")
+        The launcher forks its processes, says ``ready``, and releases them all on ``go``.
+        """
         self.setup(variant, directory)  # the same state for every side: one sign-in
         proc = subprocess.Popen(
             self.worker("contend", variant, directory, str(processes), str(each)),
@@ -349,9 +352,16 @@ class Bench:
             proc.stdin.write("go\n")
             proc.stdin.flush()
         out, err = proc.communicate(timeout=1800)
+        return proc.returncode, out, err
+
+    def _contend(self, variant: str, processes: int, each: int) -> dict[str, Any]:
+        from forking import percentile
+
+        directory = self.new_dir(f"contend-{variant}-{processes}")
+        code, out, err = self.contend(variant, directory, processes, each)
         lines = out.strip().splitlines()
-        if proc.returncode != 0 or not lines:
-            kind = _last_line(err) or f"exit {proc.returncode}"
+        if code != 0 or not lines:
+            kind = _last_line(err) or f"exit {code}"
             return {
                 "wall": 0.0,
                 "errors": processes * each,
