@@ -9,22 +9,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# The exceptions are imported at once: errors.py imports nothing, and an app catching
+# CacheError should not pay for loading a module to name it.
+from .errors import (
+    BackendUnavailableError,
+    CacheError,
+    CommandError,
+    ConfigError,
+    CorruptCacheError,
+    DecryptError,
+    KeyringTimeoutError,
+    LockTimeoutError,
+    StoreError,
+    UsageError,
+)
+
 if TYPE_CHECKING:
     from .cache import BackendInfo, PersistentTokenCache
     from .config import Settings
     from .crypto import Protection, generate_key
-    from .errors import (
-        BackendUnavailableError,
-        CacheError,
-        CommandError,
-        ConfigError,
-        CorruptCacheError,
-        DecryptError,
-        KeyringTimeoutError,
-        LockTimeoutError,
-        StoreError,
-        UsageError,
-    )
     from .factory import build_cache
     from .stores import Description, EncryptedFileStore, MemoryStore, Store
     from .stores.credential import KeyringStore
@@ -59,7 +62,7 @@ __all__ = [
 ]
 
 
-# Where each public name lives. Imported on first use: importing the package (as the
+# Where each other public name lives. Imported on first use: importing the package (as the
 # pytest plugin's entry point does in every test run) costs nothing, and keyring (~35 ms),
 # msal and requests load only when asked for.
 _HOMES = {
@@ -74,21 +77,6 @@ _HOMES = {
     "MemoryStore": ".stores",
     "Store": ".stores",
     "KeyringStore": ".stores.credential",
-    **dict.fromkeys(
-        [
-            "BackendUnavailableError",
-            "CacheError",
-            "CommandError",
-            "ConfigError",
-            "CorruptCacheError",
-            "DecryptError",
-            "KeyringTimeoutError",
-            "LockTimeoutError",
-            "StoreError",
-            "UsageError",
-        ],
-        ".errors",
-    ),
 }
 
 
