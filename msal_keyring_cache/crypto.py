@@ -66,6 +66,8 @@ __all__ = [
     "fingerprint",
     "generate_key",
     "is_fernet_key",
+    "locate",
+    "new_file",
     "parse_header",
     "scrypt_allowed",
     "seal",
@@ -149,7 +151,7 @@ def parse_header(blob: bytes) -> tuple[Header, bytes]:
 
     Raises :class:`CorruptCacheError` for anything that is not a valid file.
     """
-    header, start, end = _parse(blob)
+    header, start, end = locate(blob)
     return header, blob[start:end]
 
 
@@ -159,7 +161,7 @@ def open_file(blob: bytes, source: KeySource) -> tuple[Header, str, bytes, int]:
     The snapshot is decrypted where it lies in ``blob`` (a large one is not copied out
     first). Raises like :func:`parse_header`, :func:`file_key` and :func:`unseal`.
     """
-    header, start, end = _parse(blob)
+    header, start, end = locate(blob)
     key = file_key(header, source)
     if header.version >= 3:
         plaintext = _open_snapshot(memoryview(blob)[start:end], key, header)
@@ -168,8 +170,9 @@ def open_file(blob: bytes, source: KeySource) -> tuple[Header, str, bytes, int]:
     return header, key, plaintext, end + 1
 
 
-def _parse(blob: bytes) -> tuple[Header, int, int]:
-    """The header and where the snapshot record lies in ``blob`` (without its newline)."""
+def locate(blob: bytes) -> tuple[Header, int, int]:
+    """The header, and where the snapshot record lies in ``blob``: ``blob[start:end]``,
+    its newline at ``end`` (nothing is copied). Raises like :func:`parse_header`."""
     end = blob.find(b"\n", 0, MAX_HEADER + 1)
     if end < 0:
         raise CorruptCacheError("the file has no msal-keyring-cache header")
@@ -434,8 +437,16 @@ class Passphrase(KeySource):
 
 def encrypt(plaintext: bytes, source: KeySource, previous: Optional[Header] = None) -> bytes:
     """A new file: header and snapshot record of ``plaintext``, under ``source``'s first key."""
+    return new_file(plaintext, source, previous)[2]
+
+
+def new_file(
+    plaintext: bytes, source: KeySource, previous: Optional[Header] = None
+) -> tuple[Header, str, bytes]:
+    """:func:`encrypt`, with the new file's header and key (a writer keeps both: parsing
+    them back out of the file would copy its whole snapshot)."""
     header, key = source.new_header(previous)
-    return header.to_bytes() + b"\n" + seal(plaintext, key, header, 0)
+    return header, key, header.to_bytes() + b"\n" + seal(plaintext, key, header, 0)
 
 
 _fernets: dict[str, Any] = {}

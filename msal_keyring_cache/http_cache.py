@@ -311,19 +311,19 @@ class SealedFile:
         self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
         if len(blob) > MAX_BYTES * 2:  # Fernet grows the text by a third; refuse unread
             raise CorruptCacheError(f"it is larger than {MAX_BYTES * 2} bytes")
-        header, token = crypto.parse_header(blob)
-        if len(crypto.file_records(blob)) != 2 or not blob.endswith(token + b"\n"):
+        header, start, end = crypto.locate(blob)
+        if end + 1 != len(blob):  # the snapshot, then nothing: this file has no journal
             raise CorruptCacheError("it has more than one record")
-        data = crypto.unseal(token, crypto.file_key(header, self.source), header, 0)
+        data = crypto.unseal(blob[start:end], crypto.file_key(header, self.source), header, 0)
         self._header = header
         return data
 
     def write(self, data: bytes) -> None:
         """Replace the file with ``data``, encrypted (call under :attr:`lock`)."""
-        blob = crypto.encrypt(data, self.source, self._header or self._previous())
+        header, _key, blob = crypto.new_file(data, self.source, self._header or self._previous())
         fd = atomic_write(self.path, blob)
         self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
-        self._header, _ = crypto.parse_header(blob)
+        self._header = header
         self._seen = True
 
     @property

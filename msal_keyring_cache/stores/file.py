@@ -241,33 +241,29 @@ class EncryptedFileStore(Store):
 
     def save(self, data: bytes) -> None:
         self._refuse_if_read_only()
-        blob = crypto.encrypt(data, self.key_source, self._header)
-        header, _token = crypto.parse_header(blob)
-        key = crypto.file_key(header, self.key_source)
-        with self._writing():
-            fd = atomic_write(self.path, blob)  # raises StoreError; the old file stays whole
-        self.stats.saves += 1
-        self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
-        self._header, self._key = header, key
-        self._snapshot_end = self._offset = self._size = len(blob)
-        self._records, self._queue, self._suspect = 0, [], False
+        header, key, blob = crypto.new_file(data, self.key_source, self._header)
+        self._replace(blob, header, key, len(blob), records=0)
 
     def _compact(self, delta: bytes, data: bytes, old: crypto.Header) -> None:
         """Replace the file: snapshot ``data``, then ``delta`` as record 1 with the link."""
         change = parse_json(delta, "a journal record")
         change[LINK] = {f"{old.gen}:{self._records}": {}}
-        blob = crypto.encrypt(data, self.key_source, old)
-        header, _token = crypto.parse_header(blob)
-        key = crypto.file_key(header, self.key_source)
+        header, key, blob = crypto.new_file(data, self.key_source, old)
         snapshot_end = len(blob)
         blob += crypto.seal(json.dumps(change, separators=(",", ":")).encode(), key, header, 1)
+        self._replace(blob, header, key, snapshot_end, records=1)
+
+    def _replace(
+        self, blob: bytes, header: crypto.Header, key: str, snapshot_end: int, *, records: int
+    ) -> None:
+        """Write ``blob`` as the whole new file and know it as what we last read."""
         with self._writing():
             fd = atomic_write(self.path, blob)  # raises StoreError; the old file stays whole
         self.stats.saves += 1
         self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
         self._header, self._key = header, key
-        self._snapshot_end, self._offset = snapshot_end, len(blob)
-        self._size, self._records, self._queue, self._suspect = len(blob), 1, [], False
+        self._snapshot_end, self._offset, self._size = snapshot_end, len(blob), len(blob)
+        self._records, self._queue, self._suspect = records, [], False
 
     def _linked(self) -> Optional[list[bytes]]:
         """The file was replaced by a compaction of the one we hold: what we have not seen.
@@ -284,12 +280,11 @@ class EncryptedFileStore(Store):
             return None
         blob, fd = found
         try:
-            header, token = crypto.parse_header(blob)
+            header, _start, stop = crypto.locate(blob)  # the snapshot is neither copied nor read
             if header.gen == old_header.gen:
                 raise CorruptCacheError("not a new file")
             key = crypto.file_key(header, self.key_source)
-            newline = blob.find(b"\n") + 1
-            snapshot_end = newline + len(token) + 1
+            snapshot_end = stop + 1
             records, end = crypto.split_records(blob, snapshot_end)
             if not records:
                 raise CorruptCacheError("no link")
@@ -317,7 +312,7 @@ class EncryptedFileStore(Store):
             os.close(fd)
             raise
         self._check_mode(fd)
-        self._identity.remember(fd, blob[:newline])
+        self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
         self._header, self._key = header, key
         self._snapshot_end, self._offset = snapshot_end, end
         self._records, self._size = len(records), len(blob)
