@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from msal_keyring_cache import generate_key
+from msal_keyring_cache import factory, generate_key
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from tests.helpers import IN_CI, PYTHON, ROOT, child_env, require, require_tool
 
@@ -46,6 +46,9 @@ def _isolated_home(
     for name in list(os.environ):
         if name.startswith("MSAL_KEYRING_CACHE_"):
             monkeypatch.delenv(name)
+    # "Token cache backend: …" is logged once per process and choice; each test starts
+    # unlogged, so a test of that message does not depend on which tests ran before it.
+    monkeypatch.setattr(factory, "_logged", set())
 
 
 @pytest.fixture(scope="session")
