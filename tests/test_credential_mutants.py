@@ -157,7 +157,8 @@ def test_a_garbled_entry_is_read_once_then_once_under_the_lock_and_kept_aside_by
     assert ScopedKeyring.calls["get"] == 2
     assert (SVC, ACCT) not in ScopedKeyring.entries
     (name, value), *more = aside_entries().items()
-    assert not more and value == "not json {"
+    assert not more
+    assert value == "not json {"
     found = ASIDE.fullmatch(name)
     assert found, name
     when = datetime.datetime.strptime(found[1], "%Y%m%dT%H%M%S").replace(
@@ -171,7 +172,8 @@ def test_a_garbled_entry_is_read_once_then_once_under_the_lock_and_kept_aside_by
     # Nothing changed since that load: no need to read again.
     assert store.changed() is False
     gets = ScopedKeyring.calls["get"]
-    assert store.load() is None and ScopedKeyring.calls["get"] == gets + 1
+    assert store.load() is None
+    assert ScopedKeyring.calls["get"] == gets + 1
 
 
 def test_an_empty_entry_is_not_copied_aside_and_the_log_says_so(
@@ -265,7 +267,8 @@ def test_a_refused_value_teaches_the_limit_with_one_refused_write(
     save(store, data)
     assert stamp(tmp_path)["limit"] == learnt
     parts = chunk_entries()
-    assert len(parts) == chunks and max(len(v) for v in parts.values()) == learnt
+    assert len(parts) == chunks
+    assert max(len(v) for v in parts.values()) == learnt
     # One refused write of the whole value, then the chunks, then the manifest.
     assert len(Units.log) == 1 + chunks + 1
     assert store_on(tmp_path, Units()).load() == data
@@ -314,7 +317,8 @@ def test_a_chunk_refused_midway_takes_its_generation_with_it(
     gen, count, digest = manifest
     assert digest == hashlib.sha256(data).hexdigest()
     assert set(chunk_entries()) == {f"{SVC}|{ACCT}|{gen}.{i}" for i in range(count)}
-    assert stamp(tmp_path)["limit"] == 640 and stamp(tmp_path)["gens"] == [gen]
+    assert stamp(tmp_path)["limit"] == 640
+    assert stamp(tmp_path)["gens"] == [gen]
     assert store_on(tmp_path, Units()).load() == data
 
 
@@ -331,9 +335,10 @@ def test_a_chunked_save_killed_after_its_first_chunk_keeps_the_old_data_and_clea
     save(first, old)
     monkeypatch.setattr(Units, "die_at", 2)  # the new generation's 1st chunk is written
     dying = store_on(tmp_path, Units())
-    with pytest.raises(Crash), dying.lock():
+    with dying.lock():
         dying.load()
-        dying.save(cache_text(3000, "2"))
+        with pytest.raises(Crash):
+            dying.save(cache_text(3000, "2"))
     gens = {s.rsplit("|", 1)[1].split(".")[0] for s in chunk_entries()}
     assert len(gens) == 2  # the old generation and the dead save's first chunk
     monkeypatch.setattr(Units, "die_at", 0)
@@ -355,7 +360,8 @@ def test_a_set_aside_killed_before_it_frees_the_entry_leaves_nothing_clear_misse
     monkeypatch.setattr(Units, "die_at", 1)  # the copy is made, the entry never freed
     with pytest.raises(Crash):
         store_on(tmp_path, Units()).load()
-    assert len(aside_entries()) == 2 and len(chunk_entries()) == 3
+    assert len(aside_entries()) == 2
+    assert len(chunk_entries()) == 3
     monkeypatch.setattr(Units, "die_at", 0)
     store_on(tmp_path, Units()).clear()
     assert ScopedKeyring.entries == {}
@@ -374,7 +380,8 @@ def test_chunks_that_fail_their_digest_are_kept_aside_and_their_generation_liste
     assert store.load() is None
     assert stamp(tmp_path)["gens"] == [gen]
     (copy,) = aside_entries().values()
-    assert parse_manifest(copy) is not None and parse_manifest(copy)[0] == gen  # type: ignore[index]
+    assert parse_manifest(copy) is not None
+    assert parse_manifest(copy)[0] == gen
     store.clear()
     assert ScopedKeyring.entries == {}
 
@@ -423,7 +430,8 @@ def test_a_forgotten_backend_is_resolved_again_and_its_data_read(
     MemoryKeyring.entries[(SVC, ACCT)] = '{"where": "keyring\'s choice"}'
     try:
         store = store_on(tmp_path, ScopedKeyring(), read_only=True)
-        assert store.prime() is None and store.probed_empty
+        assert store.prime() is None
+        assert store.probed_empty
         store.forget_backend()
         assert not store.probed_empty
         assert store.changed()
@@ -487,4 +495,5 @@ def test_a_bad_entry_under_a_long_key_quotes_117_characters_of_it() -> None:
     with pytest.raises(ConfigError) as caught:
         validate_cache({"RefreshToken": {key: "not an object"}}, name_keys=True)
     text = str(caught.value)
-    assert repr(key[:117]) in text and repr(key[:118]) not in text
+    assert repr(key[:117]) in text
+    assert repr(key[:118]) not in text
