@@ -31,6 +31,7 @@ from msal_keyring_cache import (
 )
 from msal_keyring_cache.stores.base import validate_cache
 from msal_keyring_cache.stores.credential import KeyringStore, parse_manifest, parse_stamp
+from msal_keyring_cache.stores.secret_service import DirectSecretService
 from tests.fakes import CredWriteError, MemoryKeyring, ScopedKeyring
 from tests.services_secret_service import SecretService
 from tests.test_keyring_store import memory_keyring
@@ -497,3 +498,31 @@ def test_a_bad_entry_under_a_long_key_quotes_117_characters_of_it() -> None:
     text = str(caught.value)
     assert repr(key[:117]) in text
     assert repr(key[:118]) not in text
+
+
+@pytest.mark.secret_service
+def test_a_direct_delete_on_a_locked_collection_is_an_error_not_nothing_there(
+    use_secret_service: SecretService,
+) -> None:
+    import uuid
+
+    import keyring
+
+    service = f"locked-{uuid.uuid4().hex[:8]}"
+    keyring.set_password(service, "cache", "{}")
+    use_secret_service.lock()
+    try:
+        # A locked collection may hide what it holds: "not there" would be a guess a clear
+        # believes. Both deletes fail, and the store hands them to keyring (which prompts).
+        channel = DirectSecretService()
+        with pytest.raises(RuntimeError, match="the default collection is locked"):
+            channel.delete(service, "never-written")
+        with pytest.raises(Exception, match="locked"):
+            channel.delete(service, "cache")
+        channel.close()
+    finally:
+        use_secret_service.unlock()
+    channel = DirectSecretService()
+    assert channel.delete(service, "cache") is True
+    assert channel.delete(service, "cache") is False
+    channel.close()
