@@ -526,3 +526,94 @@ def test_a_direct_delete_on_a_locked_collection_is_an_error_not_nothing_there(
     assert channel.delete(service, "cache") is True
     assert channel.delete(service, "cache") is False
     channel.close()
+
+
+# -- construction and describe(): what status and doctor show --------------------------
+
+
+def test_a_store_built_without_settings_uses_the_settings_defaults(tmp_path: Path) -> None:
+    from msal_keyring_cache.config import Settings
+
+    store = KeyringStore("svc", "acct", lock_path=str(tmp_path / "x.lock"))
+    assert store.keyring_timeout == Settings().keyring_timeout
+    assert store.lock().timeout == Settings().lock_timeout
+    assert store.read_only is False
+    assert store.stamp_path == str(tmp_path / "x.stamp")
+    other = KeyringStore("svc", "acct", lock_path=str(tmp_path / "x.LOCK"))
+    assert other.stamp_path == str(tmp_path / "x.LOCK.stamp")
+    assert store.changed()  # nothing read yet
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ok"),
+    [
+        ({"service": "", "account": "a"}, False),
+        ({"service": "s", "account": ""}, False),
+        ({"max_value_length": 199}, False),
+        ({"max_value_length": 200}, True),
+        ({"keyring_timeout": 0.5}, True),
+        ({"keyring_timeout": 0}, False),
+    ],
+)
+def test_construction_refuses_only_what_cannot_work(
+    tmp_path: Path, kwargs: dict[str, Any], ok: bool
+) -> None:
+    args = {"service": "s", "account": "a", **kwargs}
+    make = lambda: KeyringStore(lock_path=str(tmp_path / "k.lock"), **args)  # noqa: E731
+    if ok:
+        make()
+    else:
+        with pytest.raises(ConfigError):
+            make()
+
+
+class WinVault(ScopedKeyring):
+    """Names itself as keyring's Windows backend (its limit is known by that name)."""
+
+
+WinVault.__module__ = "keyring.backends.Windows"
+WinVault.__qualname__ = "WinVaultKeyring"
+
+
+def test_describe_says_which_backend_how_it_was_chosen_and_where_values_split(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = str(tmp_path / "kr.lock")
+    fresh = KeyringStore(SVC, ACCT, lock_path=lock, read_only=True).describe()
+    assert (fresh.backend, fresh.location) == ("keyring", f"service {SVC!r}, account {ACCT!r}")
+    assert fresh.protection_text == "OS credential store (not resolved yet)"
+    assert fresh.lock_file is None
+    assert fresh.extra == {
+        "service": SVC,
+        "account": ACCT,
+        "keyring_backend": "not resolved yet",
+        "resolved_by": "",
+        "chunking": "none",
+        "direct_reads": False,
+        "stamp_file": str(tmp_path / "kr.stamp"),
+    }
+    given = store_on(tmp_path, Units(), max_value_length=500).describe()
+    assert given.lock_file == lock
+    assert given.protection_text == "OS credential store (tests.test_credential_mutants.Units)"
+    assert given.extra["keyring_backend"] == "tests.test_credential_mutants.Units"
+    assert given.extra["resolved_by"] == "given"
+    assert given.extra["chunking"] == "values over 500 characters are split"
+    monkeypatch.setattr(Units, "units", 900)
+    learner = store_on(tmp_path, Units())
+    assert learner.describe().extra["chunking"] == "none"
+    save(learner, cache_text(1000))
+    assert learner.describe().extra["chunking"] == "values over 500 characters are split"
+    windows = store_on(tmp_path / "w", WinVault()).describe()
+    assert windows.extra["chunking"] == "values over 1280 characters are split"
+    assert "Windows Credential Manager" in windows.protection_text
+
+
+def test_the_store_counts_its_backend_calls_as_the_backend_does(
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
+) -> None:
+    store = store_on(tmp_path, ScopedKeyring())
+    assert store.calls == {"get": 0, "set": 0, "delete": 0}
+    assert store.load() is None
+    save(store, b"{}")
+    store.clear()
+    assert store.calls == ScopedKeyring.calls == {"get": 2, "set": 1, "delete": 1}
