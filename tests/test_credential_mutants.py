@@ -617,3 +617,112 @@ def test_the_store_counts_its_backend_calls_as_the_backend_does(
     save(store, b"{}")
     store.clear()
     assert store.calls == ScopedKeyring.calls == {"get": 2, "set": 1, "delete": 1}
+
+
+# -- the stamp and manifest parsers at their bounds ---------------------------------------
+
+GOOD_GEN, GOOD_DIGEST = "0a1b2c3d", "ab" * 32
+
+
+def _stamp(**fields: Any) -> bytes:
+    return json.dumps({"format": "msal-keyring-cache-stamp", **fields}).encode()
+
+
+def test_the_stamp_parser_keeps_each_field_up_to_its_bound_and_drops_the_rest() -> None:
+    assert parse_stamp(b"[]") == {}
+    assert parse_stamp(b'{"format": "other"}') == {}
+    doc = {
+        "backend": "b" * 200,
+        "limit": 200,
+        "gens": [GOOD_GEN, 5, "not hex", "f" * 33, "0"],
+        "sha256": GOOD_DIGEST,
+        "aside": ["a" * 300, "a" * 301, 7, "x.corrupt-1"],
+    }
+    assert parse_stamp(_stamp(**doc)) == {
+        "format": "msal-keyring-cache-stamp",
+        "backend": "b" * 200,
+        "limit": 200,
+        "gens": [GOOD_GEN, "0"],
+        "sha256": GOOD_DIGEST,
+        "aside": ["a" * 300, "x.corrupt-1"],
+    }
+    for wrong in [
+        {"backend": "b" * 201},
+        {"backend": 5},
+        {"limit": 199},
+        {"limit": True},
+        {"limit": 300.0},
+        {"limit": "300"},
+        {"sha256": 5},
+        {"sha256": "AB" * 32},
+        {"gens": "0a1b"},
+        {"aside": "x"},
+    ]:
+        assert parse_stamp(_stamp(**wrong)) == {"format": "msal-keyring-cache-stamp"}, wrong
+    # A stamp padded to exactly the bound is still a stamp; one byte more is not ours.
+    body = _stamp(limit=300)
+    exact = body + b" " * (64 * 1024 - len(body))
+    assert parse_stamp(exact)["limit"] == 300
+    assert parse_stamp(exact + b" ") == {}
+
+
+def test_the_manifest_parser_keeps_only_a_whole_manifest_within_its_bounds() -> None:
+    def manifest(**fields: Any) -> str:
+        doc = {"gen": GOOD_GEN, "count": 3, "sha256": GOOD_DIGEST, **fields}
+        return "msal-keyring-cache-manifest:" + json.dumps(doc)
+
+    assert parse_manifest(manifest()) == (GOOD_GEN, 3, GOOD_DIGEST)
+    assert parse_manifest(manifest(count=1)) == (GOOD_GEN, 1, GOOD_DIGEST)
+    assert parse_manifest(manifest(count=100_000)) == (GOOD_GEN, 100_000, GOOD_DIGEST)
+    padded = manifest()[:-1] + " " * (4096 - len(manifest())) + "}"
+    assert len(padded) == 4096
+    assert parse_manifest(padded) == (GOOD_GEN, 3, GOOD_DIGEST)
+    assert parse_manifest(padded[:-1] + " }") is None  # 4,097 characters
+    assert parse_manifest(json.dumps({"gen": GOOD_GEN, "count": 3, "sha256": GOOD_DIGEST})) is None
+    assert parse_manifest("msal-keyring-cache-manifest:[1]") is None
+    for wrong in [
+        {"gen": 5},
+        {"gen": "XYZ"},
+        {"count": 0},
+        {"count": 100_001},
+        {"count": True},
+        {"count": "3"},
+        {"sha256": 5},
+        {"sha256": "ab"},
+    ]:
+        assert parse_manifest(manifest(**wrong)) is None, wrong
+
+
+def test_a_plain_save_replaces_the_stamp_without_fsync_and_reads_no_more(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = store_on(tmp_path, Units())
+    assert store.load() is None
+    save(store, b'{"v": 1}')
+    assert synced == []  # a change marker: a power loss costs one rediscovery at most
+    assert store.changed() is False  # its own write is no change to read back
+    doc = json.loads((tmp_path / "kr.stamp").read_bytes())
+    assert doc["sha256"] == hashlib.sha256(b'{"v": 1}').hexdigest()
+    assert doc["backend"] == "tests.test_credential_mutants.Units"
+    assert re.fullmatch(r"[0-9a-f]{16}", doc["write"])
+
+
+def test_a_stamp_without_a_limit_does_not_make_a_store_forget_the_one_it_learnt(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Units, "units", 900)
+    store = store_on(tmp_path, Units())
+    save(store, cache_text(1000))
+    refused = len(Units.log)
+    (tmp_path / "kr.stamp").write_bytes(_stamp(backend="tests.test_credential_mutants.Units"))
+    save(store, cache_text(1100))
+    assert len(Units.log) == refused + 3 + 1  # three chunks and the manifest: none refused
+    assert stamp(tmp_path)["limit"] == 500
