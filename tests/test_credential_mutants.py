@@ -726,3 +726,24 @@ def test_a_stamp_without_a_limit_does_not_make_a_store_forget_the_one_it_learnt(
     save(store, cache_text(1100))
     assert len(Units.log) == refused + 3 + 1  # three chunks and the manifest: none refused
     assert stamp(tmp_path)["limit"] == 500
+
+
+# -- error details: bounded, and only words that cannot echo a value ------------------------
+
+
+def test_error_details_are_bounded_and_quote_only_short_keyring_sentences() -> None:
+    from msal_keyring_cache.stores.keyring_backend import translate
+
+    def keyring_error(text: str) -> Exception:
+        cls = type("PasswordSetError", (Exception,), {"__module__": "keyring.errors"})
+        return cls(text)  # type: ignore[no-any-return]
+
+    short, long = "s" * 200, "l" * 201
+    assert f"PasswordSetError: {short})" in str(translate(keyring_error(short), "set", "B"))
+    said = str(translate(keyring_error(long), "set password", "B"))
+    assert "(set password: PasswordSetError)" in said
+    assert long not in said
+    named = type("E" * 320, (OSError,), {})
+    detail = f"{'E' * 320}: [errno 5] {os.strerror(5)}"
+    said = str(translate(named(5, "whatever"), "set password", "B"))
+    assert f"(set password: {detail[:300]})" in said
