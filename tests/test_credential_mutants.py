@@ -747,3 +747,19 @@ def test_error_details_are_bounded_and_quote_only_short_keyring_sentences() -> N
     detail = f"{'E' * 320}: [errno 5] {os.strerror(5)}"
     said = str(translate(named(5, "whatever"), "set password", "B"))
     assert f"(set password: {detail[:300]})" in said
+
+
+def test_clear_deletes_each_generation_once_and_needs_no_read_after(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    store = store_on(tmp_path, Units(), max_value_length=500)
+    save(store, cache_text(1200))  # three chunks; the stamp lists their generation
+    ScopedKeyring.calls.update(get=0, set=0, delete=0)
+    store.clear()
+    assert ScopedKeyring.entries == {}
+    # The main entry read; three chunks deleted and the fourth found missing (one delete
+    # and one read to tell "missing" from "refused"); the manifest deleted.
+    assert ScopedKeyring.calls == {"get": 2, "set": 0, "delete": 5}
+    assert stamp(tmp_path).get("gens", []) == []
+    assert store.changed() is False
+    assert store.load() is None
