@@ -763,3 +763,39 @@ def test_clear_deletes_each_generation_once_and_needs_no_read_after(
     assert stamp(tmp_path).get("gens", []) == []
     assert store.changed() is False
     assert store.load() is None
+
+
+# -- save: where the split starts, what the old generation leaves, what the next load sees --
+
+
+def test_a_value_of_exactly_the_limit_is_one_entry_and_one_more_character_is_chunked(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    store = store_on(tmp_path, Units(), max_value_length=500)
+    save(store, cache_text(500))
+    assert list(ScopedKeyring.entries) == [(SVC, ACCT)]
+    save(store, cache_text(501))
+    assert len(chunk_entries()) == 2
+
+
+def test_a_new_generation_replaces_the_old_one_in_the_store_and_in_the_stamp(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    store = store_on(tmp_path, Units(), max_value_length=500)
+    save(store, cache_text(1200, "1"))
+    (first,) = stamp(tmp_path)["gens"]
+    save(store, cache_text(1200, "2"))
+    (second,) = stamp(tmp_path)["gens"]
+    assert second != first
+    assert {s.rsplit("|", 1)[1].split(".")[0] for s in chunk_entries()} == {second}
+    assert store_on(tmp_path, Units()).load() == cache_text(1200, "2")
+
+
+def test_a_save_after_the_probe_is_what_the_next_load_returns(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    store = store_on(tmp_path, Units())
+    assert store.prime() is None
+    save(store, b'{"after": "probe"}')
+    assert not store.probed_empty
+    assert store.load() == b'{"after": "probe"}'
