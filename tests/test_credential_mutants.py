@@ -799,3 +799,59 @@ def test_a_save_after_the_probe_is_what_the_next_load_returns(
     save(store, b'{"after": "probe"}')
     assert not store.probed_empty
     assert store.load() == b'{"after": "probe"}'
+
+
+# -- reading: how often chunks that do not add up are read, and what is not re-checked ------
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"), [("delete", "a chunk is missing"), ("alter", "its chunks fail their digest")]
+)
+def test_chunks_that_never_add_up_are_read_four_times_then_reported(
+    tmp_path: Path, units: type[Units], damage: str, why: str
+) -> None:
+    save(store_on(tmp_path, Units(), max_value_length=500), cache_text(1200))
+    (gen,) = stamp(tmp_path)["gens"]
+    key = (f"{SVC}|{ACCT}|{gen}.1", ACCT)
+    if damage == "delete":
+        del ScopedKeyring.entries[key]
+    else:
+        ScopedKeyring.entries[key] = "b" * 500
+    before = dict(ScopedKeyring.entries)
+    ScopedKeyring.calls.update(get=0, set=0, delete=0)
+    reader = store_on(tmp_path, Units(), read_only=True)
+    with pytest.raises(CorruptCacheError, match=re.escape(f"cannot be read: {why}")):
+        reader.load()
+    per_read = 3 if damage == "delete" else 4  # the manifest, then chunks up to the gap
+    assert ScopedKeyring.calls == {"get": 4 * per_read, "set": 0, "delete": 0}
+    assert ScopedKeyring.entries == before
+
+
+def test_what_the_last_save_wrote_is_not_validated_again(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    checked: list[str] = []
+
+    def validate(text: str) -> bool:
+        checked.append(text)
+        return text.startswith("{")
+
+    save(store_on(tmp_path, Units()), b'{"v": 1}')
+    assert store_on(tmp_path, Units(), validate=validate).load() == b'{"v": 1}'
+    assert checked == []  # its digest is in the stamp
+    ScopedKeyring.entries[(SVC, ACCT)] = '{"v": 2}'  # written by someone else
+    assert store_on(tmp_path, Units(), validate=validate).load() == b'{"v": 2}'
+    assert checked == ['{"v": 2}']
+
+
+def test_the_first_load_after_the_probe_reuses_what_it_read(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    save(store_on(tmp_path, Units()), b'{"v": 1}')
+    store = store_on(tmp_path, Units())
+    assert store.prime() == b'{"v": 1}'
+    gets = ScopedKeyring.calls["get"]
+    assert store.changed()
+    assert store.load() == b'{"v": 1}'
+    assert ScopedKeyring.calls["get"] == gets
+    assert store.changed() is False
