@@ -59,6 +59,7 @@ class Units(ScopedKeyring):
     die_at: ClassVar[int] = 0
     die_on: ClassVar[str] = "set"
     seen: ClassVar[int] = 0
+    refuse_delete: ClassVar[bool] = False
 
     def _maybe_die(self, what: str) -> None:
         if type(self).die_at and what == type(self).die_on:
@@ -75,6 +76,10 @@ class Units(ScopedKeyring):
 
     def delete_password(self, service: str, username: str) -> None:
         self._maybe_die("delete")
+        if type(self).refuse_delete:
+            from keyring.errors import PasswordDeleteError
+
+            raise PasswordDeleteError("Access denied")
         super().delete_password(service, username)
 
 
@@ -98,6 +103,7 @@ def units(memory_keyring: type[ScopedKeyring], monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(Units, "die_at", 0)
     monkeypatch.setattr(Units, "die_on", "set")
     monkeypatch.setattr(Units, "seen", 0)
+    monkeypatch.setattr(Units, "refuse_delete", False)
     return Units
 
 
@@ -855,3 +861,38 @@ def test_the_first_load_after_the_probe_reuses_what_it_read(
     assert store.load() == b'{"v": 1}'
     assert ScopedKeyring.calls["get"] == gets
     assert store.changed() is False
+
+
+# -- clear: what the stamp lost, what a refused delete leaves listed ------------------------
+
+
+def test_clear_finds_the_generation_in_the_manifest_when_the_stamp_is_gone(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    save(store_on(tmp_path, Units(), max_value_length=500), cache_text(1200))
+    (tmp_path / "kr.stamp").unlink()  # a reboot emptied the lock directory
+    store_on(tmp_path, Units()).clear()
+    assert ScopedKeyring.entries == {}
+
+
+def test_a_clear_the_store_refuses_names_the_first_entry_and_keeps_the_rest_listed(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ScopedKeyring.entries[(SVC, ACCT)] = "damaged"
+    store = store_on(tmp_path, Units(), max_value_length=500)
+    assert store.load() is None
+    save(store, cache_text(1200))
+    (gen,) = stamp(tmp_path)["gens"]
+    (name,) = stamp(tmp_path)["aside"]
+    kept = dict(ScopedKeyring.entries)
+    monkeypatch.setattr(Units, "refuse_delete", True)
+    with pytest.raises(StoreError) as caught:
+        store.clear()
+    assert f"(service '{SVC}|{ACCT}|{gen}.0', account '{ACCT}')" in str(caught.value)
+    assert "still holds token data" in str(caught.value)
+    assert ScopedKeyring.entries == kept
+    assert stamp(tmp_path)["gens"] == [gen]
+    assert stamp(tmp_path)["aside"] == [name]
+    monkeypatch.setattr(Units, "refuse_delete", False)
+    store_on(tmp_path, Units()).clear()
+    assert ScopedKeyring.entries == {}
