@@ -896,3 +896,43 @@ def test_a_clear_the_store_refuses_names_the_first_entry_and_keeps_the_rest_list
     monkeypatch.setattr(Units, "refuse_delete", False)
     store_on(tmp_path, Units()).clear()
     assert ScopedKeyring.entries == {}
+
+
+def test_a_refused_clear_of_a_plain_entry_names_the_copy_kept_aside_first(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ScopedKeyring.entries[(SVC, ACCT)] = "damaged"
+    store = store_on(tmp_path, Units())
+    assert store.load() is None
+    save(store, b'{"v": 1}')
+    (name,) = stamp(tmp_path)["aside"]
+    monkeypatch.setattr(Units, "refuse_delete", True)
+    with pytest.raises(StoreError, match=re.escape(f"(service '{SVC}', account '{name}')")):
+        store.clear()
+    monkeypatch.setattr(Units, "refuse_delete", False)
+    store.clear()
+    save(store, b'{"v": 2}')  # a cleared store saves as a new one
+    assert ScopedKeyring.entries == {(SVC, ACCT): '{"v": 2}'}
+
+
+@pytest.mark.secret_service
+def test_direct_items_are_text_plain_and_the_connection_closes_once(
+    use_secret_service: SecretService,
+) -> None:
+    import uuid
+
+    service = f"plain-{uuid.uuid4().hex[:8]}"
+    channel = DirectSecretService()
+    channel.set(service, "cache", '{"v": "ü"}')
+    assert channel.get(service, "cache") == '{"v": "ü"}'
+    collection: Any = use_secret_service.collection()
+    try:
+        items = list(collection.search_items({"service": service}))
+        assert [item.get_secret_content_type() for item in items] == ["text/plain"]
+        assert items[0].get_secret() == '{"v": "ü"}'.encode()
+    finally:
+        collection.connection.close()
+    channel.close()
+    channel.close()  # nothing left to close: no error
+    assert channel.delete(service, "cache") is True  # a closed channel opens a new connection
+    channel.close()
