@@ -282,6 +282,8 @@ def mode_counts(variant: Variant, port: int, other_dir: str, name: str) -> dict[
 
 def mode_contend(name: str, directory: str, port: int, processes: int, count: int) -> None:
     """N forked processes x M client-credential misses into one cache, released together."""
+    import resource
+
     import msal  # noqa: F401  (each child would import it before "ready" anyway)
     from forking import run_children
 
@@ -297,8 +299,31 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         app = confidential_app(variant, port)
 
         def run() -> dict[str, Any]:
+            profile = os.environ.get("BENCH_PROFILE")
+            if not profile:
+                return timed_run()
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)  # CPU time: waits do not count
+            profiler.enable()
+            try:
+                return timed_run()
+            finally:
+                profiler.disable()
+                profiler.dump_stats(os.path.join(profile, f"child-{index}.prof"))
+
+        def timed_run() -> dict[str, Any]:
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            out = calls()
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            out["cpu"] = [after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime]
+            return out
+
+        def calls() -> dict[str, Any]:
             errors, kinds, times, stored = 0, [], [], []
+            cpu: list[float] = []  # CPU seconds (user + system) of each call
             for i in range(count):
+                cpu_start = time.process_time()
                 start = time.perf_counter()
                 scope = f"api://bench/p{index}/s{i}/.default"
                 try:
@@ -312,6 +337,7 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
                     errors += 1
                     kinds.append(type(exc).__name__)
                 times.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - cpu_start)
             try:
                 variant.finish()
             except Exception as exc:
@@ -324,6 +350,7 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
                 "stored": stored,
                 "held": held,
                 "phases": phases,
+                "cpu_calls": cpu,
             }
             if name == "msal-memory":  # no shared cache: count what this process holds
                 out["own_tokens"] = len(variant.cache._cache.get("AccessToken", {}))
@@ -343,6 +370,12 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         "stored": [s for r in results for s in r.get("stored", [])],
         "held": [h for r in results for h in r.get("held", [])],
         "phases": _sum_phases([r.get("phases", {}) for r in results]),
+        # CPU of the children while they ran (getrusage), and of each one's first call
+        # (initial load, lazy imports) against its later calls (process_time)
+        "cpu_user": sum(r.get("cpu", [0.0, 0.0])[0] for r in results),
+        "cpu_sys": sum(r.get("cpu", [0.0, 0.0])[1] for r in results),
+        "cpu_first": sum(r["cpu_calls"][0] for r in results if r.get("cpu_calls")),
+        "cpu_rest": sum(sum(r["cpu_calls"][1:]) for r in results if r.get("cpu_calls")),
     }
     sys.stdout.write(json.dumps(summary) + "\n")
 
