@@ -14,6 +14,7 @@ Options:
 * ``--phases``: also time the steps of a write (``BENCH_PHASES=1``; wraps library
   functions, which costs CPU of its own), per step the total seconds, the calls and the
   cost per acquisition; ``*_locked`` steps ran while the process held the lock;
+  ``--phases cpu`` counts the CPU seconds of each step instead of wall seconds;
 * ``--profile DIR``: a cProfile (CPU time) of every process, ``DIR/child-<i>.prof``
   (call-heavy code looks ~3x slower under it).
 
@@ -44,16 +45,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("variants", help="comma-separated, e.g. ours-key,msal-memory")
     parser.add_argument("shapes", nargs="+", help="N×M cells, e.g. 32x15")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--phases", action="store_true", help="time the steps of a write")
+    parser.add_argument(
+        "--phases",
+        nargs="?",
+        const="wall",
+        choices=("wall", "cpu"),
+        help="time the steps of a write, in wall (default) or CPU seconds",
+    )
     parser.add_argument("--profile", metavar="DIR", help="a cProfile per process into DIR")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     shapes = [tuple(int(x) for x in s.lower().replace("×", "x").split("x")) for s in args.shapes]
+    import compileall  # bytecode first, as bench/run.py does (it says why)
+
+    for directory in (os.path.join(ROOT, "msal_keyring_cache"), HERE):
+        compileall.compile_dir(directory, quiet=1)
     secret_service = PrivateSecretService()
     with LoopbackIdentityProvider() as idp:
         bench = bench_run.Bench(False, idp.port, secret_service.start())
         if args.phases:
-            bench.env["BENCH_PHASES"] = "1"
+            bench.env["BENCH_PHASES"] = args.phases
         if args.profile:
             os.makedirs(args.profile, exist_ok=True)
             bench.env["BENCH_PROFILE"] = os.path.abspath(args.profile)
@@ -90,7 +101,7 @@ def _cell(bench: bench_run.Bench, variant: str, processes: int, each: int) -> bo
         )
     print(line, flush=True)
     writes = processes * each
-    for name, (seconds, calls) in sorted(found["phases"].items()):
+    for name, (seconds, calls) in sorted(found.get("phases", {}).items()):
         print(
             f"   {name:22s} {seconds:8.3f} s {calls:6d} calls "
             f"{seconds / writes * 1e3:8.3f} ms/acquisition "
