@@ -14,7 +14,8 @@ Options:
 * ``--phases``: also time the steps of a write (``BENCH_PHASES=1``; wraps library
   functions, which costs CPU of its own), per step the total seconds, the calls and the
   cost per acquisition; ``*_locked`` steps ran while the process held the lock;
-  ``--phases cpu`` counts the CPU seconds of each step instead of wall seconds;
+  ``--phases cpu`` counts the CPU seconds of each step instead of wall seconds,
+  ``--phases faults`` its page faults (printed as seconds: read 1.000 s as 1000 faults);
 * ``--profile DIR``: a cProfile (CPU time) of every process, ``DIR/child-<i>.prof``
   (call-heavy code looks ~3x slower under it).
 
@@ -49,8 +50,8 @@ def main(argv: list[str]) -> int:
         "--phases",
         nargs="?",
         const="wall",
-        choices=("wall", "cpu"),
-        help="time the steps of a write, in wall (default) or CPU seconds",
+        choices=("wall", "cpu", "faults"),
+        help="time the steps of a write, in wall (default) or CPU seconds, or page faults",
     )
     parser.add_argument("--profile", metavar="DIR", help="a cProfile per process into DIR")
     args = parser.parse_args(argv)
@@ -91,7 +92,8 @@ def _cell(bench: bench_run.Bench, variant: str, processes: int, each: int) -> bo
     line = (
         f"== {variant} {processes}x{each}: wall {found['wall']:.2f} s, errors "
         f"{found['errors']}, CPU {user + system:.2f} s (user {user:.2f}, sys {system:.2f}; "
-        f"first calls {found['cpu_first']:.2f}, later calls {found['cpu_rest']:.2f})"
+        f"first calls {found['cpu_first']:.2f}, later calls {found['cpu_rest']:.2f}; "
+        f"{found.get('faults', 0)} page faults, {found.get('switches', 0)} waits)"
     )
     held = sorted(found["held"])
     if held:

@@ -318,6 +318,8 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
             out = calls()
             after = resource.getrusage(resource.RUSAGE_SELF)
             out["cpu"] = [after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime]
+            out["faults"] = after.ru_minflt - before.ru_minflt  # copy-on-write after fork, …
+            out["switches"] = after.ru_nvcsw - before.ru_nvcsw  # waits (voluntary switches)
             return out
 
         def calls() -> dict[str, Any]:
@@ -375,6 +377,8 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         # (initial load, lazy imports) against its later calls (process_time)
         "cpu_user": sum(r.get("cpu", [0.0, 0.0])[0] for r in results),
         "cpu_sys": sum(r.get("cpu", [0.0, 0.0])[1] for r in results),
+        "faults": sum(r.get("faults", 0) for r in results),
+        "switches": sum(r.get("switches", 0) for r in results),
         "cpu_first": sum(r["cpu_calls"][0] for r in results if r.get("cpu_calls")),
         "cpu_rest": sum(sum(r["cpu_calls"][1:]) for r in results if r.get("cpu_calls")),
     }
@@ -394,6 +398,7 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "msal_keyring_cache.stores.file",
         "msal_keyring_cache.http_cache",
         "msal_keyring_cache.batch",
+        "fcntl",
         "cryptography.exceptions",
         "cryptography.hazmat.primitives.hashes",
         "cryptography.hazmat.primitives.ciphers.aead",
@@ -464,11 +469,17 @@ def _time_phases(phases: dict[str, list[float]]) -> None:
     Each phase collects ``[seconds, calls]``; ``*_locked`` phases ran while this process
     held the lock. Wraps library functions in this benchmark process only.
     """
+    import resource
+
     from msal_keyring_cache import batch, cache, crypto, locking, watch
     from msal_keyring_cache.stores import file
 
-    # BENCH_PHASES=cpu: CPU seconds of the process (all its threads), not wall seconds
-    clock = time.process_time if os.environ.get("BENCH_PHASES") == "cpu" else time.perf_counter
+    # BENCH_PHASES=cpu: CPU seconds of the process (all its threads), not wall seconds;
+    # =faults: page faults (copy-on-write after the fork, fresh memory), counted as "seconds"
+    clock: Callable[[], float] = {
+        "cpu": time.process_time,
+        "faults": lambda: float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt),
+    }.get(os.environ.get("BENCH_PHASES", ""), time.perf_counter)
 
     def timed(owner: Any, attr: str, label: str) -> None:
         inner = getattr(owner, attr)

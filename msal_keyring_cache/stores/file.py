@@ -455,7 +455,9 @@ class EncryptedFileStore(Store):
         fd = self._identity.fd
         try:
             if fd is not None:
-                return os.pread(fd, 1 << 30, offset)
+                # As much as the file holds: pread allocates what it is asked for (a
+                # fresh gigabyte buffer per call costs page faults and a mapping).
+                return os.pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
             with open(self.path, "rb") as fh:  # Windows: no kept descriptor
                 fh.seek(offset)
                 return fh.read()
