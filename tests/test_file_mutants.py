@@ -108,7 +108,7 @@ def test_clear_deletes_the_set_aside_copy_even_when_the_cache_file_is_gone(
     store = _store(path)
     with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
         assert store.load() is None
-    assert "the cache starts empty, so sign in again" in caplog.text
+    assert " and the cache starts empty, so sign in again." in caplog.text
     assert not path.exists()
     assert len(_aside(tmp_path)) == 1  # still holds whatever tokens the damage left
     (tmp_path / ".c.bin.1234.tmp").write_bytes(b"a killed writer's temp file")
@@ -128,7 +128,7 @@ def test_salvage_keeps_the_records_before_the_damage_and_says_so(
     _damage_last_record(path)
     with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
         assert _names(_state(_store(path))) == {"a", "b"}
-    assert "the entries written before the damage are kept" in caplog.text
+    assert " and the entries written before the damage are kept." in caplog.text
     assert len(_aside(tmp_path)) == 1
     assert _names(_state(_store(path))) == {"a", "b"}  # saved whole: no damage left
 
