@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from msal_keyring_cache import generate_key
-from msal_keyring_cache.web import UserCaches
+from msal_keyring_cache.web import UserCaches, three_way_merge
 
 KEY = generate_key()
 
@@ -71,3 +71,18 @@ def test_absorbed_entries_are_copies_of_the_callers_tables(caches: UserCaches) -
     with caches.for_session(session, user_id="alice") as cache:
         saved = json.loads(cache.serialize())
     assert saved["AccessToken"]["a"]["secret"] == "original"
+
+
+def test_a_merge_applies_every_table_whatever_order_the_kinds_come_in() -> None:
+    # A value that is not a table (msal writes none, other tools may) sits beside the
+    # tables: the merge must still apply this request's change to every table. The
+    # order of the kinds in a set varies with the string hash: many rounds with other
+    # names cover both orders.
+    for i in range(64):
+        plain, table = f"version-{i}", f"AccessToken-{i}"
+        base = {plain: 1, table: {"old": {"secret": "old"}}}
+        mine = {plain: 1, table: {"old": {"secret": "old"}, "new": {"secret": "new"}}}
+        theirs = {plain: 1, table: {"old": {"secret": "old"}, "theirs": {"secret": "t"}}}
+        merged = three_way_merge(base, mine, theirs)
+        assert set(merged[table]) == {"old", "new", "theirs"}, (plain, table)
+        assert merged[plain] == 1
