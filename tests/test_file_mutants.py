@@ -264,6 +264,24 @@ def test_an_up_to_date_reader_follows_a_compaction_without_loading_again(
     changes = _follow(reader, state)
     assert changes is not None  # followed the link: nothing missed, no full load
     assert _names(state) == {"first", *names, "last"}
+    with writer.lock():
+        writer.append(_delta("later"), _unused)
+    changes = _follow(reader, state)
+    assert changes is not None  # the new file is now the one it follows record by record
+    assert _names(state) == {"first", *names, "last", "later"}
+
+
+def test_a_file_re_keyed_elsewhere_to_a_key_this_reader_lacks_is_a_decrypt_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b")
+    reader = _store(path)
+    assert _names(_state(reader)) == {"a", "b"}
+    _store(path).rekey(crypto.FernetKeys((generate_key(),)))  # another process rotates
+    with pytest.raises(DecryptError, match="fingerprint"):
+        reader.read_changes()
+    assert not _aside(tmp_path)  # not damage: the file is left as it is
 
 
 def test_after_a_sign_out_a_new_compacted_file_is_loaded_whole(tmp_path: Path) -> None:
