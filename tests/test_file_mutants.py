@@ -216,6 +216,39 @@ def test_salvage_names_the_part_that_decrypts_but_is_not_json(tmp_path: Path) ->
         _store(path).load()
 
 
+def test_after_a_torn_append_the_next_write_replaces_the_file(tmp_path: Path) -> None:
+    # The disk fills in the middle of an append: part of the record is in the file. The
+    # next write must not write at that place again: it replaces the whole file.
+    with mounted_tmpfs(tmp_path / "small", size="256k") as mount:
+        path = mount / "c.bin"
+        store = _store(path)
+        _write(store, "a")
+        fd = os.open(mount / "pad", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        entries = {"a": {"secret": "s-a"}, "big": {"secret": "x" * 20000}, "b": {"secret": "b"}}
+        size = path.stat().st_size
+        with store.lock(), pytest.raises(StoreError, match="free disk space"):
+            store.append(json.dumps({"AccessToken": {"big": entries["big"]}}).encode(), _unused)
+        assert path.stat().st_size > size  # torn: part of the record is there
+        inode = path.stat().st_ino
+        (mount / "pad").unlink()
+        pending = {k: entries[k] for k in ("big", "b")}  # the failed change is still pending
+        with store.lock():
+            store.append(
+                json.dumps({"AccessToken": pending}).encode(),
+                lambda: json.dumps({"AccessToken": entries}).encode(),
+            )
+            store.sync()
+        assert path.stat().st_ino != inode  # a new file, not bytes written over the torn ones
+        assert _names(_state(_store(path))) == {"a", "b", "big"}
+
+
 # -- compaction --------------------------------------------------------------------------
 
 
