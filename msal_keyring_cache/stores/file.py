@@ -19,7 +19,6 @@ import logging
 import os
 import stat
 import time
-import weakref
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
@@ -94,7 +93,6 @@ class EncryptedFileStore(Store):
         self._queue: list[bytes] = []  # decrypted records read but not handed out
         self._suspect = False  # an append failed midway: the next write replaces the file
         self._unsynced: Optional[int] = None  # appended to, not fsynced yet (see sync())
-        _stores.add(self)
 
     def lock(self) -> Any:
         if self.read_only:
@@ -455,8 +453,8 @@ class EncryptedFileStore(Store):
         fd = self._identity.fd
         try:
             if fd is not None:
-                # As much as the file holds: pread allocates what it is asked for (a
-                # fresh gigabyte buffer per call costs page faults and a mapping).
+                # As many bytes as the file holds: pread allocates what it is asked for, so a
+                # fixed large count costs page faults per read (MemoryError under ulimit -v).
                 return os.pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
             with open(self.path, "rb") as fh:  # Windows: no kept descriptor
                 fh.seek(offset)
@@ -574,20 +572,6 @@ class _Guarded:
     def __exit__(self, *exc: object) -> None:
         self.store._locked -= 1
         self.lock.__exit__(None, None, None)
-
-
-_stores: weakref.WeakSet[EncryptedFileStore] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    # A lock object inherited from the parent describes the parent's lock state: the
-    # child gets its own. Kept descriptors stay valid (reads use pread).
-    for store in list(_stores):
-        store._lock = CrossProcessLock(store._lock.path, store._lock.timeout)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _apply(data: bytes, changes: list[bytes]) -> bytes:
