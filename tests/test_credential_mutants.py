@@ -936,3 +936,17 @@ def test_direct_items_are_text_plain_and_the_connection_closes_once(
     channel.close()  # nothing left to close: no error
     assert channel.delete(service, "cache") is True  # a closed channel opens a new connection
     channel.close()
+
+
+def test_a_given_backend_is_kept_when_the_store_resolves(
+    tmp_path: Path, memory_keyring: type[ScopedKeyring], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keyring.core
+
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "tests.fakes.MemoryKeyring")
+    monkeypatch.setattr(keyring.core, "_keyring_backend", None)
+    store = store_on(tmp_path, ScopedKeyring())
+    store.resolve()
+    assert store.keyring_name == "tests.fakes.ScopedKeyring"
+    assert store.resolved_by == "given"
+    assert not store.direct
