@@ -10,6 +10,7 @@ the store catches, and a fresh store then plays the next process.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -950,3 +951,40 @@ def test_a_given_backend_is_kept_when_the_store_resolves(
     assert store.keyring_name == "tests.fakes.ScopedKeyring"
     assert store.resolved_by == "given"
     assert not store.direct
+
+
+# -- the stamp file's own write: hostile names, a full disk ----------------------------------
+
+
+def test_a_link_planted_at_the_stamps_temporary_name_is_never_written_through(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import secrets
+
+    monkeypatch.setattr(secrets, "token_hex", lambda n=32: "ab" * n)
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / f".kr.stamp.{'ab' * 6}.tmp").symlink_to(victim)
+    store = store_on(tmp_path, Units())
+    with pytest.raises(StoreError, match="Cannot write"):
+        save(store, b'{"v": 1}')
+    assert victim.read_text() == "keep"
+    assert not (tmp_path / "kr.stamp").exists()
+
+
+def test_a_stamp_that_cannot_be_written_leaves_no_temporary_file_or_descriptor(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    from tests.helpers import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "full", size="64k") as full:
+        store = store_on(full, Units())
+        assert store.load() is None
+        filler = full / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as fh:
+            fh.write(b"\0" * 1024 * 1024)
+        fds = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(StoreError, match="Cannot write"):
+            save(store, b'{"v": 1}')
+        assert len(os.listdir("/proc/self/fd")) == fds
+        assert sorted(p.name for p in full.iterdir()) == ["filler", "kr.lock"]
