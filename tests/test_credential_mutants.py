@@ -715,6 +715,7 @@ def test_a_plain_save_replaces_the_stamp_without_fsync_and_reads_no_more(
     assert store.load() is None
     save(store, b'{"v": 1}')
     assert synced == []  # a change marker: a power loss costs one rediscovery at most
+    assert (tmp_path / "kr.stamp").stat().st_mode & 0o777 == 0o600
     assert store.changed() is False  # its own write is no change to read back
     doc = json.loads((tmp_path / "kr.stamp").read_bytes())
     assert doc["sha256"] == hashlib.sha256(b'{"v": 1}').hexdigest()
@@ -988,3 +989,63 @@ def test_a_stamp_that_cannot_be_written_leaves_no_temporary_file_or_descriptor(
             save(store, b'{"v": 1}')
         assert len(os.listdir("/proc/self/fd")) == fds
         assert sorted(p.name for p in full.iterdir()) == ["filler", "kr.lock"]
+
+
+def test_a_backend_known_by_name_to_limit_values_is_chunked_without_a_refusal(
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
+) -> None:
+    store = store_on(tmp_path, WinVault())
+    save(store, cache_text(2000))
+    assert len(chunk_entries()) == 2
+    assert store_on(tmp_path, WinVault()).load() == cache_text(2000)
+
+
+def test_a_backend_the_stamp_remembers_is_loaded_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keyring.core
+
+    from msal_keyring_cache.stores.keyring_backend import REMEMBERED
+
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
+    monkeypatch.setattr(keyring.core, "_keyring_backend", None)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no keyringrc.cfg
+    (tmp_path / "kr.stamp").write_bytes(_stamp(backend="keyring.backends.null.Keyring"))
+    store = KeyringStore(SVC, ACCT, lock_path=str(tmp_path / "kr.lock"))
+    store.resolve()
+    assert store.resolved_by == REMEMBERED
+    assert store.keyring_name == "keyring.backends.null.Keyring"
+
+
+@pytest.mark.secret_service
+def test_keyrings_secret_service_backend_is_used_on_the_kept_connection_until_it_fails(
+    tmp_path: Path, use_secret_service: SecretService
+) -> None:
+    import uuid
+
+    service = f"kept-{uuid.uuid4().hex[:8]}"
+
+    def make() -> KeyringStore:
+        lock = str(tmp_path / "ss.lock")
+        return KeyringStore(service, "cache", lock_path=lock, keyring_timeout=10)
+
+    first = make()  # no stamp: keyring chooses, and it chooses the Secret Service
+    assert first.load() is None
+    assert not first.direct  # the first call resolved the backend through keyring
+    with first.lock():
+        first.save(b'{"v": 1}')
+    assert first.direct  # the write went over the kept connection
+    first.close()
+    use_secret_service.lock()
+    reader = make()
+    reader.resolve()
+    assert reader.direct
+    try:
+        with pytest.raises(BackendUnavailableError, match="is locked"):
+            reader.load()
+    finally:
+        use_secret_service.unlock()
+    assert reader.load() == b'{"v": 1}'
+    assert not reader.direct  # after a failure on it, keyring's path for good
+    with reader.lock():
+        reader.clear()
