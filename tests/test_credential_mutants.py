@@ -1049,3 +1049,51 @@ def test_keyrings_secret_service_backend_is_used_on_the_kept_connection_until_it
     assert not reader.direct  # after a failure on it, keyring's path for good
     with reader.lock():
         reader.clear()
+
+
+def test_a_backend_failure_names_the_backend_and_the_call(
+    tmp_path: Path, memory_keyring: type[ScopedKeyring], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes import RaisingKeyring
+
+    monkeypatch.setattr(RaisingKeyring, "to_raise", RuntimeError("secret-looking text"))
+    store = store_on(tmp_path, RaisingKeyring())
+    with pytest.raises(BackendUnavailableError) as caught:
+        store.load()
+    said = str(caught.value)
+    assert "The OS credential store (tests.fakes.RaisingKeyring)" in said
+    assert "(get password: RuntimeError)" in said
+    assert "secret-looking" not in said
+
+
+@pytest.mark.secret_service
+def test_a_store_on_the_kept_connection_keeps_the_secret_service_remembered(
+    tmp_path: Path, use_secret_service: SecretService
+) -> None:
+    import uuid
+
+    service = f"remember-{uuid.uuid4().hex[:8]}"
+
+    def make() -> KeyringStore:
+        lock = str(tmp_path / "ss.lock")
+        return KeyringStore(service, "cache", lock_path=lock, keyring_timeout=10)
+
+    first = make()
+    with first.lock():
+        first.save(b'{"v": 1}')
+    first.close()
+    second = make()
+    second.resolve()
+    assert second.direct
+    with second.lock():
+        second.save(b'{"v": 2}')
+    doc = parse_stamp((tmp_path / "ss.stamp").read_bytes())
+    assert doc["backend"] == "keyring.backends.SecretService.Keyring"
+    second.close()
+    third = make()
+    third.resolve()
+    assert third.direct
+    assert third.load() == b'{"v": 2}'
+    with third.lock():
+        third.clear()
+    third.close()
