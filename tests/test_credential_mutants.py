@@ -490,6 +490,10 @@ def test_a_read_only_stores_lock_never_waits_and_creates_no_file(
     assert lock.attempt() is True
     assert not lock.held
     assert list(tmp_path.iterdir()) == []
+    assert store.rendezvous() is None  # writes alone: it never writes
+    # A writing store's writers meet at its lock file to write together (group commit).
+    writer = store_on(tmp_path, ScopedKeyring())
+    assert writer.rendezvous() == str(tmp_path / "kr.lock")
 
 
 def test_memory_store_says_it_keeps_nothing() -> None:
