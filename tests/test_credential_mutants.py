@@ -1101,3 +1101,24 @@ def test_a_store_on_the_kept_connection_keeps_the_secret_service_remembered(
     with third.lock():
         third.clear()
     third.close()
+
+
+def test_a_store_that_loaded_knows_the_limit_the_stamp_remembers(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Units, "units", 900)
+    save(store_on(tmp_path, Units()), cache_text(1000))
+    reader = store_on(tmp_path, Units())
+    assert reader.describe().extra["chunking"] == "none"  # nothing read yet
+    assert reader.load() == cache_text(1000)
+    assert reader.describe().extra["chunking"] == "values over 500 characters are split"
+
+
+def test_a_manifest_that_does_not_parse_is_kept_aside_and_the_entry_freed(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    ScopedKeyring.entries[(SVC, ACCT)] = "msal-keyring-cache-manifest:{"
+    store = store_on(tmp_path, Units())
+    assert store.load() is None
+    assert list(aside_entries().values()) == ["msal-keyring-cache-manifest:{"]
+    assert (SVC, ACCT) not in ScopedKeyring.entries
