@@ -1122,3 +1122,18 @@ def test_a_manifest_that_does_not_parse_is_kept_aside_and_the_entry_freed(
     assert store.load() is None
     assert list(aside_entries().values()) == ["msal-keyring-cache-manifest:{"]
     assert (SVC, ACCT) not in ScopedKeyring.entries
+
+
+def test_a_manifest_whose_chunk_stays_missing_is_kept_aside_and_the_entry_freed(
+    tmp_path: Path, units: type[Units]
+) -> None:
+    save(store_on(tmp_path, Units(), max_value_length=500), cache_text(1200))
+    (gen,) = stamp(tmp_path)["gens"]
+    manifest = ScopedKeyring.entries[(SVC, ACCT)]
+    del ScopedKeyring.entries[(f"{SVC}|{ACCT}|{gen}.2", ACCT)]
+    store = store_on(tmp_path, Units())
+    assert store.load() is None
+    assert list(aside_entries().values()) == [manifest]
+    assert (SVC, ACCT) not in ScopedKeyring.entries
+    store.clear()
+    assert ScopedKeyring.entries == {}
