@@ -1138,3 +1138,12 @@ def test_a_manifest_whose_chunk_stays_missing_is_kept_aside_and_the_entry_freed(
     assert (SVC, ACCT) not in ScopedKeyring.entries
     store.clear()
     assert ScopedKeyring.entries == {}
+
+
+def test_a_short_value_refused_whole_fails_the_save_with_the_backends_refusal(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Units, "units", 150)
+    with pytest.raises(StoreError, match=re.escape("(set password: CredWriteError (error 1783))")):
+        save(store_on(tmp_path, Units()), cache_text(300))  # half of it is under 200
+    assert ScopedKeyring.entries == {}
