@@ -442,3 +442,33 @@ def test_a_child_forked_while_the_store_is_locked_waits_and_frees_nothing(
             pass
         store.save(_delta("parent"))
     assert _names(_state(_store(path))) == {"parent"}
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def test_describe_reports_the_file_as_it_is_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "c.bin"
+    key_file = str(tmp_path / "k.key")
+    level = crypto.Protection.KEY_FILE
+    source = crypto.FernetKeys((KEY,), label="key file k.key", path=key_file, level=level)
+    store = _store(path, source)
+    empty = store.describe()
+    assert (empty.exists, empty.size, empty.last_write, empty.permissions) == (
+        False, None, None, None
+    )  # fmt: skip
+    _write(store, "a")
+    os.utime(path, (1609556645, 1609556645))  # 2021-01-02 03:04:05 UTC
+    found = store.describe()
+    assert found.backend == "file"
+    assert found.location == str(path)
+    assert found.lock_file == str(path) + ".lock"
+    assert found.key_file == str(tmp_path / "k.key")
+    assert found.protection is crypto.Protection.KEY_FILE
+    assert found.extra == {"key_source": "key file k.key"}
+    assert found.exists is True
+    assert found.size == path.stat().st_size
+    assert found.last_write == "2021-01-02T03:04:05Z"
+    assert found.permissions == "0o600"
+    path.chmod(0o644)
+    assert store.describe().permissions == "0o644"  # said as it is (load makes it private)
