@@ -166,7 +166,7 @@ class EncryptedFileStore(Store):
             self._identity.remember(fd, blob[:newline])
             self._header, self._key = header, key
             self._snapshot_end = snapshot_end
-            records, self._offset = crypto.split_records(blob, self._snapshot_end)
+            records, self._offset = crypto.split_records(blob, snapshot_end, header.version)
             self._records, self._size = len(records), len(blob)
             try:
                 self._queue = [
@@ -223,7 +223,7 @@ class EncryptedFileStore(Store):
                 )
                 return None
             tail = self._read_from(self._offset)
-            records, consumed = crypto.split_records(tail, 0)
+            records, consumed = crypto.split_records(tail, 0, self._header.version)
             try:
                 self._queue.extend(
                     crypto.unseal(r, self._key, self._header, seq)
@@ -283,7 +283,7 @@ class EncryptedFileStore(Store):
                 raise CorruptCacheError("not a new file")
             key = crypto.file_key(header, self.key_source)
             snapshot_end = stop + 1
-            records, end = crypto.split_records(blob, snapshot_end)
+            records, end = crypto.split_records(blob, snapshot_end, header.version)
             if not records:
                 raise CorruptCacheError("no link")
             first = parse_json(crypto.unseal(records[0], key, header, 1), "a journal record")
@@ -294,7 +294,7 @@ class EncryptedFileStore(Store):
             if gen != old_header.gen or not count.isdigit() or int(count) < self._records:
                 raise CorruptCacheError("a link to another file")
             missed = int(count) - self._records
-            old, _ = crypto.split_records(self._read_from(self._offset), 0)
+            old, _ = crypto.split_records(self._read_from(self._offset), 0, old_header.version)
             if len(old) < missed:
                 raise CorruptCacheError("the old file ends early")
             queue = [
@@ -453,8 +453,8 @@ class EncryptedFileStore(Store):
         fd = self._identity.fd
         try:
             if fd is not None:
-                # As many bytes as the file holds: a fixed large count reserves that much
-                # memory per read (MemoryError under an address-space limit, ulimit -v).
+                # As many bytes as the file holds: pread allocates what it is asked for, so a
+                # fixed large count costs page faults per read (MemoryError under ulimit -v).
                 return os.pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
             with open(self.path, "rb") as fh:  # Windows: no kept descriptor
                 fh.seek(offset)
