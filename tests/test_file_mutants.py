@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -472,3 +473,22 @@ def test_describe_reports_the_file_as_it_is_on_disk(tmp_path: Path) -> None:
     assert found.permissions == "0o600"
     path.chmod(0o644)
     assert store.describe().permissions == "0o644"  # said as it is (load makes it private)
+
+
+def test_a_cache_file_others_can_read_is_made_private_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "msal_keyring_cache")
+    private, loose, shown = (tmp_path / n for n in ("private.bin", "loose.bin", "shown.bin"))
+    for path in (private, loose, shown):
+        _write(_store(path), "a")
+    loose.chmod(0o644)
+    shown.chmod(0o640)
+    assert _names(_state(_store(private))) == {"a"}
+    assert str(private) not in caplog.text  # private already: nothing to say
+    assert _names(_state(_store(loose))) == {"a"}
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+    assert f"{loose} was readable by other users; it was made private (0600)." in caplog.text
+    assert _names(_state(_store(shown, read_only=True))) == {"a"}
+    assert stat.S_IMODE(shown.stat().st_mode) == 0o640  # read-only: nothing changed
+    assert f"{shown} was readable by other users; run: chmod 600 {shown}." in caplog.text
