@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -492,3 +493,19 @@ def test_a_cache_file_others_can_read_is_made_private_and_said_once(
     assert _names(_state(_store(shown, read_only=True))) == {"a"}
     assert stat.S_IMODE(shown.stat().st_mode) == 0o640  # read-only: nothing changed
     assert f"{shown} was readable by other users; run: chmod 600 {shown}." in caplog.text
+
+
+def test_a_fernet_key_files_header_says_what_the_format_promises(tmp_path: Path) -> None:
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    header = _header(path)
+    assert header == {
+        "format": "msal-keyring-cache",
+        "version": header["version"],
+        "kdf": "none",
+        "fp": crypto.fingerprint(KEY),
+        "source": "key",
+        "gen": header["gen"],
+    }
+    assert re.fullmatch(r"[0-9a-f]{32}", header["gen"])  # 128 random bits, new per file
+    assert header["version"] in crypto.VERSIONS
