@@ -509,3 +509,13 @@ def test_a_fernet_key_files_header_says_what_the_format_promises(tmp_path: Path)
     }
     assert re.fullmatch(r"[0-9a-f]{32}", header["gen"])  # 128 random bits, new per file
     assert header["version"] in crypto.VERSIONS
+
+
+@pytest.mark.parametrize("name", ["v1_cache.bin", "v2_cache.bin", "v3_cache.bin"])
+def test_file_records_splits_an_older_file_by_its_own_version(name: str) -> None:
+    # A tool reading a file written by an older version: its records are lines.
+    blob = (Path(__file__).parent / "data" / name).read_bytes()
+    records = crypto.file_records(blob)
+    assert len(records) > 2  # header, snapshot and at least one journal record
+    assert b"\n".join(records) + b"\n" == blob
+    assert all(b"\n" not in r for r in records[2:])  # journal records are lines
