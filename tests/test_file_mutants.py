@@ -474,6 +474,10 @@ def test_describe_reports_the_file_as_it_is_on_disk(tmp_path: Path) -> None:
     assert found.permissions == "0o600"
     path.chmod(0o644)
     assert store.describe().permissions == "0o644"  # said as it is (load makes it private)
+    # Beside it: the lock and the shared change counter, under fixed names (docs, tools).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin", "c.bin.gen", "c.bin.lock"]
+    assert store.lock().timeout == 60.0  # the default wait for the lock
+    assert _store(path, lock_timeout=2.5).lock().timeout == 2.5
 
 
 def test_a_cache_file_others_can_read_is_made_private_and_said_once(
