@@ -523,3 +523,17 @@ def test_file_records_splits_an_older_file_by_its_own_version(name: str) -> None
     assert len(records) > 2  # header, snapshot and at least one journal record
     assert b"\n".join(records) + b"\n" == blob
     assert all(b"\n" not in r for r in records[2:])  # journal records are lines
+
+
+def test_the_key_file_is_read_again_only_when_no_key_matches(tmp_path: Path) -> None:
+    # "Called once per fingerprint mismatch": while a key in memory opens the file, the key
+    # file is not consulted (here it was rewritten without that key meanwhile).
+    key_file = tmp_path / "k.key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    source = crypto.FernetKeys(crypto.read_key_file(str(key_file)), path=str(key_file))
+    path = tmp_path / "c.bin"
+    _write(_store(path, source), "a")
+    key_file.write_text(generate_key() + "\n")
+    assert _names(_state(_store(path, source))) == {"a"}
+    assert source.keys == (KEY,)
