@@ -191,7 +191,8 @@ def test_a_redis_url_whose_password_holds_the_scheme_separator_is_still_redis() 
         UserCaches.from_url("redis://:pa://ss@127.0.0.1:1/0", key=KEY, table="tokens")
 
 
-def test_a_cluster_url_that_names_a_plain_redis_is_refused(redis_server: Any) -> None:
+def test_a_plain_redis_named_as_several_nodes_is_refused(redis_server: Any) -> None:
+    # (Not "cluster" in the name: the mutation run deselects -k cluster, the six-node tests.)
     with pytest.raises(StoreError, match="Redis Cluster"):
         UserCaches.from_url(redis_server.url, key=KEY, cluster=True, timeout=2)
 
