@@ -1,0 +1,627 @@
+"""Behaviours of the core (cache.py, locking.py, watch.py, files.py) that surviving mutants
+showed no test pinned down: group commit with a live leader (what one write holds, a
+malformed or stale follower change, the table of writer ids and its bound), followers
+whose leader never answers (bounded by the lock timeout, the lock never leaked), a
+leader whose write or fsync fails, a whole rewrite under contention, fork with locks
+held or awaited, and the messages and fsyncs of the file helpers.
+
+Each test uses real separate processes (tests/core_child.py) against a real cache file
+and counts from the outside: the journal records in the file, the entries present, the
+kernel's lock table (/proc/locks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from msal_keyring_cache import batch, build_cache, crypto
+from msal_keyring_cache.locking import CrossProcessLock
+from tests.core_child import entry, fields, refresh
+from tests.core_child import key as at
+from tests.helpers import PYTHON, ROOT, child_env
+
+group = pytest.mark.skipif(not batch.supported(), reason="group commit needs Linux")
+BATCH = "~batch"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _env(path: Path, secret: str, timeout: float = 60, **extra: str) -> dict[str, str]:
+    return child_env(
+        MSAL_KEYRING_CACHE_BACKEND="file",
+        MSAL_KEYRING_CACHE_PATH=str(path),
+        MSAL_KEYRING_CACHE_KEY=secret,
+        MSAL_KEYRING_CACHE_LOCK_TIMEOUT=str(timeout),
+        **extra,
+    )
+
+
+class Child:
+    """A tests.core_child process; its report lines are read as they come (never blocking
+    the test past a timeout, whatever the child does)."""
+
+    def __init__(self, env: dict[str, str], *ops: str, module: str = "tests.core_child") -> None:
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", module, *ops],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        self._queue: queue.Queue[Optional[str]] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_errors, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.strip())
+        self._queue.put(None)
+
+    def _read_errors(self) -> None:
+        assert self.proc.stderr is not None
+        self.errors.extend(self.proc.stderr)
+
+    def _stop(self) -> str:
+        self.proc.kill()
+        self.proc.wait()
+        for reader in self._readers:
+            reader.join(30)
+        return "".join(self.errors)[-3000:]
+
+    def until(self, prefix: str, timeout: float = 60) -> list[str]:
+        """Read lines until one starts with ``prefix``; that line's words."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError(f"no {prefix!r} in {self.lines}: {self._stop()}")
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line.split()
+
+    def role(self) -> tuple[str, str]:
+        words = self.until("role ")
+        return words[1], words[2]
+
+    def send(self, line: str = "go") -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 60) -> list[list[str]]:
+        """Wait for the exit; the report lines of every op (``ok``/``error``)."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"child hung: {self.lines} {self._stop()}") from None
+        for reader in self._readers:
+            reader.join(30)
+        while True:
+            line = self._queue.get_nowait() if not self._queue.empty() else None
+            if line is None:
+                break
+            self.lines.append(line)
+        assert self.proc.returncode == 0, "".join(self.errors)[-3000:]
+        return [line.split() for line in self.lines if line.startswith(("ok ", "error "))]
+
+
+def _seed(path: Path, secret: str, doc: str) -> None:
+    """The file's first content: a whole snapshot (the journal records come after)."""
+    cache = build_cache("t", backend="file", path=str(path), key=secret)
+    cache.deserialize(doc)
+    cache.close()
+
+
+def _records(path: Path, secret: str) -> list[dict[str, Any]]:
+    """The journal records in the file, decrypted: one per physical append."""
+    blob = path.read_bytes()
+    header, token = crypto.parse_header(blob)
+    file_key = crypto.file_key(header, crypto.FernetKeys((secret,)))
+    start = blob.find(b"\n") + 1 + len(token) + 1
+    records, _ = crypto.split_records(blob, start)
+    return [json.loads(crypto.unseal(r, file_key, header, seq)) for seq, r in enumerate(records, 1)]
+
+
+def _state(path: Path, secret: str) -> dict[str, Any]:
+    cache = build_cache("t", backend="file", path=str(path), key=secret)
+    try:
+        cache.reload()
+        with cache._lock:
+            return json.loads(cache._dump())  # with the library's own table of ids
+    finally:
+        cache.close()
+
+
+def _lock(path: Path, timeout: float = 10) -> CrossProcessLock:
+    return CrossProcessLock(str(path) + ".lock", timeout)
+
+
+def _blocked_on(lock_file: str) -> int:
+    """How many flock waiters the kernel has queued on ``lock_file`` (/proc/locks)."""
+    inode = os.stat(lock_file).st_ino
+    count = 0
+    with open("/proc/locks") as table:
+        for line in table:
+            words = line.split()
+            blocked = "->" in words and words[words.index("->") + 1] == "FLOCK"
+            if blocked and words[-3].rsplit(":", 1)[-1] == str(inode):
+                count += 1
+    return count
+
+
+def _until_blocked(lock_file: str, waiters: int = 1, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _blocked_on(lock_file) < waiters:
+        assert time.monotonic() < deadline, "nobody queued for the lock"
+        time.sleep(0.01)
+
+
+@contextmanager
+def _listener(path: Path, listen: bool = True) -> Iterator[list[socket.socket]]:
+    """Someone of the same user holding the group's name, never answering (or, with
+    ``listen=False``, bound without accepting: every connection is refused)."""
+    with _lock(path):
+        pass  # the lock file exists: the group's name derives from it
+    name = batch.address(str(path) + ".lock")
+    assert name is not None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(name)
+    kept: list[socket.socket] = []
+    if listen:
+        sock.listen(16)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                kept.append(conn)
+
+        threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield kept
+    finally:
+        sock.close()
+        for conn in kept:
+            conn.close()
+
+
+def _send_raw(path: Path, ident: str, body: bytes) -> socket.socket:
+    """A hand-made follower: sends ``body`` as its change to the group's leader."""
+    name = batch.address(str(path) + ".lock")
+    assert name is not None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(name)
+    message = ident.encode() + body
+    sock.sendall(struct.pack(">I", len(message)) + message)
+    return sock
+
+
+def _ok(reports: list[list[str]]) -> None:
+    assert [r[0] for r in reports] == ["ok"] * len(reports), reports
+
+
+# -- a live leader -------------------------------------------------------------------------
+
+OLD_IDS = [f"{i:032x}" for i in range(512)]  # a full table of earlier writers' ids
+
+
+@group
+def test_a_live_leader_writes_every_follower_change_in_one_record(
+    cache_path: Path, key: str
+) -> None:
+    # The file holds "seed" and "gone", and a full table of earlier writers' ids.
+    seed = json.loads(entry("seed", "gone"))
+    seed[BATCH] = {ident: {} for ident in OLD_IDS}
+    _seed(cache_path, key, json.dumps(seed))
+    env = _env(cache_path, key)
+    mine = build_cache("t", backend="file", path=str(cache_path), key=key)
+    with mine.store.lock():  # everyone meets a busy lock
+        leader = Child(env, "merge:lead")
+        assert leader.role()[0] == "leader"
+        followers = {
+            "new": Child(env, "merge:new"),
+            "fresh-delete": Child(env, "delete:seed"),
+            "stale-add": Child(env, "merge:dup"),
+            "stale-delete": Child(env, "delete:gone"),
+            "other-kind": Child(env, "rt:r1"),
+        }
+        ids = {}
+        for name, child in followers.items():
+            role, ids[name] = child.role()
+            assert role == "follower"
+        # Meanwhile (this process holds the lock) the same "dup" is added and "gone"
+        # deleted here: two followers' changes are stale, already in the store.
+        mine.merge(entry("dup"))
+        mine.modify("AccessToken", fields("gone"), None)
+        # The followers wait past their first grace and find the lock busy.
+        time.sleep(1.5)
+    _ok(leader.finish())
+    for child in followers.values():
+        _ok(child.finish())
+    mine.close()
+    records = _records(cache_path, key)
+    assert len(records) == 3  # ours (2), then the leader's one write for all six
+    assert records[-1] == {
+        "AccessToken": {at("lead"): fields("lead"), at("new"): fields("new"), at("seed"): None},
+        "RefreshToken": {"rt-r1": refresh("r1")},
+        # every follower's id; the oldest ids dropped to keep 512
+        BATCH: {**dict.fromkeys(OLD_IDS[:5]), **{i: {} for i in ids.values()}},
+    }  # fmt: skip
+    state = _state(cache_path, key)
+    assert set(state["AccessToken"]) == {at(n) for n in ("lead", "new", "dup")}
+    assert set(state["RefreshToken"]) == {"rt-r1"}
+    assert list(state[BATCH])[:507] == OLD_IDS[5:]  # the oldest went first
+    assert set(list(state[BATCH])[507:]) == set(ids.values())
+
+
+@group
+def test_a_leader_refuses_malformed_changes_and_still_writes_its_own(
+    cache_path: Path, key: str
+) -> None:
+    _seed(cache_path, key, entry("seed"))
+    with _lock(cache_path):
+        leader = Child(_env(cache_path, key), "merge:lead")
+        assert leader.role()[0] == "leader"
+        bodies = [b"not json", b'{"AccessToken": 5}', b'{"AccessToken": {"k": 5}}', b"[1]"]
+        bad = [_send_raw(cache_path, f"{i:032x}", body) for i, body in enumerate(bodies)]
+    answers = [sock.recv(1) for sock in bad]
+    for sock in bad:
+        sock.close()
+    _ok(leader.finish())
+    assert answers == [b"-"] * len(bodies)  # "not written": never a false "+"
+    assert _records(cache_path, key) == [{"AccessToken": {at("lead"): fields("lead")}}]
+
+
+# -- followers whose leader never answers ----------------------------------------------------
+
+
+@group
+@pytest.mark.parametrize("listen", [True, False], ids=["silent-leader", "no-group"])
+def test_a_waiting_writer_gives_up_at_its_lock_timeout(
+    cache_path: Path, key: str, listen: bool
+) -> None:
+    _seed(cache_path, key, entry("seed"))
+    with _listener(cache_path, listen), _lock(cache_path):  # held until the writer exits
+        child = Child(_env(cache_path, key, timeout=2), "merge:f")
+        role = child.role()[0]
+        reports = child.finish(timeout=30)
+    assert role == ("follower" if listen else "alone")
+    ((verb, _, error, took),) = reports
+    assert (verb, error) == ("error", "LockTimeoutError")
+    assert float(took) < 2 + 1.5  # the lock timeout bounds the whole call
+    assert _records(cache_path, key) == []
+    assert set(_state(cache_path, key)["AccessToken"]) == {at("seed")}
+
+
+@group
+def test_with_a_short_lock_timeout_a_contended_write_fails_in_time(
+    cache_path: Path, key: str
+) -> None:
+    _seed(cache_path, key, entry("seed"))
+    with _listener(cache_path), _lock(cache_path):
+        child = Child(_env(cache_path, key, timeout=0.1), "merge:f", "replace:a")
+        reports = child.finish(timeout=30)
+    assert [(r[0], r[1], r[2]) for r in reports] == [
+        ("error", "merge:f", "LockTimeoutError"),  # a follower of a silent leader
+        ("error", "replace:a", "LockTimeoutError"),  # a whole rewrite, alone
+    ]
+    # Within the timeout (+ slack): not the follower's grace or poll interval (1 s).
+    assert all(float(r[3]) < 0.8 for r in reports), reports
+
+
+@group
+def test_a_waiting_writer_reports_a_lock_path_that_became_unusable(
+    cache_path: Path, key: str
+) -> None:
+    _seed(cache_path, key, entry("seed"))
+    lock_file = str(cache_path) + ".lock"
+    with _listener(cache_path), _lock(cache_path):
+        child = Child(_env(cache_path, key, timeout=10), "merge:f")
+        assert child.role()[0] == "follower"
+        os.rename(lock_file, lock_file + ".old")
+        os.mkdir(lock_file)  # what its next try of the lock finds
+        reports = child.finish(timeout=30)
+    assert [(r[0], r[2]) for r in reports] == [("error", "ConfigError")]  # never a silent "ok"
+    assert set(_state(cache_path, key)["AccessToken"]) == {at("seed")}
+
+
+@group
+def test_a_follower_of_a_silent_leader_writes_itself_when_the_lock_frees(
+    cache_path: Path, key: str
+) -> None:
+    _seed(cache_path, key, entry("seed"))
+    env = _env(cache_path, key, timeout=30, CORE_FSYNC_FAILS="1")
+    with _listener(cache_path):
+        with _lock(cache_path):
+            child = Child(env, "merge:f", "merge:g", "wait")
+            assert child.role()[0] == "follower"
+            time.sleep(1.5)  # past its grace: it tries the lock now and then, busy
+        child.until("waiting")
+        with _lock(cache_path, timeout=5):  # it did not keep the lock
+            pass
+        child.send()
+        reports = child.finish()
+    # Its first write's fsync failed: the caller was told, and the next write stored all.
+    assert [(r[0], r[1]) for r in reports] == [
+        ("error", "merge:f"),
+        ("ok", "merge:g"),
+        ("ok", "wait"),
+    ]
+    assert reports[0][2] == "StoreError"
+    assert set(_state(cache_path, key)["AccessToken"]) == {at("seed"), at("f"), at("g")}
+
+
+# -- a leader whose write fails ----------------------------------------------------------------
+
+
+@group
+def test_a_leader_whose_append_fails_lets_its_followers_write_and_keeps_only_its_own(
+    cache_path: Path, key: str
+) -> None:
+    _seed(cache_path, key, entry("seed"))
+    with _lock(cache_path):
+        leader = Child(
+            _env(cache_path, key, CORE_APPEND_FAILS="1"), "merge:lead", "wait", "merge:lead2"
+        )
+        assert leader.role()[0] == "leader"
+        follower = Child(_env(cache_path, key), "merge:f")
+        assert follower.role()[0] == "follower"
+    _ok(follower.finish())  # told "not written": it wrote its change itself
+    leader.until("waiting")
+    leader.send()
+    reports = leader.finish()
+    assert [(r[0], r[1]) for r in reports] == [
+        ("error", "merge:lead"),
+        ("ok", "wait"),
+        ("ok", "merge:lead2"),
+    ]
+    assert reports[0][2] == "StoreError"  # the injected failure, nothing else
+    assert _records(cache_path, key) == [
+        {"AccessToken": {at("f"): fields("f")}},
+        {"AccessToken": {at("lead"): fields("lead"), at("lead2"): fields("lead2")}},
+    ]
+
+
+@group
+def test_a_leader_whose_fsync_fails_says_so_and_loses_nothing(cache_path: Path, key: str) -> None:
+    _seed(cache_path, key, entry("seed"))
+    with _lock(cache_path):
+        leader = Child(
+            _env(cache_path, key, CORE_FSYNC_FAILS="1"), "merge:lead", "wait", "merge:lead2"
+        )
+        assert leader.role()[0] == "leader"
+        follower = Child(_env(cache_path, key), "merge:f")
+        assert follower.role()[0] == "follower"
+    _ok(follower.finish())
+    leader.until("waiting")
+    leader.send()
+    reports = leader.finish()
+    assert [(r[0], r[1]) for r in reports] == [
+        ("error", "merge:lead"),
+        ("ok", "wait"),
+        ("ok", "merge:lead2"),
+    ]
+    assert reports[0][2] == "StoreError"
+    state = _state(cache_path, key)
+    assert set(state["AccessToken"]) == {at(n) for n in ("seed", "lead", "f", "lead2")}
+
+
+# -- fork ----------------------------------------------------------------------------------------
+
+
+def _fork_child(mode: str, path: Path, env: Optional[dict[str, str]] = None) -> Child:
+    return Child(env or child_env(), mode, str(path), module="tests.fork_child")
+
+
+def _take_while_the_forked_child_lives(child: Child, lock_file: Path) -> None:
+    """SIGKILL the parent holding the lock: the lock is free though its forked child lives."""
+    child.proc.send_signal(signal.SIGKILL)
+    child.proc.wait(30)
+    try:
+        with CrossProcessLock(str(lock_file), 5):
+            pass  # a holder that died frees the lock: the child kept no copy of it
+    finally:
+        assert child.proc.stdin is not None
+        child.proc.stdin.close()  # the forked child exits
+
+
+def test_a_forked_child_neither_holds_nor_keeps_its_parents_lock(tmp_path: Path) -> None:
+    lock_file = tmp_path / "held.lock"
+    child = _fork_child("held", lock_file)
+    seen = {" ".join(child.until("")) for _ in range(2)}
+    assert seen == {"child refused", "forked"}  # it waits its turn like any other process
+    _take_while_the_forked_child_lives(child, lock_file)
+
+
+def test_a_forked_child_keeps_no_copy_of_a_lock_its_parent_awaits(tmp_path: Path) -> None:
+    lock_file = tmp_path / "awaited.lock"
+    with CrossProcessLock(str(lock_file), 5):
+        child = _fork_child("awaited", lock_file)
+        child.until("child")
+        child.until("attaching")
+    child.until("held")  # through the wait it had before the fork
+    _take_while_the_forked_child_lives(child, lock_file)
+
+
+def test_a_forked_child_writes_though_a_parent_thread_held_the_cache(
+    cache_path: Path, key: str
+) -> None:
+    child = _fork_child("cache", cache_path, _env(cache_path, key))
+    assert child.until("")[0] in ("0", "1", "hung")
+    assert child.lines[-1] == "0"  # it wrote (not hung on a lock its parent's thread held)
+    assert set(_state(cache_path, key)["AccessToken"]) == {at("parent"), at("child")}
+
+
+# -- reads and merges --------------------------------------------------------------------------
+
+
+def test_find_sees_another_writers_entries_and_filters_as_msal(cache_path: Path, key: str) -> None:
+    writer = build_cache("t", backend="file", path=str(cache_path), key=key)
+    reader = build_cache("t", backend="file", path=str(cache_path), key=key)
+    reader.serialize()  # loaded while still empty
+    entries = {}
+    for target, client in (("a", "c"), ("b", "c"), ("a", "other")):
+        entries[f"-127.0.0.1-accesstoken-{client}-t-{target}"] = dict(
+            fields(target), client_id=client
+        )
+    writer.merge(json.dumps({"AccessToken": entries}))
+    with pytest.warns(
+        DeprecationWarning, match="search"
+    ):  # msal deprecates find() for list(search())
+        found = reader.find("AccessToken", ["a"], query={"client_id": "c"})
+    assert found == [entries["-127.0.0.1-accesstoken-c-t-a"]]
+    writer.close()
+    reader.close()
+
+
+def test_merge_replaces_what_is_not_an_entry_in_the_store(cache_path: Path, key: str) -> None:
+    # Another program left a section that is not a table and an entry that is not an
+    # object: merge replaces both (they carry no time, so anything valid is newer).
+    writer = build_cache("t", backend="file", path=str(cache_path), key=key)
+    with writer.store.lock():
+        writer.store.save(
+            json.dumps({"AccessToken": {at("k"): "junk"}, "RefreshToken": 7}).encode()
+        )
+    writer.close()
+    cache = build_cache("t", backend="file", path=str(cache_path), key=key)
+    incoming = {"AccessToken": {at("k"): fields("k")}, "RefreshToken": {"rt-r": refresh("r")}}
+    assert cache.merge(json.dumps(incoming)) == 2
+    assert {k: v for k, v in json.loads(cache.serialize()).items() if v} == incoming
+    cache.close()
+
+
+# -- file helpers ------------------------------------------------------------------------------
+
+
+def test_moving_a_damaged_file_aside_fsyncs_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from msal_keyring_cache import files
+
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def observed(fd: int) -> None:  # the real fsync, noting which file it made durable
+        synced.append(os.fstat(fd).st_ino)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", observed)
+    directory = tmp_path / "d"
+    directory.mkdir()
+    (directory / "bad").write_bytes(b"x")
+    files.move_aside(str(directory / "bad"), "a test")
+    assert synced == [directory.stat().st_ino]  # the rename is durable
+    monkeypatch.chdir(directory)  # a bare name: the current directory
+    (directory / "bad2").write_bytes(b"y")
+    synced.clear()
+    assert files.move_aside("bad2", "a test")
+    assert synced == [directory.stat().st_ino]
+    assert sorted(p.name.split(".corrupt-")[0] for p in directory.iterdir()) == ["bad", "bad2"]
+
+
+def test_a_lock_the_user_may_not_create_says_to_check_permissions() -> None:
+    from tests.helpers import require
+
+    require(os.getuid() == 0, "needs root to try the lock as another user")
+    place = Path(tempfile.mkdtemp(prefix="mkc-perm-"))  # under /tmp, which others can reach
+    try:
+        _lock_as_another_user(place)
+    finally:
+        shutil.rmtree(place)
+
+
+def _lock_as_another_user(place: Path) -> None:
+    (place / "theirs").mkdir()
+    for directory in (place, place / "theirs"):
+        os.chmod(directory, 0o755)  # noqa: S103 - others may look, not write
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other user
+        message = b""
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            CrossProcessLock(str(place / "theirs" / "x.lock"), 1).acquire()
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}".encode()
+        finally:
+            os.write(w, message)
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as got:
+        message = got.read().decode()
+    assert message.startswith("StoreError: Cannot open the token-cache lock"), message
+    assert "Permission denied" in message
+    assert (
+        "check the owner and permissions of the file and its directory, or point the cache "
+        "at a location you own (MSAL_KEYRING_CACHE_PATH)"
+    ) in message
+
+
+# -- a whole rewrite under contention ------------------------------------------------------------
+
+
+@pytest.mark.secret_service
+def test_a_whole_rewrite_waits_for_a_busy_lock_then_writes(
+    tmp_path: Path, use_secret_service: Any
+) -> None:
+    # The keyring store's lock is the plain CrossProcessLock (the file store wraps it).
+    path = tmp_path / "data" / "token_cache.bin"
+    cache = build_cache("msal-keyring-cache-tests", path=str(path), lock_timeout=30)
+    assert cache.backend_info.backend == "keyring"
+    cache.merge(entry("seed"))
+    lock_file = cache.store.describe().lock_file
+    failures: list[BaseException] = []
+
+    def rewrite() -> None:
+        try:
+            cache.deserialize(entry("a", "b"))
+        except BaseException as exc:
+            failures.append(exc)
+
+    with CrossProcessLock(lock_file, 10):
+        writer = threading.Thread(target=rewrite)
+        writer.start()
+        _until_blocked(lock_file)  # it waits in the kernel for this process's lock
+    writer.join(60)
+    assert not writer.is_alive()
+    assert failures == []
+    with CrossProcessLock(lock_file, 5):
+        pass  # and it let the lock go
+    reader = build_cache("msal-keyring-cache-tests", path=str(path))
+    assert set(json.loads(reader.serialize())["AccessToken"]) == {at("a"), at("b")}
+    reader.close()
+    cache.close()
