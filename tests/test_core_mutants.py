@@ -522,6 +522,14 @@ def test_merge_replaces_what_is_not_an_entry_in_the_store(cache_path: Path, key:
     cache.close()
 
 
+def test_merge_takes_a_new_entry_whatever_its_time(cache_path: Path, key: str) -> None:
+    cache = build_cache("t", backend="file", path=str(cache_path), key=key)
+    odd = dict(refresh("odd"), last_modification_time="-5")  # int() takes it, as msal does
+    assert cache.merge(json.dumps({"RefreshToken": {"rt-odd": odd}})) == 1
+    assert json.loads(cache.serialize())["RefreshToken"] == {"rt-odd": odd}
+    cache.close()
+
+
 # -- file helpers ------------------------------------------------------------------------------
 
 
@@ -625,3 +633,23 @@ def test_a_whole_rewrite_waits_for_a_busy_lock_then_writes(
     assert set(json.loads(reader.serialize())["AccessToken"]) == {at("a"), at("b")}
     reader.close()
     cache.close()
+
+
+def test_an_immutable_lock_file_says_to_check_permissions(tmp_path: Path) -> None:
+    from msal_keyring_cache import StoreError
+    from tests.helpers import require, require_tool
+
+    require_tool("chattr")
+    require(os.getuid() == 0, "needs root to make a file immutable")
+    lock_file = tmp_path / "x.lock"
+    lock_file.touch()
+    done = subprocess.run(["chattr", "+i", str(lock_file)], capture_output=True, check=False)
+    require(done.returncode == 0, "this file system cannot make a file immutable")
+    try:
+        with pytest.raises(StoreError) as caught:
+            CrossProcessLock(str(lock_file), 1).acquire()
+    finally:
+        subprocess.run(["chattr", "-i", str(lock_file)], check=False)
+    assert str(caught.value).endswith(
+        ": Operation not permitted; check the owner and permissions of the file and its directory."
+    )
