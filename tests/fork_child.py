@@ -8,6 +8,9 @@ usage: python -m tests.fork_child MODE LOCK_PATH
             waits for it; fork; the child says "child" and lives until its stdin
             closes; the parent waits for the lock again (through the same helper: it
             says "attaching" then), says "held" once it has it and waits on stdin
+  handover  a thread is inside the lock's hand-over (holds its condition) when the
+            process forks; it finishes a step 0.5 s after the fork began; the child
+            says "steps N": how many steps it inherited (1: the fork waited for it)
   cache     (MSAL_KEYRING_CACHE_* settings) a thread holds the cache's in-process lock
             while the process forks; the child writes one entry ("child") and exits; the
             parent prints the child's exit code, or "hung"
@@ -62,6 +65,28 @@ def main(mode: str, path: str) -> int:
         thread.join()
         print("held", flush=True)
         sys.stdin.readline()
+        return 0
+    if mode == "handover":
+        lock = CrossProcessLock(path, 5)
+        inside, forking, steps = threading.Event(), threading.Event(), []
+        os.register_at_fork(before=forking.set)  # runs before the library's own hook
+
+        def hand_over() -> None:
+            with lock._cond:
+                inside.set()
+                forking.wait()
+                time.sleep(0.5)
+                steps.append(1)
+
+        thread = threading.Thread(target=hand_over)
+        thread.start()
+        inside.wait()
+        pid = os.fork()
+        if pid == 0:
+            print("steps", len(steps), flush=True)
+            os._exit(0)
+        thread.join()
+        os.waitpid(pid, 0)
         return 0
     if mode == "cache":
         from tests.core_child import entry

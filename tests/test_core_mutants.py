@@ -475,6 +475,12 @@ def test_a_forked_child_keeps_no_copy_of_a_lock_its_parent_awaits(tmp_path: Path
     _take_while_the_forked_child_lives(child, lock_file)
 
 
+def test_fork_waits_for_a_lock_hand_over_in_progress(tmp_path: Path) -> None:
+    child = _fork_child("handover", tmp_path / "x.lock")
+    assert child.until("steps") == ["steps", "1"]  # never a half-done hand-over in the child
+    child.finish()
+
+
 def test_a_forked_child_writes_though_a_parent_thread_held_the_cache(
     cache_path: Path, key: str
 ) -> None:
