@@ -12,6 +12,7 @@ kernel's lock table (/proc/locks).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -178,20 +179,26 @@ def _blocked_on(lock_file: str) -> int:
     return count
 
 
-def _until_blocked(lock_file: str, waiters: int = 1, timeout: float = 60) -> None:
+def _until_blocked(
+    lock_file: str, waiters: int = 1, timeout: float = 60, writer: Optional[threading.Thread] = None
+) -> None:
     deadline = time.monotonic() + timeout
     while _blocked_on(lock_file) < waiters:
+        assert writer is None or writer.is_alive(), "the writer ended without waiting"
         assert time.monotonic() < deadline, "nobody queued for the lock"
         time.sleep(0.01)
 
 
 @contextmanager
-def _listener(path: Path, listen: bool = True) -> Iterator[list[socket.socket]]:
+def _listener(
+    path: Path, listen: bool = True, lock_file: str = ""
+) -> Iterator[list[socket.socket]]:
     """Someone of the same user holding the group's name, never answering (or, with
     ``listen=False``, bound without accepting: every connection is refused)."""
-    with _lock(path):
+    lock_file = lock_file or str(path) + ".lock"
+    with CrossProcessLock(lock_file, 10):
         pass  # the lock file exists: the group's name derives from it
-    name = batch.address(str(path) + ".lock")
+    name = batch.address(lock_file)
     assert name is not None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(name)
@@ -609,34 +616,47 @@ def _lock_as_another_user(place: Path) -> None:
 
 
 @pytest.mark.secret_service
-def test_a_whole_rewrite_waits_for_a_busy_lock_then_writes(
-    tmp_path: Path, use_secret_service: Any
+@pytest.mark.parametrize("how", ["rewrite", "leader", "no-group"])
+def test_a_keyring_write_waits_for_a_busy_lock_then_writes(
+    tmp_path: Path, use_secret_service: Any, how: str
 ) -> None:
-    # The keyring store's lock is the plain CrossProcessLock (the file store wraps it).
+    # The keyring store's lock is the plain CrossProcessLock (the file store wraps it): a
+    # whole rewrite (alone), a group's leader, and a writer that finds no group (its name
+    # taken by someone who does not listen) each wait in the kernel, then write.
     path = tmp_path / "data" / "token_cache.bin"
     cache = build_cache("msal-keyring-cache-tests", path=str(path), lock_timeout=30)
     assert cache.backend_info.backend == "keyring"
-    cache.merge(entry("seed"))
+    mine = [f"{name}-{os.urandom(4).hex()}" for name in ("seed", "a", "b")]  # (a shared keyring)
+    cache.merge(entry(mine[0]))
     lock_file = cache.store.describe().lock_file
     failures: list[BaseException] = []
 
-    def rewrite() -> None:
+    def write() -> None:
         try:
-            cache.deserialize(entry("a", "b"))
+            if how == "rewrite":
+                cache.deserialize(entry(*mine[1:]))
+            else:
+                cache.merge(entry(mine[1]))
         except BaseException as exc:
             failures.append(exc)
 
-    with CrossProcessLock(lock_file, 10):
-        writer = threading.Thread(target=rewrite)
-        writer.start()
-        _until_blocked(lock_file)  # it waits in the kernel for this process's lock
-    writer.join(60)
-    assert not writer.is_alive()
+    squatter = _listener(path, listen=False, lock_file=lock_file)
+    with squatter if how == "no-group" else contextlib.nullcontext():
+        with CrossProcessLock(lock_file, 10):
+            writer = threading.Thread(target=write)
+            writer.start()
+            _until_blocked(lock_file, writer=writer)  # it waits in the kernel for our lock
+        writer.join(60)
     assert failures == []
+    assert not writer.is_alive()
     with CrossProcessLock(lock_file, 5):
         pass  # and it let the lock go
     reader = build_cache("msal-keyring-cache-tests", path=str(path))
-    assert set(json.loads(reader.serialize())["AccessToken"]) == {at("a"), at("b")}
+    stored = set(json.loads(reader.serialize())["AccessToken"])
+    if how == "rewrite":
+        assert stored == {at(n) for n in mine[1:]}
+    else:
+        assert {at(n) for n in mine[:2]} <= stored
     reader.close()
     cache.close()
 
