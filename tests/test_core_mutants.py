@@ -679,3 +679,20 @@ def test_an_immutable_lock_file_says_to_check_permissions(tmp_path: Path) -> Non
     assert str(caught.value).endswith(
         ": Operation not permitted; check the owner and permissions of the file and its directory."
     )
+
+
+def test_a_lock_on_a_read_only_file_system_says_so(tmp_path: Path) -> None:
+    from msal_keyring_cache import StoreError
+    from tests.helpers import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "ro") as mnt:
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,ro", str(mnt)], capture_output=True, check=False
+        )
+        assert remounted.returncode == 0, remounted.stderr
+        with pytest.raises(StoreError) as caught:
+            CrossProcessLock(str(mnt / "new.lock"), 1).acquire()
+    assert str(caught.value).endswith(
+        ": Read-only file system; the file system is read-only: point the cache at a writable "
+        "location (MSAL_KEYRING_CACHE_PATH)."
+    )
