@@ -13,6 +13,7 @@ kernel's lock table (/proc/locks).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import queue
@@ -31,7 +32,14 @@ from typing import Any, Optional
 
 import pytest
 
-from msal_keyring_cache import batch, build_cache, crypto
+from msal_keyring_cache import (
+    ConfigError,
+    LockTimeoutError,
+    StoreError,
+    batch,
+    build_cache,
+    crypto,
+)
 from msal_keyring_cache.locking import CrossProcessLock
 from tests.core_child import entry, fields, refresh
 from tests.core_child import key as at
@@ -239,24 +247,76 @@ def _ok(reports: list[list[str]]) -> None:
     assert [r[0] for r in reports] == ["ok"] * len(reports), reports
 
 
-# -- a live leader -------------------------------------------------------------------------
+# -- a live leader ---------------------------------------------------------------------------
+#
+# The leader, or the follower under test, runs in this process (on a thread): mutmut tracks
+# which tests reach a function in the test's own process only, and the mutant is active in
+# the child processes too (they inherit its environment).
 
 OLD_IDS = [f"{i:032x}" for i in range(512)]  # a full table of earlier writers' ids
 
 
+class Writer(threading.Thread):
+    """One write in this process, on a thread: its exception and how long it took."""
+
+    def __init__(self, write: Any) -> None:
+        super().__init__(daemon=True)
+        self.write = write
+        self.error: Optional[BaseException] = None
+        self.took = -1.0
+        self.start()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            self.write()
+        except BaseException as exc:
+            self.error = exc
+        self.took = time.monotonic() - started
+
+    def result(self, timeout: float = 60) -> Optional[BaseException]:
+        self.join(timeout)
+        assert not self.is_alive(), "the write did not return"
+        return self.error
+
+
+class Roles:
+    """The group-commit role of each write that met a busy lock in this process."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._seen: queue.Queue[str] = queue.Queue()
+        join = batch.join
+
+        def recording(meet: str, ident: str, change: bytes) -> Any:
+            role = join(meet, ident, change)
+            name = {batch.Leader: "leader", batch.Ticket: "follower"}.get(type(role), "alone")
+            self._seen.put(name)
+            return role
+
+        monkeypatch.setattr(batch, "join", recording)
+
+    def next(self, timeout: float = 60) -> str:
+        return self._seen.get(timeout=timeout)
+
+
+def _cache(path: Path, secret: str, timeout: float = 60) -> Any:
+    return build_cache("t", backend="file", path=str(path), key=secret, lock_timeout=timeout)
+
+
 @group
 def test_a_live_leader_writes_every_follower_change_in_one_record(
-    cache_path: Path, key: str
+    cache_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The file holds "seed" and "gone", and a full table of earlier writers' ids.
     seed = json.loads(entry("seed", "gone"))
     seed[BATCH] = {ident: {} for ident in OLD_IDS}
     _seed(cache_path, key, json.dumps(seed))
+    roles = Roles(monkeypatch)
     env = _env(cache_path, key)
-    mine = build_cache("t", backend="file", path=str(cache_path), key=key)
+    mine, lead = _cache(cache_path, key), _cache(cache_path, key)
     with mine.store.lock():  # everyone meets a busy lock
-        leader = Child(env, "merge:lead")
-        assert leader.role()[0] == "leader"
+        leader = Writer(lambda: lead.merge(entry("lead")))
+        assert roles.next() == "leader"
         followers = {
             "new": Child(env, "merge:new"),
             "fresh-delete": Child(env, "delete:seed"),
@@ -274,10 +334,11 @@ def test_a_live_leader_writes_every_follower_change_in_one_record(
         mine.modify("AccessToken", fields("gone"), None)
         # The followers wait past their first grace and find the lock busy.
         time.sleep(1.5)
-    _ok(leader.finish())
+    assert leader.result() is None
     for child in followers.values():
         _ok(child.finish())
     mine.close()
+    lead.close()
     records = _records(cache_path, key)
     assert len(records) == 3  # ours (2), then the leader's one write for all six
     assert records[-1] == {
@@ -285,7 +346,7 @@ def test_a_live_leader_writes_every_follower_change_in_one_record(
         "RefreshToken": {"rt-r1": refresh("r1")},
         # every follower's id; the oldest ids dropped to keep 512
         BATCH: {**dict.fromkeys(OLD_IDS[:5]), **{i: {} for i in ids.values()}},
-    }  # fmt: skip
+    }
     state = _state(cache_path, key)
     assert set(state["AccessToken"]) == {at(n) for n in ("lead", "new", "dup")}
     assert set(state["RefreshToken"]) == {"rt-r1"}
@@ -295,39 +356,43 @@ def test_a_live_leader_writes_every_follower_change_in_one_record(
 
 @group
 def test_a_leader_refuses_malformed_changes_and_still_writes_its_own(
-    cache_path: Path, key: str
+    cache_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _seed(cache_path, key, entry("seed"))
+    roles = Roles(monkeypatch)
+    lead = _cache(cache_path, key)
     with _lock(cache_path):
-        leader = Child(_env(cache_path, key), "merge:lead")
-        assert leader.role()[0] == "leader"
+        leader = Writer(lambda: lead.merge(entry("lead")))
+        assert roles.next() == "leader"
         bodies = [b"not json", b'{"AccessToken": 5}', b'{"AccessToken": {"k": 5}}', b"[1]"]
         bad = [_send_raw(cache_path, f"{i:032x}", body) for i, body in enumerate(bodies)]
     answers = [sock.recv(1) for sock in bad]
     for sock in bad:
         sock.close()
-    _ok(leader.finish())
+    assert leader.result() is None
+    lead.close()
     assert answers == [b"-"] * len(bodies)  # "not written": never a false "+"
     assert _records(cache_path, key) == [{"AccessToken": {at("lead"): fields("lead")}}]
 
 
-# -- followers whose leader never answers ----------------------------------------------------
+# -- writers whose leader never answers ----------------------------------------------------------
 
 
 @group
 @pytest.mark.parametrize("listen", [True, False], ids=["silent-leader", "no-group"])
 def test_a_waiting_writer_gives_up_at_its_lock_timeout(
-    cache_path: Path, key: str, listen: bool
+    cache_path: Path, key: str, listen: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _seed(cache_path, key, entry("seed"))
-    with _listener(cache_path, listen), _lock(cache_path):  # held until the writer exits
-        child = Child(_env(cache_path, key, timeout=2), "merge:f")
-        role = child.role()[0]
-        reports = child.finish(timeout=30)
-    assert role == ("follower" if listen else "alone")
-    ((verb, _, error, took),) = reports
-    assert (verb, error) == ("error", "LockTimeoutError")
-    assert float(took) < 2 + 1.5  # the lock timeout bounds the whole call
+    roles = Roles(monkeypatch)
+    cache = _cache(cache_path, key, timeout=2)
+    with _listener(cache_path, listen), _lock(cache_path):  # held until the writer returns
+        writer = Writer(lambda: cache.merge(entry("f")))
+        error = writer.result(30)
+    assert roles.next() == ("follower" if listen else "alone")
+    assert isinstance(error, LockTimeoutError), error
+    assert writer.took < 2 + 1.5  # the lock timeout bounds the whole call
+    cache.close()
     assert _records(cache_path, key) == []
     assert set(_state(cache_path, key)["AccessToken"]) == {at("seed")}
 
@@ -337,115 +402,120 @@ def test_with_a_short_lock_timeout_a_contended_write_fails_in_time(
     cache_path: Path, key: str
 ) -> None:
     _seed(cache_path, key, entry("seed"))
+    cache = _cache(cache_path, key, timeout=0.1)
     with _listener(cache_path), _lock(cache_path):
-        child = Child(_env(cache_path, key, timeout=0.1), "merge:f", "replace:a")
-        reports = child.finish(timeout=30)
-    assert [(r[0], r[1], r[2]) for r in reports] == [
-        ("error", "merge:f", "LockTimeoutError"),  # a follower of a silent leader
-        ("error", "replace:a", "LockTimeoutError"),  # a whole rewrite, alone
-    ]
+        follower = Writer(lambda: cache.merge(entry("f")))  # a follower of a silent leader
+        follower.result(30)
+        alone = Writer(lambda: cache.deserialize(entry("a")))  # a whole rewrite, alone
+        alone.result(30)
+    cache.close()
+    assert isinstance(follower.error, LockTimeoutError), follower.error
+    assert isinstance(alone.error, LockTimeoutError), alone.error
     # Within the timeout (+ slack): not the follower's grace or poll interval (1 s).
-    assert all(float(r[3]) < 0.8 for r in reports), reports
+    assert follower.took < 0.8
+    assert alone.took < 0.8
 
 
 @group
 def test_a_waiting_writer_reports_a_lock_path_that_became_unusable(
-    cache_path: Path, key: str
+    cache_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _seed(cache_path, key, entry("seed"))
+    roles = Roles(monkeypatch)
+    cache = _cache(cache_path, key, timeout=10)
     lock_file = str(cache_path) + ".lock"
     with _listener(cache_path), _lock(cache_path):
-        child = Child(_env(cache_path, key, timeout=10), "merge:f")
-        assert child.role()[0] == "follower"
+        writer = Writer(lambda: cache.merge(entry("f")))
+        assert roles.next() == "follower"
         os.rename(lock_file, lock_file + ".old")
         os.mkdir(lock_file)  # what its next try of the lock finds
-        reports = child.finish(timeout=30)
-    assert [(r[0], r[2]) for r in reports] == [("error", "ConfigError")]  # never a silent "ok"
+        error = writer.result(30)
+    cache.close()
+    assert isinstance(error, ConfigError), error  # never a silent success
     assert set(_state(cache_path, key)["AccessToken"]) == {at("seed")}
 
 
 @group
 def test_a_follower_of_a_silent_leader_writes_itself_when_the_lock_frees(
-    cache_path: Path, key: str
+    cache_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _seed(cache_path, key, entry("seed"))
-    env = _env(cache_path, key, timeout=30, CORE_FSYNC_FAILS="1")
+    roles = Roles(monkeypatch)
+    cache = _cache(cache_path, key, timeout=30)
+    _fsync_fails_once(monkeypatch)
     with _listener(cache_path):
         with _lock(cache_path):
-            child = Child(env, "merge:f", "merge:g", "wait")
-            assert child.role()[0] == "follower"
+            writer = Writer(lambda: cache.merge(entry("f")))
+            assert roles.next() == "follower"
             time.sleep(1.5)  # past its grace: it tries the lock now and then, busy
-        child.until("waiting")
+        error = writer.result()
         with _lock(cache_path, timeout=5):  # it did not keep the lock
             pass
-        child.send()
-        reports = child.finish()
-    # Its first write's fsync failed: the caller was told, and the next write stored all.
-    assert [(r[0], r[1]) for r in reports] == [
-        ("error", "merge:f"),
-        ("ok", "merge:g"),
-        ("ok", "wait"),
-    ]
-    assert reports[0][2] == "StoreError"
+        cache.merge(entry("g"))  # the next write stores what the failed one kept pending
+    cache.close()
+    assert isinstance(error, StoreError), error  # its write's fsync failed: the caller is told
     assert set(_state(cache_path, key)["AccessToken"]) == {at("seed"), at("f"), at("g")}
+
+
+def _fsync_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    fsync, failed = os.fsync, []
+
+    def failing_once(fd: int) -> None:
+        if not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_once)
 
 
 # -- a leader whose write fails ----------------------------------------------------------------
 
 
 @group
-def test_a_leader_whose_append_fails_lets_its_followers_write_and_keeps_only_its_own(
-    cache_path: Path, key: str
+@pytest.mark.parametrize("fault", ["append", "fsync"])
+def test_a_leader_whose_write_fails_says_so_and_loses_nothing(
+    cache_path: Path, key: str, fault: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _seed(cache_path, key, entry("seed"))
+    roles = Roles(monkeypatch)
+    lead = _cache(cache_path, key)
+    if fault == "append":
+        append, failed = lead.store.append, []
+
+        def append_fails_once(*args: Any) -> None:
+            if not failed:
+                failed.append(1)
+                raise StoreError("injected: the disk is gone")
+            append(*args)
+
+        monkeypatch.setattr(lead.store, "append", append_fails_once)
+    else:
+        _fsync_fails_once(monkeypatch)
     with _lock(cache_path):
-        leader = Child(
-            _env(cache_path, key, CORE_APPEND_FAILS="1"), "merge:lead", "wait", "merge:lead2"
-        )
-        assert leader.role()[0] == "leader"
+        leader = Writer(lambda: lead.merge(entry("lead")))
+        assert roles.next() == "leader"
         follower = Child(_env(cache_path, key), "merge:f")
         assert follower.role()[0] == "follower"
-    _ok(follower.finish())  # told "not written": it wrote its change itself
-    leader.until("waiting")
-    leader.send()
-    reports = leader.finish()
-    assert [(r[0], r[1]) for r in reports] == [
-        ("error", "merge:lead"),
-        ("ok", "wait"),
-        ("ok", "merge:lead2"),
-    ]
-    assert reports[0][2] == "StoreError"  # the injected failure, nothing else
-    assert _records(cache_path, key) == [
-        {"AccessToken": {at("f"): fields("f")}},
-        {"AccessToken": {at("lead"): fields("lead"), at("lead2"): fields("lead2")}},
-    ]
-
-
-@group
-def test_a_leader_whose_fsync_fails_says_so_and_loses_nothing(cache_path: Path, key: str) -> None:
-    _seed(cache_path, key, entry("seed"))
-    with _lock(cache_path):
-        leader = Child(
-            _env(cache_path, key, CORE_FSYNC_FAILS="1"), "merge:lead", "wait", "merge:lead2"
-        )
-        assert leader.role()[0] == "leader"
-        follower = Child(_env(cache_path, key), "merge:f")
-        assert follower.role()[0] == "follower"
+    error = leader.result()
     _ok(follower.finish())
-    leader.until("waiting")
-    leader.send()
-    reports = leader.finish()
-    assert [(r[0], r[1]) for r in reports] == [
-        ("error", "merge:lead"),
-        ("ok", "wait"),
-        ("ok", "merge:lead2"),
-    ]
-    assert reports[0][2] == "StoreError"
+    lead.merge(entry("lead2"))  # stores what the failed call kept pending
+    lead.close()
+    assert isinstance(error, StoreError), error  # the injected failure, nothing else
+    if fault == "append":  # the follower, told "not written", wrote its change itself
+        assert _records(cache_path, key) == [
+            {"AccessToken": {at("f"): fields("f")}},
+            {"AccessToken": {at("lead"): fields("lead"), at("lead2"): fields("lead2")}},
+        ]
     state = _state(cache_path, key)
     assert set(state["AccessToken"]) == {at(n) for n in ("seed", "lead", "f", "lead2")}
 
 
 # -- fork ----------------------------------------------------------------------------------------
+#
+# The at-fork hooks run in the forked child; each test first runs its hook here too (the
+# same effect, observable in this process), so that mutmut's in-process call tracking
+# selects the test; the forked child then shows the real thing.
 
 
 def _fork_child(mode: str, path: Path, env: Optional[dict[str, str]] = None) -> Child:
@@ -464,8 +534,21 @@ def _take_while_the_forked_child_lives(child: Child, lock_file: Path) -> None:
         child.proc.stdin.close()  # the forked child exits
 
 
+def _reset_drops_a_held_lock(lock_file: Path) -> None:
+    """The child's reset, here: the holder's descriptor is closed and it holds nothing."""
+    lock = CrossProcessLock(str(lock_file), 5)
+    lock.acquire()
+    lock._reset_in_child()
+    assert not lock.held
+    with CrossProcessLock(str(lock_file), 1):  # its descriptor, the lock's only one, is closed
+        pass
+    lock.acquire(1)  # and it takes the lock anew, like any other process
+    lock.__exit__(None, None, None)
+
+
 def test_a_forked_child_neither_holds_nor_keeps_its_parents_lock(tmp_path: Path) -> None:
     lock_file = tmp_path / "held.lock"
+    _reset_drops_a_held_lock(lock_file)
     child = _fork_child("held", lock_file)
     seen = {" ".join(child.until("")) for _ in range(2)}
     assert seen == {"child refused", "forked"}  # it waits its turn like any other process
@@ -474,15 +557,38 @@ def test_a_forked_child_neither_holds_nor_keeps_its_parents_lock(tmp_path: Path)
 
 def test_a_forked_child_keeps_no_copy_of_a_lock_its_parent_awaits(tmp_path: Path) -> None:
     lock_file = tmp_path / "awaited.lock"
+    _reset_drops_a_held_lock(lock_file)
     with CrossProcessLock(str(lock_file), 5):
         child = _fork_child("awaited", lock_file)
-        child.until("child")
-        child.until("attaching")
+        seen = {child.until("")[0] for _ in range(2)}  # (two processes, either order)
+        assert seen == {"child", "attaching"}
     child.until("held")  # through the wait it had before the fork
     _take_while_the_forked_child_lives(child, lock_file)
 
 
 def test_fork_waits_for_a_lock_hand_over_in_progress(tmp_path: Path) -> None:
+    from msal_keyring_cache import locking
+
+    # Here: the hook before fork returns only once a hand-over in progress is done.
+    lock = CrossProcessLock(str(tmp_path / "here.lock"), 5)
+    inside, steps = threading.Event(), []
+
+    def hand_over() -> None:
+        with lock._cond:
+            inside.set()
+            time.sleep(0.5)
+            steps.append(1)
+
+    thread = threading.Thread(target=hand_over)
+    thread.start()
+    inside.wait()
+    locking._before_fork()
+    try:
+        assert steps == [1]
+    finally:
+        locking._after_fork_parent()
+        thread.join()
+    # In a real fork:
     child = _fork_child("handover", tmp_path / "x.lock")
     assert child.until("steps") == ["steps", "1"]  # never a half-done hand-over in the child
     child.finish()
@@ -491,10 +597,33 @@ def test_fork_waits_for_a_lock_hand_over_in_progress(tmp_path: Path) -> None:
 def test_a_forked_child_writes_though_a_parent_thread_held_the_cache(
     cache_path: Path, key: str
 ) -> None:
+    from msal_keyring_cache import cache as cache_module
+
+    # Here: after the hook, this thread writes though another thread holds the old lock.
+    cache = _cache(cache_path, key)
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with cache._lock:
+            holding.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait()
+    try:
+        cache_module._after_fork()
+        assert Writer(lambda: cache.merge(entry("here"))).result(30) is None
+    finally:
+        done.set()
+        thread.join()
+    cache.close()
+    # In a real fork:
     child = _fork_child("cache", cache_path, _env(cache_path, key))
     assert child.until("")[0] in ("0", "1", "hung")
     assert child.lines[-1] == "0"  # it wrote (not hung on a lock its parent's thread held)
-    assert set(_state(cache_path, key)["AccessToken"]) == {at("parent"), at("child")}
+    wanted = {at("here"), at("parent"), at("child")}
+    assert set(_state(cache_path, key)["AccessToken"]) == wanted
 
 
 # -- reads and merges --------------------------------------------------------------------------
@@ -576,7 +705,11 @@ def test_a_lock_the_user_may_not_create_says_to_check_permissions() -> None:
     from tests.helpers import require
 
     require(os.getuid() == 0, "needs root to try the lock as another user")
-    place = Path(tempfile.mkdtemp(prefix="mkc-perm-"))  # under /tmp, which others can reach
+    place = Path(tempfile.mkdtemp(prefix="mkc-perm-"))
+    with pytest.raises(ConfigError, match="is a directory; refusing to use it"):
+        CrossProcessLock(
+            str(place), 1
+        ).acquire()  # (here: a directory at the lock path)  # under /tmp, which others can reach
     try:
         _lock_as_another_user(place)
     finally:
