@@ -375,6 +375,32 @@ def test_a_leader_refuses_malformed_changes_and_still_writes_its_own(
     assert _records(cache_path, key) == [{"AccessToken": {at("lead"): fields("lead")}}]
 
 
+@group
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_follower_whose_leader_died_writes_its_change_exactly_once(
+    cache_path: Path, key: str, when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import batch_child
+
+    # The leader (a child) is SIGKILLed before its write, or after it (before answering):
+    # the follower here writes its change itself, or finds it written (its id is there).
+    _seed(cache_path, key, json.dumps({BATCH: {OLD_IDS[0]: {}}}))  # a table of ids exists
+    roles = Roles(monkeypatch)
+    follower_cache = _cache(cache_path, key)
+    with _lock(cache_path):
+        leader = Child(_env(cache_path, key, BATCH_NO_COMPACT="1"), "lead", when, "leader",
+                       module="tests.batch_child")  # fmt: skip
+        leader.until("role leader")
+        follower = Writer(lambda: follower_cache.merge(batch_child.entry("f")))
+        assert roles.next() == "follower"
+    assert follower.result() is None
+    leader.proc.wait(60)
+    assert leader.proc.returncode == -signal.SIGKILL
+    follower_cache.close()
+    written = [sorted(r.get("AccessToken", {})) for r in _records(cache_path, key)]
+    assert written == ([["f"]] if when == "before" else [["f", "leader"]])  # f once
+
+
 # -- writers whose leader never answers ----------------------------------------------------------
 
 
