@@ -285,11 +285,13 @@ class Roles:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self._seen: queue.Queue[str] = queue.Queue()
+        self.ids: list[str] = []
         join = batch.join
 
         def recording(meet: str, ident: str, change: bytes) -> Any:
             role = join(meet, ident, change)
             name = {batch.Leader: "leader", batch.Ticket: "follower"}.get(type(role), "alone")
+            self.ids.append(ident)
             self._seen.put(name)
             return role
 
@@ -313,7 +315,7 @@ def test_a_live_leader_writes_every_follower_change_in_one_record(
     _seed(cache_path, key, json.dumps(seed))
     roles = Roles(monkeypatch)
     env = _env(cache_path, key)
-    mine, lead = _cache(cache_path, key), _cache(cache_path, key)
+    mine, lead, here = (_cache(cache_path, key) for _ in range(3))
     with mine.store.lock():  # everyone meets a busy lock
         leader = Writer(lambda: lead.merge(entry("lead")))
         assert roles.next() == "leader"
@@ -328,6 +330,9 @@ def test_a_live_leader_writes_every_follower_change_in_one_record(
         for name, child in followers.items():
             role, ids[name] = child.role()
             assert role == "follower"
+        follower = Writer(lambda: here.merge(entry("here")))  # one in this process too
+        assert roles.next() == "follower"
+        ids["here"] = roles.ids[-1]
         # Meanwhile (this process holds the lock) the same "dup" is added and "gone"
         # deleted here: two followers' changes are stale, already in the store.
         mine.merge(entry("dup"))
@@ -335,23 +340,31 @@ def test_a_live_leader_writes_every_follower_change_in_one_record(
         # The followers wait past their first grace and find the lock busy.
         time.sleep(1.5)
     assert leader.result() is None
+    assert follower.result() is None
     for child in followers.values():
         _ok(child.finish())
-    mine.close()
-    lead.close()
+    here.merge(entry("after"))  # its next write holds only what is new
+    for cache in (mine, lead, here):
+        cache.close()
     records = _records(cache_path, key)
-    assert len(records) == 3  # ours (2), then the leader's one write for all six
-    assert records[-1] == {
-        "AccessToken": {at("lead"): fields("lead"), at("new"): fields("new"), at("seed"): None},
+    assert len(records) == 4  # ours (2), the leader's one write for all seven, "after"
+    assert records[2] == {
+        "AccessToken": {
+            at("lead"): fields("lead"),
+            at("new"): fields("new"),
+            at("here"): fields("here"),
+            at("seed"): None,
+        },
         "RefreshToken": {"rt-r1": refresh("r1")},
         # every follower's id; the oldest ids dropped to keep 512
-        BATCH: {**dict.fromkeys(OLD_IDS[:5]), **{i: {} for i in ids.values()}},
+        BATCH: {**dict.fromkeys(OLD_IDS[:6]), **{i: {} for i in ids.values()}},
     }
+    assert records[3] == {"AccessToken": {at("after"): fields("after")}}
     state = _state(cache_path, key)
-    assert set(state["AccessToken"]) == {at(n) for n in ("lead", "new", "dup")}
+    assert set(state["AccessToken"]) == {at(n) for n in ("lead", "new", "here", "dup", "after")}
     assert set(state["RefreshToken"]) == {"rt-r1"}
-    assert list(state[BATCH])[:507] == OLD_IDS[5:]  # the oldest went first
-    assert set(list(state[BATCH])[507:]) == set(ids.values())
+    assert list(state[BATCH])[:506] == OLD_IDS[6:]  # the oldest went first
+    assert set(list(state[BATCH])[506:]) == set(ids.values())
 
 
 @group
@@ -376,15 +389,16 @@ def test_a_leader_refuses_malformed_changes_and_still_writes_its_own(
 
 
 @group
+@pytest.mark.parametrize("table", [True, False], ids=["ids", "no-ids"])
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_follower_whose_leader_died_writes_its_change_exactly_once(
-    cache_path: Path, key: str, when: str, monkeypatch: pytest.MonkeyPatch
+    cache_path: Path, key: str, when: str, table: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests import batch_child
 
     # The leader (a child) is SIGKILLed before its write, or after it (before answering):
     # the follower here writes its change itself, or finds it written (its id is there).
-    _seed(cache_path, key, json.dumps({BATCH: {OLD_IDS[0]: {}}}))  # a table of ids exists
+    _seed(cache_path, key, json.dumps({BATCH: {OLD_IDS[0]: {}}} if table else {}))
     roles = Roles(monkeypatch)
     follower_cache = _cache(cache_path, key)
     with _lock(cache_path):
