@@ -2,9 +2,9 @@
 
 A file is one header line of JSON, then records: the snapshot, then the journal::
 
-    {"format":"msal-keyring-cache","version":3,"kdf":"none","fp":"…","source":"key","gen":"…"}
-    19437987:<binary>   <- record 0, the snapshot: the whole cache as JSON (version 3: binary)
-    gAAAAAB…            <- records 1, 2 …, the journal: one per later write, the entries it changed
+    {"format":"msal-keyring-cache","version":4,"kdf":"none","fp":"…","source":"key","gen":"…"}
+    19437987:<binary>   <- record 0, the snapshot: the whole cache as JSON
+    1843:<binary>       <- records 1, 2 …, the journal: one per later write, the entries it changed
 
 Every record ends with a newline.
 
@@ -17,22 +17,26 @@ Every record ends with a newline.
   file among all files ever written under the key.
 * ``source`` says where the key came from (for ``status``; not trusted for anything).
 
-Journal records are Fernet tokens (AES-128-CBC with HMAC-SHA256, url-safe base64). Since
-version 2 each is bound to its place: the plaintext inside starts with ``<gen> <seq>\n``
-(``seq`` 1, 2 …), so a record that was reordered, dropped from the middle, replayed, or
-spliced in from another file under the same key fails the check.
+Version 4 writes every record the same way, as one binary record: its length in ASCII
+digits (no leading zero: one byte form per record), ``:``, then a 12-byte random nonce and
+the AES-256-GCM ciphertext and tag of the JSON, then the newline (a newline inside is
+data: the length frames the record). The key is the file's own, derived from its Fernet
+key with HKDF-SHA256 (salt: the ``gen``, so every file has its own key), and ``<gen>
+<seq>`` is the associated data (``seq`` 0 for the snapshot, then 1, 2 …): a record that
+was reordered, dropped from the middle, replayed, or spliced in from another file under
+the same key fails authentication. GCM authenticates and decrypts in one pass, without
+base64: for a large snapshot that is most of the cost of loading it, and for the small
+journal records every process reads from every other (the catch-up under contention) a
+Fernet token cost ~15x as much CPU (~11 us against ~0.7 us for a 2 KB record), and
+needed the Fernet module imported in each process. The snapshot is not compressed: the
+tokens in it are random text (zlib at level 1 saved ~40 % on a 10,000-token cache and
+cost more to inflate than it saved), and compression would tie the file's size to its
+content.
 
-Version 3 stores the snapshot, which can be megabytes, as one binary record: its length
-in ASCII digits, ``:``, then a 12-byte random nonce and the AES-256-GCM ciphertext and
-tag of the JSON. Its key is derived from the file's Fernet key with HKDF-SHA256 (salt:
-the ``gen``, so every file has its own key), and ``<gen> 0`` is its associated data (the
-same binding as version 2). Base64 and the second pass over the data (HMAC, then CBC)
-were most of the cost of loading a large cache; GCM authenticates and decrypts in one
-pass. The snapshot is not compressed: the tokens in it are random text (zlib at level 1
-saved ~40 % on a 10,000-token cache and cost more to inflate than it saved), and
-compression would tie the file's size to its content. Versions 1 (no binding) and 2
-(a Fernet snapshot) are still read, and rewritten as version 3 by the next write. What
-cannot be detected: docs/security.md.
+Older versions are still read, and rewritten as version 4 by the next write: version 3
+(the snapshot as above, journal records Fernet tokens whose plaintext starts with
+``<gen> <seq>\n``), version 2 (the snapshot a Fernet token too, bound by ``<gen> 0``) and
+version 1 (Fernet records, no binding). What cannot be detected: docs/security.md.
 
 Nothing in the header is secret. A record is complete only with its newline: a writer
 killed mid-append leaves a tail that readers ignore and the next writer cuts.
@@ -75,11 +79,12 @@ __all__ = [
 ]
 
 FORMAT = "msal-keyring-cache"
-VERSION = 3
-VERSIONS = (1, 2, 3)
+VERSION = 4
+VERSIONS = (1, 2, 3, 4)
 MAX_HEADER = 4096
-#: A version-3 snapshot record: at most this many length digits (it is under 1 TB), and
-#: its nonce and tag (bytes) around the ciphertext.
+#: A binary record (the snapshot since version 3, every record since version 4): at most
+#: this many length digits (it is under 1 TB), and its nonce and tag (bytes) around the
+#: ciphertext.
 _LENGTH_DIGITS = 12
 _NONCE, _TAG = 12, 16
 _SNAPSHOT_INFO = b"msal-keyring-cache snapshot v3"
@@ -164,7 +169,7 @@ def open_file(blob: bytes, source: KeySource) -> tuple[Header, str, bytes, int]:
     header, start, end = locate(blob)
     key = file_key(header, source)
     if header.version >= 3:
-        plaintext = _open_snapshot(memoryview(blob)[start:end], key, header)
+        plaintext = _open_box(memoryview(blob)[start:end], key, header, 0)
     else:
         plaintext = unseal(blob[start:end], key, header, 0)
     return header, key, plaintext, end + 1
@@ -212,7 +217,7 @@ def locate(blob: bytes) -> tuple[Header, int, int]:
     elif kdf != "none":
         raise CorruptCacheError(f"the file header names unknown key derivation {kdf[:20]!r}")
     start = end + 1
-    stop = _snapshot_end(blob, start) if version >= 3 else blob.find(b"\n", start)
+    stop = _record_end(blob, start) if version >= 3 else blob.find(b"\n", start)
     if stop <= start:
         raise CorruptCacheError("the file is truncated (no complete encrypted snapshot)")
     return header, start, stop
@@ -223,21 +228,22 @@ def _canonical(digits: bytes) -> bool:
     return digits.isdigit() and not digits.startswith(b"0")
 
 
-def _snapshot_end(blob: bytes, start: int) -> int:
-    """Where the version-3 snapshot record at ``start`` (``<length>:<length bytes>`` and a
-    newline) ends, before its newline; -1 if incomplete. A length that is not plain
-    digits, or does not end at a newline, is damage."""
+def _record_end(blob: bytes, start: int, what: str = "the encrypted snapshot") -> int:
+    """Where the binary record at ``start`` (``<length>:<length bytes>`` and a newline)
+    ends, before its newline; -1 if incomplete. A length that is not plain digits, or
+    does not end at a newline, is damage."""
     colon = blob.find(b":", start, start + _LENGTH_DIGITS + 1)
     digits = blob[start:colon]
     if colon < 0 or not _canonical(digits):
-        if len(blob) - start <= _LENGTH_DIGITS:
+        tail = blob[start:]
+        if colon < 0 and len(tail) <= _LENGTH_DIGITS and (not tail or tail.isdigit()):
             return -1  # cut off within the length
-        raise CorruptCacheError("the encrypted snapshot has no valid length")
+        raise CorruptCacheError(f"{what} has no valid length")
     end = colon + 1 + int(digits)
     if end >= len(blob):
         return -1
     if blob[end : end + 1] != b"\n":
-        raise CorruptCacheError("the encrypted snapshot does not end where its length says")
+        raise CorruptCacheError(f"{what} does not end where its length says")
     return end
 
 
@@ -254,18 +260,41 @@ def file_records(blob: bytes) -> list[bytes]:
 
     For tools and tests; :class:`CorruptCacheError` if the header or snapshot is not valid.
     """
-    _header, token = parse_header(blob)
+    header, token = parse_header(blob)
     start = blob.find(b"\n") + 1
-    journal, _end = split_records(blob, start + len(token) + 1)
+    journal, _end = split_records(blob, start + len(token) + 1, header.version)
     return [blob[: start - 1], token, *journal]
 
 
-def split_records(blob: bytes, start: int) -> tuple[list[bytes], int]:
-    """The complete records in ``blob[start:]`` and the offset just after the last one."""
-    end = blob.rfind(b"\n", start)
-    if end < 0:
-        return [], start
-    return blob[start:end].split(b"\n"), end + 1
+def split_records(blob: bytes, start: int, version: int = VERSION) -> tuple[list[bytes], int]:
+    """The complete records in ``blob[start:]`` (each without its newline) and the offset
+    just after the last one, for a file of format ``version``.
+
+    Version 4 records are binary, framed by their length (a newline inside is data):
+    from a record whose framing is damaged on, the rest up to the last newline is
+    returned as one record, which :func:`unseal` refuses, as it refuses a damaged
+    record of a text version. A record cut off at the end (a killed writer) is left out.
+    """
+    if version < 4:
+        end = blob.rfind(b"\n", start)
+        if end < 0:
+            return [], start
+        return blob[start:end].split(b"\n"), end + 1
+    records: list[bytes] = []
+    while start < len(blob):
+        try:
+            end = _record_end(blob, start, "a journal record")
+        except CorruptCacheError:
+            end = blob.rfind(b"\n", start)
+            if end >= 0:
+                records.append(blob[start:end])
+                start = end + 1
+            break
+        if end < 0:
+            break
+        records.append(blob[start:end])
+        start = end + 1
+    return records, start
 
 
 class Protection(str, enum.Enum):
@@ -469,11 +498,12 @@ def seal(payload: bytes, key: str, header: Header, seq: int) -> bytes:
 
     Version 2 and later prefix a journal record's plaintext with ``<gen> <seq>\n``,
     binding it to this file and this place in it; version 3 writes the snapshot
-    (``seq`` 0) as one AES-256-GCM record bound the same way (module docstring).
+    (``seq`` 0) as one AES-256-GCM record bound the same way, version 4 every record
+    (module docstring).
     """
-    if header.version >= 3 and seq == 0:
-        box = _snapshot_cipher(key, header).encrypt(
-            nonce := os.urandom(_NONCE), payload, _binding(header, 0)
+    if header.version >= 4 or (header.version == 3 and seq == 0):
+        box = _file_cipher(key, header).encrypt(
+            nonce := os.urandom(_NONCE), payload, _binding(header, seq)
         )
         return b"%d:%s%s\n" % (len(box) + _NONCE, nonce, box)
     if header.version >= 2:
@@ -484,8 +514,8 @@ def seal(payload: bytes, key: str, header: Header, seq: int) -> bytes:
 def unseal(token: bytes, key: str, header: Header, seq: int) -> bytes:
     """The payload of record ``seq`` (without its newline); :class:`CorruptCacheError` if
     it is damaged or was not written at this place of this file."""
-    if header.version >= 3 and seq == 0:
-        return _open_snapshot(token, key, header)
+    if header.version >= 4 or (header.version == 3 and seq == 0):
+        return _open_box(token, key, header, seq)
     plaintext = decrypt_record(token, key)
     if header.version < 2:
         # Version 1 records are JSON objects; a version-2 record (its binding first) under
@@ -506,41 +536,55 @@ def _binding(header: Header, seq: int) -> bytes:
     return b"%s %d" % (header.gen.encode(), seq)
 
 
-def _open_snapshot(token: Union[bytes, memoryview], key: str, header: Header) -> bytes:
-    """Decrypt a version-3 snapshot record (``<length>:<nonce><ciphertext+tag>``)."""
+def _open_box(token: Union[bytes, memoryview], key: str, header: Header, seq: int) -> bytes:
+    """Decrypt binary record ``seq`` (``<length>:<nonce><ciphertext+tag>``): the snapshot
+    of version 3, any record of version 4."""
     from cryptography.exceptions import InvalidTag
 
+    what = f"journal record {seq}" if seq else "the encrypted snapshot"
     head = bytes(token[: _LENGTH_DIGITS + 1])
     colon = head.find(b":")
     digits = head[:colon]
     if colon < 0 or not _canonical(digits) or int(digits) != len(token) - colon - 1:
-        raise CorruptCacheError("the encrypted snapshot has no valid length")
+        raise CorruptCacheError(f"{what} has no valid length")
     start = colon + 1
     if len(token) - start < _NONCE + _TAG:
-        raise CorruptCacheError("the encrypted snapshot is truncated")
+        raise CorruptCacheError(f"{what} is truncated")
     view = memoryview(token)  # no copy of a large snapshot before decrypting it
     try:
         return bytes(
-            _snapshot_cipher(key, header).decrypt(
-                view[start : start + _NONCE], view[start + _NONCE :], _binding(header, 0)
+            _file_cipher(key, header).decrypt(
+                view[start : start + _NONCE], view[start + _NONCE :], _binding(header, seq)
             )
         )
     except (InvalidTag, ValueError, OverflowError):
         raise CorruptCacheError(
-            "the encrypted snapshot is damaged or out of place (its key fingerprint matches, "
-            "but it fails authentication: altered, or copied in from another file)"
+            f"{what} is damaged or out of place (its key fingerprint matches, but it fails "
+            "authentication: altered, reordered, replayed, or copied in from another file)"
         ) from None
 
 
-def _snapshot_cipher(key: str, header: Header) -> Any:
-    """AES-256-GCM under this file's own key: HKDF-SHA256 of the Fernet key, salted by gen."""
+_ciphers: dict[tuple[str, str], Any] = {}
+
+
+def _file_cipher(key: str, header: Header) -> Any:
+    """AES-256-GCM under this file's own key: HKDF-SHA256 of the Fernet key, salted by gen.
+
+    One per file (key and gen) and process: a reader opens every record of a file with it.
+    """
+    cipher = _ciphers.get((key, header.gen))
+    if cipher is not None:
+        return cipher
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     raw = base64.urlsafe_b64decode(key.encode("ascii"))
     hkdf = HKDF(hashes.SHA256(), 32, header.gen.encode(), _SNAPSHOT_INFO)
-    return AESGCM(hkdf.derive(raw))
+    if len(_ciphers) > 16:
+        _ciphers.clear()
+    cipher = _ciphers[(key, header.gen)] = AESGCM(hkdf.derive(raw))
+    return cipher
 
 
 def encrypt_record(plaintext: bytes, key: str) -> bytes:

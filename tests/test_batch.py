@@ -8,6 +8,7 @@ SIGKILLed or a hostile listener holds the group's socket name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -188,7 +189,8 @@ class _Listener:
         self.got = 0
         self.reached = threading.Event()
         self.kept: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -203,6 +205,15 @@ class _Listener:
                 return
 
     def close(self) -> None:
+        # Wake the thread blocked in accept() and wait for it before closing: a socket
+        # closed under a blocked accept() stays bound (the name), and the descriptor
+        # numbers the thread used are reused by the next test's sockets.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        for conn in list(self.kept):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self.thread.join(10)
         self.sock.close()
         for conn in self.kept:
             conn.close()

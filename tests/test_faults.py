@@ -520,12 +520,13 @@ def test_records_cut_off_the_end_are_seen_by_a_running_reader(
     assert "lost journal records" in caplog.text
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_format_file_is_read_and_rewritten_in_the_current_format(
     idp: LoopbackIdentityProvider, tmp_path: Path, version: int
 ) -> None:
     # v1_cache.bin: written by 0.1.0; v2_cache.bin: by 0.2.0 (a Fernet snapshot and two
-    # journal records). Both load, and the next write rewrites them as version 3.
+    # journal records); v3_cache.bin: by format 3 (an AES-GCM snapshot, two Fernet journal
+    # records). All load, and the next write rewrites them as version 4.
     name = f"v{version}_cache"
     key = (DATA / f"{name}.key").read_text().strip()
     path = tmp_path / "c" / "cache.bin"
@@ -539,7 +540,7 @@ def test_older_format_file_is_read_and_rewritten_in_the_current_format(
     assert crypto.parse_header(path.read_bytes())[0].version == version
     _sign_in(idp, cache, "carol@example.com")
     header, _ = crypto.parse_header(path.read_bytes())
-    assert header.version == crypto.VERSION == 3
+    assert header.version == crypto.VERSION == 4
     again = json.loads(_cache(path, key).serialize())
     assert len(again["Account"]) == len(expected["Account"]) + 1
 

@@ -26,7 +26,10 @@ from tests.helpers import PYTHON, ROOT, child_env
 
 DATA = ROOT / "tests" / "data"
 GOLDEN = json.loads((DATA / "v2_files.json").read_text())
+# v3_files.json: the same key, passphrase and content, written by format 3
+assert json.loads((DATA / "v3_files.json").read_text())["key"] == GOLDEN["key"]
 KEY = crypto.generate_key()
+OTHER_KEY = crypto.generate_key()
 
 
 def _copy(name: str, tmp_path: Path) -> Path:
@@ -51,8 +54,11 @@ def _refused(header: bytes, match: str, token: bytes = b"gAAAA") -> None:
 # -- files written by 0.2.0 -------------------------------------------------------------------
 
 
-def test_a_file_written_by_0_2_0_under_a_key_still_loads(tmp_path: Path) -> None:
-    path = _copy("v2_keyed.bin", tmp_path)
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_file_written_by_0_2_0_under_a_key_still_loads(tmp_path: Path, version: int) -> None:
+    name = f"v{version}_keyed.bin"
+    path = _copy(name, tmp_path)
+    assert crypto.parse_header(path.read_bytes())[0].version == version
     assert crypto.fingerprint(GOLDEN["key"]) == GOLDEN["fingerprint"]
     store = EncryptedFileStore(str(path), crypto.FernetKeys((GOLDEN["key"],)))
     expected = json.loads(GOLDEN["snapshot"])
@@ -61,11 +67,21 @@ def test_a_file_written_by_0_2_0_under_a_key_still_loads(tmp_path: Path) -> None
     wrong = EncryptedFileStore(str(path), crypto.FernetKeys((KEY,)))
     with pytest.raises(DecryptError, match=f"fingerprint {GOLDEN['fingerprint']}"):
         wrong.load()
-    assert path.read_bytes() == (DATA / "v2_keyed.bin").read_bytes()  # not changed
+    assert path.read_bytes() == (DATA / name).read_bytes()  # not changed
+    # the next write rewrites it as version 4, keeping what it held
+    with store.lock():
+        store.append(b'{"AccessToken":{}}', lambda: json.dumps(expected).encode())
+    assert crypto.parse_header(path.read_bytes())[0].version == crypto.VERSION == 4
+    again = EncryptedFileStore(str(path), crypto.FernetKeys((GOLDEN["key"],)))
+    assert json.loads(PersistentTokenCache(again).serialize()) == expected
 
 
-def test_a_file_written_by_0_2_0_under_a_passphrase_still_loads(tmp_path: Path) -> None:
-    path = _copy("v2_passphrase.bin", tmp_path)
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_file_written_by_0_2_0_under_a_passphrase_still_loads(
+    tmp_path: Path, version: int
+) -> None:
+    path = _copy(f"v{version}_passphrase.bin", tmp_path)
+    assert crypto.parse_header(path.read_bytes())[0].version == version
     store = EncryptedFileStore(str(path), crypto.Passphrase(GOLDEN["passphrase"]))
     assert json.loads(store.load() or b"") == json.loads(GOLDEN["snapshot"])
     with pytest.raises(DecryptError, match="Wrong passphrase"):
@@ -194,7 +210,7 @@ def test_the_header_line_may_be_4096_bytes_and_no_more() -> None:
         (b"{not json", "header is not valid JSON"),
         (b"[1]", "is not an msal-keyring-cache file"),
         (_header_line(format="other"), "is not an msal-keyring-cache file"),
-        (_header_line(version=4), "unknown format version '4'"),
+        (_header_line(version=5), "unknown format version '5'"),
         (_header_line(version=True), "unknown format version 'True'"),
         (_header_line(version="2"), "unknown format version '2'"),
         (_header_line(kdf=None), "has no valid 'kdf'"),
@@ -274,30 +290,66 @@ def test_every_record_is_bound_to_its_file_and_place() -> None:
     keys = crypto.FernetKeys((KEY,))
     blob = crypto.encrypt(b'{"a":1}', keys)
     header, _ = crypto.parse_header(blob)
+    assert header.version == crypto.VERSION == 4
     record = crypto.seal(b'{"b":2}', KEY, header, 1)
     assert record.endswith(b"\n")
-    assert record.count(b"\n") == 1
+    # version 4: <length>:<nonce><ciphertext+tag>, binary (AES-256-GCM, no base64)
+    digits, _, box = record[:-1].partition(b":")
+    assert int(digits) == len(box) == 12 + len(b'{"b":2}') + 16
+    assert crypto.split_records(record, 0) == ([record[:-1]], len(record))
     assert crypto.unseal(record[:-1], KEY, header, 1) == b'{"b":2}'
-    with pytest.raises(CorruptCacheError, match="journal record 2 is out of place"):
+    with pytest.raises(CorruptCacheError, match="journal record 2 is damaged or out of place"):
         crypto.unseal(record[:-1], KEY, header, 2)
     other = crypto.parse_header(crypto.encrypt(b"{}", keys))[0]
     with pytest.raises(CorruptCacheError, match="out of place"):
         crypto.unseal(record[:-1], KEY, other, 1)
     with pytest.raises(CorruptCacheError, match="out of place"):
-        crypto.unseal(crypto.encrypt_record(b"no binding", KEY)[:-1], KEY, header, 1)
+        crypto.unseal(record[:-1], OTHER_KEY, header, 1)
+    with pytest.raises(CorruptCacheError, match="journal record 1 has no valid length"):
+        crypto.unseal(crypto.encrypt_record(b"a Fernet record", KEY)[:-1], KEY, header, 1)
+    with pytest.raises(CorruptCacheError, match="journal record 1 has no valid length"):
+        crypto.unseal(b"0" + record[:-1], KEY, header, 1)  # one byte form: no leading zero
+    with pytest.raises(CorruptCacheError, match="journal record 1 is truncated"):
+        crypto.unseal(b"27:" + box[:27], KEY, header, 1)
+    # records of version 2 and 3 files: Fernet tokens, bound inside
+    v3 = crypto.Header(header.fp, header.gen, version=3)
+    fernet = crypto.seal(b'{"b":2}', KEY, v3, 1)
+    assert fernet.count(b"\n") == 1
+    assert fernet.startswith(b"gAAAAA")
+    assert crypto.unseal(fernet[:-1], KEY, v3, 1) == b'{"b":2}'
+    with pytest.raises(CorruptCacheError, match="journal record 2 is out of place"):
+        crypto.unseal(fernet[:-1], KEY, v3, 2)
+    with pytest.raises(CorruptCacheError, match="fails authentication"):
+        crypto.unseal(record[:-1], KEY, v3, 1)  # a version-4 record under a header edited to v3
+    with pytest.raises(CorruptCacheError, match="out of place"):
+        crypto.unseal(crypto.encrypt_record(b"no binding", KEY)[:-1], KEY, v3, 1)
     v1 = crypto.Header(header.fp, header.gen, version=1)
     with pytest.raises(CorruptCacheError, match="does not match the file's format version"):
-        crypto.unseal(record[:-1], KEY, v1, 1)  # a bound record under a header edited to v1
+        crypto.unseal(fernet[:-1], KEY, v1, 1)  # a bound record under a header edited to v1
     assert crypto.unseal(crypto.encrypt_record(b"{}", KEY)[:-1], KEY, v1, 0) == b"{}"
     assert crypto.seal(b"{}", KEY, v1, 3) != crypto.encrypt_record(b"{}", KEY)  # random IV
     assert crypto.decrypt_record(crypto.seal(b"{}", KEY, v1, 3)[:-1], KEY) == b"{}"
     with pytest.raises(CorruptCacheError, match="fails authentication"):
-        crypto.decrypt_record(record[:-5] + b"AAAA", KEY)
+        crypto.decrypt_record(fernet[:-5] + b"AAAA", KEY)
 
 
 def test_split_records_keeps_only_complete_records() -> None:
-    assert crypto.split_records(b"HEAD\nr1\nr2\npartial", 5) == ([b"r1", b"r2"], 11)
-    assert crypto.split_records(b"HEAD\nr1\n", 5) == ([b"r1"], 8)
-    assert crypto.split_records(b"HEAD\npartial", 5) == ([], 5)
+    # versions 1-3: text records, one a line
+    assert crypto.split_records(b"HEAD\nr1\nr2\npartial", 5, 3) == ([b"r1", b"r2"], 11)
+    assert crypto.split_records(b"HEAD\nr1\n", 5, 3) == ([b"r1"], 8)
+    assert crypto.split_records(b"HEAD\npartial", 5, 3) == ([], 5)
     # A blank or spaced line is a record of its own (damaged), never silently dropped.
-    assert crypto.split_records(b"HEAD\nr1\n\nr 2\n", 5) == ([b"r1", b"", b"r 2"], 13)
+    assert crypto.split_records(b"HEAD\nr1\n\nr 2\n", 5, 3) == ([b"r1", b"", b"r 2"], 13)
+    # version 4: framed by length, a newline inside a record is data
+    assert crypto.split_records(b"HEAD\n2:\n\n\n3:a\nb\n", 5) == ([b"2:\n\n", b"3:a\nb"], 16)
+    assert crypto.split_records(b"HEAD\n2:ab\n3:ab", 5) == ([b"2:ab"], 10)  # cut off
+    assert crypto.split_records(b"HEAD\n2:ab\n12", 5) == ([b"2:ab"], 10)  # cut in the length
+    assert crypto.split_records(b"HEAD\n2:ab\n", 5) == ([b"2:ab"], 10)
+    # damaged framing: the rest (to the last newline) is one record, which unseal refuses
+    assert crypto.split_records(b"HEAD\n02:ab\n2:cd\nx", 5) == ([b"02:ab\n2:cd"], 16)
+    assert crypto.split_records(b"HEAD\n1:ab\n2:cd\n", 5) == ([b"1:ab\n2:cd"], 15)
+    assert crypto.split_records(b"HEAD\n2:ab\nxyz:1234567890123\n", 5) == (
+        [b"2:ab", b"xyz:1234567890123"],
+        28,
+    )
+    assert crypto.split_records(b"HEAD\n1:abc", 5) == ([], 5)  # no newline: a dead tail

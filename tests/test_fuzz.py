@@ -52,7 +52,7 @@ headers = st.builds(
     fp=st.text(alphabet="0123456789abcdef", min_size=16, max_size=16),
     gen=hexgen,
     source=st.sampled_from(["key", "key_file", "passphrase", "generated", "keyring"]),
-    version=st.sampled_from([1, 2, 3]),
+    version=st.sampled_from([1, 2, 3, 4]),
 )
 scrypt_headers = st.builds(
     lambda h, salt, n, r, p: crypto.Header(h.fp, h.gen, "scrypt", h.source, salt, n, r, p, 2),
@@ -235,6 +235,42 @@ def test_a_snapshot_length_has_one_form() -> None:
         crypto.open_file(header.to_bytes() + b"\n" + padded, SOURCE)
 
 
+@FUZZ
+@given(headers, st.binary(max_size=300), st.integers(0, 400), st.integers(1, 70))
+def test_journal_record_parser_answers_any_bytes_with_corrupt_cache_error(
+    header: crypto.Header, junk: bytes, cut: int, seq: int
+) -> None:
+    # Version-4 journal records are binary, framed by their length: whatever follows the
+    # records before (made up, or a real record cut, flipped or lengthened), splitting and
+    # decrypting answer with CorruptCacheError, nothing (a record cut off at the end), or
+    # the one true payload at its one true place.
+    header = crypto.Header(crypto.fingerprint(KEY), header.gen, version=4)
+    real = crypto.seal(b'{"a":1}', KEY, header, seq)
+    for body in (junk, real[:cut] + junk, junk[:12] + real, real.replace(b":", b":" + junk, 1)):
+        records, end = crypto.split_records(body, 0)
+        assert end <= len(body)
+        assert b"\n".join(records) + (b"\n" if records else b"") == body[:end]
+        for token in records:
+            try:
+                plaintext = crypto.unseal(token, KEY, header, seq)
+            except CorruptCacheError:
+                continue
+            assert plaintext == b'{"a":1}'
+            assert token + b"\n" == real
+
+
+def test_a_journal_record_length_has_one_form() -> None:
+    header = crypto.Header(crypto.fingerprint(KEY), "0123456789abcdef0123456789abcdef", version=4)
+    real = crypto.seal(b'{"a":1}', KEY, header, 1)
+    for form in (b"0" + real, b"+" + real, b" " + real, real.replace(b":", b" :", 1)):
+        records, _end = crypto.split_records(form, 0)
+        assert records == [form[:-1]]  # damaged framing: the rest is one (refused) record
+        with pytest.raises(CorruptCacheError, match="journal record 1 has no valid length"):
+            crypto.unseal(records[0], KEY, header, 1)
+    with pytest.raises(CorruptCacheError, match="journal record 1 has no valid length"):
+        crypto.unseal(real[:-1] + b"x", KEY, header, 1)  # a byte more than its length
+
+
 # -- records -----------------------------------------------------------------------------
 
 
@@ -247,8 +283,10 @@ def test_records_round_trip_and_are_bound_to_their_file_and_place(
         payload = b"{" + payload  # version 1 records are JSON objects
     record = crypto.seal(payload, KEY, header, seq)
     assert record.endswith(b"\n")
-    if header.version < 3 or seq:  # a version-3 snapshot is binary: its length frames it
-        assert record.count(b"\n") == 1
+    if header.version < 3 or (header.version == 3 and seq):
+        assert record.count(b"\n") == 1  # binary records (below) are framed by their length
+    elif header.version >= 4:  # (a version-3 snapshot is found by its header: locate)
+        assert crypto.split_records(record, 0, header.version) == ([record[:-1]], len(record))
     assert crypto.unseal(record[:-1], KEY, header, seq) == payload
     if header.version >= 2:
         for other_seq, other_gen in ((seq + 1, header.gen), (seq, header.gen + "0")):

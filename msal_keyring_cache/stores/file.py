@@ -19,7 +19,6 @@ import logging
 import os
 import stat
 import time
-import weakref
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
@@ -94,7 +93,6 @@ class EncryptedFileStore(Store):
         self._queue: list[bytes] = []  # decrypted records read but not handed out
         self._suspect = False  # an append failed midway: the next write replaces the file
         self._unsynced: Optional[int] = None  # appended to, not fsynced yet (see sync())
-        _stores.add(self)
 
     def lock(self) -> Any:
         if self.read_only:
@@ -168,7 +166,7 @@ class EncryptedFileStore(Store):
             self._identity.remember(fd, blob[:newline])
             self._header, self._key = header, key
             self._snapshot_end = snapshot_end
-            records, self._offset = crypto.split_records(blob, self._snapshot_end)
+            records, self._offset = crypto.split_records(blob, snapshot_end, header.version)
             self._records, self._size = len(records), len(blob)
             try:
                 self._queue = [
@@ -225,7 +223,7 @@ class EncryptedFileStore(Store):
                 )
                 return None
             tail = self._read_from(self._offset)
-            records, consumed = crypto.split_records(tail, 0)
+            records, consumed = crypto.split_records(tail, 0, self._header.version)
             try:
                 self._queue.extend(
                     crypto.unseal(r, self._key, self._header, seq)
@@ -285,7 +283,7 @@ class EncryptedFileStore(Store):
                 raise CorruptCacheError("not a new file")
             key = crypto.file_key(header, self.key_source)
             snapshot_end = stop + 1
-            records, end = crypto.split_records(blob, snapshot_end)
+            records, end = crypto.split_records(blob, snapshot_end, header.version)
             if not records:
                 raise CorruptCacheError("no link")
             first = parse_json(crypto.unseal(records[0], key, header, 1), "a journal record")
@@ -296,7 +294,7 @@ class EncryptedFileStore(Store):
             if gen != old_header.gen or not count.isdigit() or int(count) < self._records:
                 raise CorruptCacheError("a link to another file")
             missed = int(count) - self._records
-            old, _ = crypto.split_records(self._read_from(self._offset), 0)
+            old, _ = crypto.split_records(self._read_from(self._offset), 0, old_header.version)
             if len(old) < missed:
                 raise CorruptCacheError("the old file ends early")
             queue = [
@@ -455,7 +453,9 @@ class EncryptedFileStore(Store):
         fd = self._identity.fd
         try:
             if fd is not None:
-                return os.pread(fd, 1 << 30, offset)
+                # As many bytes as the file holds: pread allocates what it is asked for, so a
+                # fixed large count costs page faults per read (MemoryError under ulimit -v).
+                return os.pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
             with open(self.path, "rb") as fh:  # Windows: no kept descriptor
                 fh.seek(offset)
                 return fh.read()
@@ -572,20 +572,6 @@ class _Guarded:
     def __exit__(self, *exc: object) -> None:
         self.store._locked -= 1
         self.lock.__exit__(None, None, None)
-
-
-_stores: weakref.WeakSet[EncryptedFileStore] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    # A lock object inherited from the parent describes the parent's lock state: the
-    # child gets its own. Kept descriptors stay valid (reads use pread).
-    for store in list(_stores):
-        store._lock = CrossProcessLock(store._lock.path, store._lock.timeout)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _apply(data: bytes, changes: list[bytes]) -> bytes:

@@ -1,0 +1,444 @@
+"""The encrypted file store where `nox -s mutants` found no test: re-keying a journal,
+sign-out leftovers, salvage racing a writer or a sign-out, compaction under a passphrase,
+readers following a compaction (up to date, after a sign-out, after a restored backup),
+reads under an address-space limit, and fork.
+
+Every test observes the store from outside: the bytes and names on disk, a fresh store's
+view, /proc/locks, a real child process. None depends on how journal records are encoded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from msal_keyring_cache import crypto, generate_key
+from msal_keyring_cache.errors import CorruptCacheError, DecryptError, LockTimeoutError, StoreError
+from msal_keyring_cache.stores import file
+from msal_keyring_cache.stores.base import apply_delta
+from msal_keyring_cache.stores.file import EncryptedFileStore
+from tests.helpers import child_env, mounted_tmpfs
+
+KEY = generate_key()
+
+
+def _store(path: Path, source: Optional[crypto.KeySource] = None, **kw: Any) -> EncryptedFileStore:
+    return EncryptedFileStore(str(path), source or crypto.FernetKeys((KEY,)), **kw)
+
+
+def _delta(*names: str) -> bytes:
+    return json.dumps({"AccessToken": {n: {"secret": "s-" + n} for n in names}}).encode()
+
+
+def _unused() -> bytes:
+    raise AssertionError("the store asked for the whole cache")
+
+
+def _write(store: EncryptedFileStore, first: str, *more: str) -> None:
+    """A whole-file save of ``first``, then one journal record per name in ``more``."""
+    with store.lock():
+        store.save(_delta(first))
+        for name in more:
+            store.append(_delta(name), _unused)
+        store.sync()
+
+
+def _state(store: EncryptedFileStore) -> dict[str, Any]:
+    data = store.load()
+    state: dict[str, Any] = json.loads(data) if data else {}
+    for change in store.read_changes() or []:
+        apply_delta(state, json.loads(change))
+    return state
+
+
+def _follow(store: EncryptedFileStore, state: dict[str, Any]) -> Optional[list[bytes]]:
+    """What a reader does: apply the changes, or load again when the store says so."""
+    changes = store.read_changes()
+    if changes is None:
+        state.clear()
+        state.update(_state(store))
+    else:
+        for change in changes:
+            apply_delta(state, json.loads(change))
+    return changes
+
+
+def _names(state: dict[str, Any]) -> set[str]:
+    return set(state.get("AccessToken", {}))
+
+
+def _aside(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if ".corrupt-" in p.name]
+
+
+def _damage_last_record(path: Path) -> None:
+    """Overwrite the last 10 bytes of the last record (its newline stays): it fails to
+    authenticate, the records before it are intact."""
+    blob = path.read_bytes()
+    path.write_bytes(blob[:-11] + b"A" * 10 + b"\n")
+
+
+# -- rekey, clear ---------------------------------------------------------------------------
+
+
+def test_rekey_carries_every_journal_record_to_the_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b", "c")  # a in the snapshot, b and c in the journal
+    passphrase = crypto.Passphrase("the new passphrase")
+    _store(path).rekey(passphrase)  # also from a Fernet header to a passphrase one
+    assert _names(_state(_store(path, passphrase))) == {"a", "b", "c"}
+    with pytest.raises(DecryptError):
+        _store(path).load()  # the old key no longer opens it
+
+
+def test_clear_deletes_the_set_aside_copy_even_when_the_cache_file_is_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"garbage\n")
+    store = _store(path)
+    with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
+        assert store.load() is None
+    assert " and the cache starts empty, so sign in again." in caplog.text
+    assert not path.exists()
+    assert len(_aside(tmp_path)) == 1  # still holds whatever tokens the damage left
+    (tmp_path / ".c.bin.1234.tmp").write_bytes(b"a killed writer's temp file")
+    store.clear()  # sign-out: the file itself is already gone
+    assert not _aside(tmp_path)
+    assert not list(tmp_path.glob(".c.bin.*.tmp"))
+
+
+# -- salvage: keep what is good, never overwrite a newer file --------------------------------
+
+
+def test_salvage_keeps_the_records_before_the_damage_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b", "c")
+    _damage_last_record(path)
+    with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
+        assert _names(_state(_store(path))) == {"a", "b"}
+    assert " and the entries written before the damage are kept." in caplog.text
+    assert len(_aside(tmp_path)) == 1
+    assert _names(_state(_store(path))) == {"a", "b"}  # saved whole: no damage left
+
+
+def _blocked_waiters(lock_file: str) -> int:
+    """Processes or threads blocked on ``lock_file``'s flock (the kernel's own count)."""
+    inode = os.stat(lock_file).st_ino
+    with open("/proc/locks") as fh:
+        return sum(1 for line in fh if "->" in line and f":{inode} " in line)
+
+
+def _wait_until(condition: Callable[[], bool], what: str, bound: float = 20.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {bound} s: {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("meanwhile", ["a writer replaces it", "a sign-out deletes it"])
+def test_salvage_leaves_a_file_changed_while_it_waited_for_the_lock(
+    tmp_path: Path, meanwhile: str
+) -> None:
+    # A reader finds a damaged journal record and waits for the lock to set the file
+    # aside. Meanwhile the lock holder replaces the file with a good one, or signs out
+    # (deletes it). The reader must not then write its salvaged copy over either.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b", "c")
+    _damage_last_record(path)
+    reader, holder = _store(path), _store(path)
+    loaded: list[Optional[bytes]] = []
+    with holder.lock():
+        thread = threading.Thread(target=lambda: loaded.append(reader.load()))
+        thread.start()
+        _wait_until(lambda: _blocked_waiters(str(path) + ".lock") == 1, "the reader waits")
+        if meanwhile == "a writer replaces it":
+            holder.save(_delta("good"))
+        else:
+            holder.clear()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert loaded  # the reader got its salvaged view; what matters is the file:
+    assert not _aside(tmp_path)
+    if meanwhile == "a writer replaces it":
+        assert _names(_state(_store(path))) == {"good"}
+    else:
+        assert not path.exists()  # the signed-out tokens are not written back
+
+
+def test_a_damaged_file_that_cannot_be_moved_aside_says_why(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "ro") as mount:
+        path = mount / "c.bin"
+        path.write_bytes(b"garbage\n")
+        path.chmod(0o600)
+        with _store(path).lock():
+            pass  # the lock file exists; a read-only file system still locks it
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        try:
+            with pytest.raises(StoreError) as caught:
+                _store(path).load()
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
+        assert "(the file header is not valid JSON)" in str(caught.value)
+        assert "by hand" in str(caught.value)
+        assert path.read_bytes() == b"garbage\n"
+
+
+def test_salvage_names_the_part_that_decrypts_but_is_not_json(tmp_path: Path) -> None:
+    # Only a holder of the key writes such a file; the message still says which part.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    with store.lock():
+        store.save(b"not json")
+        store.append(_delta("b"), _unused)
+        store.append(_delta("c"), _unused)
+    _damage_last_record(path)
+    with pytest.raises(CorruptCacheError, match="the cache snapshot is not valid JSON"):
+        _store(path).load()
+    path.unlink()
+    with store.lock():
+        store.save(_delta("a"))
+        store.append(b"not json", _unused)
+        store.append(_delta("c"), _unused)
+    _damage_last_record(path)
+    with pytest.raises(CorruptCacheError, match="a journal record is not valid JSON"):
+        _store(path).load()
+
+
+def test_after_a_torn_append_the_next_write_replaces_the_file(tmp_path: Path) -> None:
+    # The disk fills in the middle of an append: part of the record is in the file. The
+    # next write must not write at that place again: it replaces the whole file.
+    with mounted_tmpfs(tmp_path / "small", size="256k") as mount:
+        path = mount / "c.bin"
+        store = _store(path)
+        _write(store, "a")
+        fd = os.open(mount / "pad", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        entries = {"a": {"secret": "s-a"}, "big": {"secret": "x" * 20000}, "b": {"secret": "b"}}
+        size = path.stat().st_size
+        with store.lock(), pytest.raises(StoreError, match="free disk space"):
+            store.append(json.dumps({"AccessToken": {"big": entries["big"]}}).encode(), _unused)
+        assert path.stat().st_size > size  # torn: part of the record is there
+        inode = path.stat().st_ino
+        (mount / "pad").unlink()
+        pending = {k: entries[k] for k in ("big", "b")}  # the failed change is still pending
+        with store.lock():
+            store.append(
+                json.dumps({"AccessToken": pending}).encode(),
+                lambda: json.dumps({"AccessToken": entries}).encode(),
+            )
+            store.sync()
+        assert path.stat().st_ino != inode  # a new file, not bytes written over the torn ones
+        assert _names(_state(_store(path))) == {"a", "b", "big"}
+
+
+# -- compaction --------------------------------------------------------------------------
+
+
+def _header(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_bytes().split(b"\n", 1)[0])
+    return doc
+
+
+def test_compaction_under_a_passphrase_keeps_the_files_key_derivation(tmp_path: Path) -> None:
+    path = tmp_path / "c.bin"
+    passphrase = crypto.Passphrase("pw")
+    names = [f"k{i}" for i in range(file.MAX_RECORDS + 1)]
+    store = _store(path, passphrase)
+    _write(store, "first", *names[:-1])
+    before = _header(path)
+    with store.lock():
+        with pytest.raises(CorruptCacheError, match="a journal record is not valid JSON"):
+            store.append(b"not json", lambda: b"{}")  # due to compact: parsed, refused
+        store.append(_delta(names[-1]), lambda: _apply_all("first", *names))
+    after = _header(path)
+    assert after["gen"] != before["gen"]  # compacted: a new file
+    # The same salt and cost: scrypt is not run again, and the passphrase still opens it.
+    assert {k: after[k] for k in ("kdf", "salt", "n", "r", "p")} == {
+        k: before[k] for k in ("kdf", "salt", "n", "r", "p")
+    }
+    assert _names(_state(_store(path, passphrase))) == {"first", *names}
+
+
+def _apply_all(*names: str) -> bytes:
+    return _delta(*names)
+
+
+def test_an_up_to_date_reader_follows_a_compaction_without_loading_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.bin"
+    writer = _store(path)
+    names = [f"k{i}" for i in range(file.MAX_RECORDS)]
+    _write(writer, "first", *names)
+    reader = _store(path)
+    state = _state(reader)  # has read every record
+    gen = _header(path)["gen"]
+    with writer.lock():
+        writer.append(_delta("last"), lambda: _apply_all("first", *names, "last"))
+    assert _header(path)["gen"] != gen  # compacted: a new file
+    changes = _follow(reader, state)
+    assert changes is not None  # followed the link: nothing missed, no full load
+    assert _names(state) == {"first", *names, "last"}
+    with writer.lock():
+        writer.append(_delta("later"), _unused)
+    changes = _follow(reader, state)
+    assert changes is not None  # the new file is now the one it follows record by record
+    assert _names(state) == {"first", *names, "last", "later"}
+
+
+def test_a_file_re_keyed_elsewhere_to_a_key_this_reader_lacks_is_a_decrypt_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b")
+    reader = _store(path)
+    assert _names(_state(reader)) == {"a", "b"}
+    _store(path).rekey(crypto.FernetKeys((generate_key(),)))  # another process rotates
+    with pytest.raises(DecryptError, match="fingerprint"):
+        reader.read_changes()
+    assert not _aside(tmp_path)  # not damage: the file is left as it is
+
+
+def test_after_a_sign_out_a_new_compacted_file_is_loaded_whole(tmp_path: Path) -> None:
+    # The reader holds file A; another process signs out (A deleted) and a new sign-in
+    # builds file B, which compacts at the same record count. B's link names B's own
+    # past, not A: the reader must not stitch B's record onto A's signed-out tokens.
+    path = tmp_path / "c.bin"
+    names = [f"k{i}" for i in range(file.MAX_RECORDS)]
+    _write(_store(path), "signed-out", *names)
+    reader = _store(path)
+    state = _state(reader)
+    assert "signed-out" in _names(state)
+    _store(path).clear()
+    writer = _store(path)
+    fresh = [f"n{i}" for i in range(file.MAX_RECORDS)]
+    _write(writer, "new-user", *fresh)
+    with writer.lock():
+        writer.append(_delta("last"), lambda: _apply_all("new-user", *fresh, "last"))
+    _follow(reader, state)
+    assert _names(state) == _names(_state(_store(path))) == {"new-user", *fresh, "last"}
+
+
+def test_a_compacted_restore_of_an_older_copy_is_loaded_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backup of the file (1 record) is restored after the reader read 3 records, and a
+    # writer compacts the restored copy. Its link counts fewer records than the reader
+    # has: the reader's later records are not in it, so the reader must load it whole.
+    path = tmp_path / "c.bin"
+    writer = _store(path)
+    _write(writer, "a", "b")
+    backup = path.read_bytes()
+    with writer.lock():
+        writer.append(_delta("c"), _unused)
+        writer.append(_delta("d"), _unused)
+    reader = _store(path)
+    state = _state(reader)
+    assert _names(state) == {"a", "b", "c", "d"}
+    restored = tmp_path / "restored"
+    restored.write_bytes(backup)
+    restored.chmod(0o600)
+    restored.replace(path)
+    monkeypatch.setattr(file, "MAX_RECORDS", 1)  # the next write compacts the restored copy
+    again = _store(path)
+    assert _names(_state(again)) == {"a", "b"}
+    with again.lock():
+        again.append(_delta("e"), lambda: _apply_all("a", "b", "e"))
+    _follow(reader, state)
+    assert _names(state) == _names(_state(_store(path))) == {"a", "b", "e"}
+
+
+# -- reads stay small ------------------------------------------------------------------------
+
+
+_LIMITED_READER = r"""
+import json, resource, sys
+from msal_keyring_cache import crypto
+from msal_keyring_cache.stores.file import EncryptedFileStore
+path, key = sys.argv[1], sys.argv[2]
+source = crypto.FernetKeys((key,))
+writer, reader = EncryptedFileStore(path, source), EncryptedFileStore(path, source)
+with writer.lock():
+    writer.save(b'{"AccessToken":{}}')
+reader.load()
+reader.read_changes()
+# Well above what this process needs, well below a gigabyte.
+resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
+with writer.lock():
+    writer.append(b'{"AccessToken":{"x":{"secret":"s"}}}', lambda: b"")
+    writer.sync()
+print(json.dumps([c.decode() for c in reader.read_changes() or []]))
+"""
+
+
+def test_reading_new_records_needs_no_more_memory_than_the_file_holds(tmp_path: Path) -> None:
+    # A process under an address-space limit (ulimit -v, batch schedulers) reads another
+    # process's records: a read must not reserve a gigabyte for a few hundred bytes.
+    done = subprocess.run(
+        [sys.executable, "-c", _LIMITED_READER, str(tmp_path / "c.bin"), KEY],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == ['{"AccessToken":{"x":{"secret":"s"}}}']
+
+
+# -- fork ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_child_forked_while_the_store_is_locked_waits_and_frees_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.bin"
+    store = _store(path, lock_timeout=0.3)
+    _write(store, "a")
+    with store.lock():
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's hold is not its own
+            code = 1
+            try:
+                try:
+                    with store.lock():
+                        code = 2  # took a lock the parent holds
+                except LockTimeoutError:
+                    code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the child waited past its lock timeout")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0
+        other = _store(path, lock_timeout=0.1)
+        with pytest.raises(LockTimeoutError), other.lock():  # the child's exit freed nothing
+            pass
+        store.save(_delta("parent"))
+    assert _names(_state(_store(path))) == {"parent"}
