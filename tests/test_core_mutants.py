@@ -797,7 +797,8 @@ def test_a_keyring_write_waits_for_a_busy_lock_then_writes(
     # whole rewrite (alone), a group's leader, and a writer that finds no group (its name
     # taken by someone who does not listen) each wait in the kernel, then write.
     path = tmp_path / "data" / "token_cache.bin"
-    cache = build_cache("msal-keyring-cache-tests", path=str(path), lock_timeout=30)
+    app = "msal-keyring-cache-core-tests"  # its own keyring entry, cleared at the end
+    cache = build_cache(app, path=str(path), lock_timeout=30)
     assert cache.backend_info.backend == "keyring"
     mine = [f"{name}-{os.urandom(4).hex()}" for name in ("seed", "a", "b")]  # (a shared keyring)
     cache.merge(entry(mine[0]))
@@ -824,13 +825,14 @@ def test_a_keyring_write_waits_for_a_busy_lock_then_writes(
     assert not writer.is_alive()
     with CrossProcessLock(lock_file, 5):
         pass  # and it let the lock go
-    reader = build_cache("msal-keyring-cache-tests", path=str(path))
+    reader = build_cache(app, path=str(path))
     stored = set(json.loads(reader.serialize())["AccessToken"])
     if how == "rewrite":
         assert stored == {at(n) for n in mine[1:]}
     else:
         assert {at(n) for n in mine[:2]} <= stored
     reader.close()
+    cache.clear()
     cache.close()
 
 
