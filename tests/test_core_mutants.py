@@ -688,6 +688,18 @@ def test_find_sees_another_writers_entries_and_filters_as_msal(cache_path: Path,
     reader.close()
 
 
+def test_a_direct_lookup_sees_another_writers_entry_at_once(cache_path: Path, key: str) -> None:
+    # msal's O(1) lookups (_get_access_token, _get_app_metadata) go through _get: the
+    # shared change counter moved, so it takes in the change now, not a second later.
+    reader, writer = _cache(cache_path, key), _cache(cache_path, key)
+    writer.merge(entry("first"))
+    assert reader._get("AccessToken", at("first")) == fields("first")  # loaded, vouched for
+    writer.merge(entry("second"))
+    assert reader._get("AccessToken", at("second")) == fields("second")
+    reader.close()
+    writer.close()
+
+
 def test_merge_replaces_what_is_not_an_entry_in_the_store(cache_path: Path, key: str) -> None:
     # Another program left a section that is not a table and an entry that is not an
     # object: merge replaces both (they carry no time, so anything valid is newer).
