@@ -696,6 +696,32 @@ def test_a_direct_lookup_sees_another_writers_entry_at_once(cache_path: Path, ke
     assert reader._get("AccessToken", at("first")) == fields("first")  # loaded, vouched for
     writer.merge(entry("second"))
     assert reader._get("AccessToken", at("second")) == fields("second")
+    assert reader._get("AccessToken", at("missing"), "none here") == "none here"
+    reader.close()
+    writer.close()
+
+
+def test_search_passes_target_query_and_now_on_every_path(cache_path: Path, key: str) -> None:
+    # A search runs one of three ways: checked (the counter does not vouch), the warm hit,
+    # or inside a write or msal's own iteration (no catch-up); each must filter as msal.
+    reader, writer = _cache(cache_path, key), _cache(cache_path, key)
+    entries = {}
+    for target, client in (("a", "c"), ("b", "c"), ("a", "other")):
+        # Expired by the clock, not at the "now" passed below: "now" must reach msal.
+        entries[f"-127.0.0.1-accesstoken-{client}-t-{target}"] = dict(
+            fields(target), client_id=client, expires_on="2000"
+        )
+    writer.merge(json.dumps({"AccessToken": entries}))
+
+    def found() -> list[str]:
+        hits = reader.search("AccessToken", ["a"], query={"client_id": "c"}, now=1000)
+        return [f"{e['client_id']}/{e['target']}" for e in hits]
+
+    assert found() == ["c/a"]  # checked
+    assert found() == ["c/a"]  # the warm hit
+    with reader._lock:  # (as inside msal's own code)
+        writer.merge(entry("other"))  # the counter moves: no warm hit
+        assert found() == ["c/a"]
     reader.close()
     writer.close()
 
