@@ -27,6 +27,11 @@ from msal_keyring_cache import LockTimeoutError, build_cache, locking
 from msal_keyring_cache.locking import CrossProcessLock
 
 
+def _say(*words: object) -> None:
+    """One line in one write: a parent and its forked child share the pipe."""
+    os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
+
 def _live_until_stdin_closes() -> None:
     sys.stdin.read()
     os._exit(0)
@@ -39,11 +44,11 @@ def main(mode: str, path: str) -> int:
         if os.fork() == 0:
             try:
                 lock.acquire(0)
-                print("child got it", flush=True)
+                _say("child got it")
             except LockTimeoutError:
-                print("child refused", flush=True)
+                _say("child refused")
             _live_until_stdin_closes()
-        print("forked", flush=True)
+        _say("forked")
         sys.stdin.readline()
         return 0
     if mode == "awaited":
@@ -54,16 +59,16 @@ def main(mode: str, path: str) -> int:
         except LockTimeoutError:
             pass
         if os.fork() == 0:
-            print("child", flush=True)
+            _say("child")
             _live_until_stdin_closes()
         # Wait again in a thread; say "attaching" once it waits through the same helper.
         thread = threading.Thread(target=lock.acquire)
         thread.start()
         while lock._waiter is None or lock._waiter.state != locking._WAITING:
             time.sleep(0.005)
-        print("attaching", flush=True)
+        _say("attaching")
         thread.join()
-        print("held", flush=True)
+        _say("held")
         sys.stdin.readline()
         return 0
     if mode == "handover":
@@ -83,7 +88,7 @@ def main(mode: str, path: str) -> int:
         inside.wait()
         pid = os.fork()
         if pid == 0:
-            print("steps", len(steps), flush=True)
+            _say("steps", len(steps))
             os._exit(0)
         thread.join()
         os.waitpid(pid, 0)
@@ -117,12 +122,12 @@ def main(mode: str, path: str) -> int:
         while time.monotonic() < deadline:
             finished, status = os.waitpid(pid, os.WNOHANG)
             if finished:
-                print(os.waitstatus_to_exitcode(status), flush=True)
+                _say(os.waitstatus_to_exitcode(status))
                 return 0
             time.sleep(0.05)
         os.kill(pid, 9)
         os.waitpid(pid, 0)
-        print("hung", flush=True)
+        _say("hung")
         return 0
     return 2
 

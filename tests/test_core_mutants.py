@@ -114,7 +114,7 @@ class Child:
             if line is None:
                 raise AssertionError(f"no {prefix!r} in {self.lines}: {self._stop()}")
             self.lines.append(line)
-            if line.startswith(prefix):
+            if line and line.startswith(prefix):  # (a blank line: two processes' output)
                 return line.split()
 
     def role(self) -> tuple[str, str]:
