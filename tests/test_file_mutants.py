@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import stat
 import subprocess
 import sys
 import threading
@@ -442,3 +444,96 @@ def test_a_child_forked_while_the_store_is_locked_waits_and_frees_nothing(
             pass
         store.save(_delta("parent"))
     assert _names(_state(_store(path))) == {"parent"}
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def test_describe_reports_the_file_as_it_is_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "c.bin"
+    key_file = str(tmp_path / "k.key")
+    level = crypto.Protection.KEY_FILE
+    source = crypto.FernetKeys((KEY,), label="key file k.key", path=key_file, level=level)
+    store = _store(path, source)
+    empty = store.describe()
+    assert (empty.exists, empty.size, empty.last_write, empty.permissions) == (
+        False, None, None, None
+    )  # fmt: skip
+    _write(store, "a")
+    os.utime(path, (1609556645, 1609556645))  # 2021-01-02 03:04:05 UTC
+    found = store.describe()
+    assert found.backend == "file"
+    assert found.location == str(path)
+    assert found.lock_file == str(path) + ".lock"
+    assert found.key_file == str(tmp_path / "k.key")
+    assert found.protection is crypto.Protection.KEY_FILE
+    assert found.extra == {"key_source": "key file k.key"}
+    assert found.exists is True
+    assert found.size == path.stat().st_size
+    assert found.last_write == "2021-01-02T03:04:05Z"
+    assert found.permissions == "0o600"
+    path.chmod(0o644)
+    assert store.describe().permissions == "0o644"  # said as it is (load makes it private)
+    # Beside it: the lock and the shared change counter, under fixed names (docs, tools).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin", "c.bin.gen", "c.bin.lock"]
+    assert store.lock().timeout == 60.0  # the default wait for the lock
+    assert _store(path, lock_timeout=2.5).lock().timeout == 2.5
+
+
+def test_a_cache_file_others_can_read_is_made_private_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "msal_keyring_cache")
+    private, loose, shown = (tmp_path / n for n in ("private.bin", "loose.bin", "shown.bin"))
+    for path in (private, loose, shown):
+        _write(_store(path), "a")
+    loose.chmod(0o644)
+    shown.chmod(0o640)
+    assert _names(_state(_store(private))) == {"a"}
+    assert str(private) not in caplog.text  # private already: nothing to say
+    assert _names(_state(_store(loose))) == {"a"}
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+    assert f"{loose} was readable by other users; it was made private (0600)." in caplog.text
+    assert _names(_state(_store(shown, read_only=True))) == {"a"}
+    assert stat.S_IMODE(shown.stat().st_mode) == 0o640  # read-only: nothing changed
+    assert f"{shown} was readable by other users; run: chmod 600 {shown}." in caplog.text
+
+
+def test_a_fernet_key_files_header_says_what_the_format_promises(tmp_path: Path) -> None:
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    header = _header(path)
+    assert header == {
+        "format": "msal-keyring-cache",
+        "version": header["version"],
+        "kdf": "none",
+        "fp": crypto.fingerprint(KEY),
+        "source": "key",
+        "gen": header["gen"],
+    }
+    assert re.fullmatch(r"[0-9a-f]{32}", header["gen"])  # 128 random bits, new per file
+    assert header["version"] in crypto.VERSIONS
+
+
+@pytest.mark.parametrize("name", ["v1_cache.bin", "v2_cache.bin", "v3_cache.bin"])
+def test_file_records_splits_an_older_file_by_its_own_version(name: str) -> None:
+    # A tool reading a file written by an older version: its records are lines.
+    blob = (Path(__file__).parent / "data" / name).read_bytes()
+    records = crypto.file_records(blob)
+    assert len(records) > 2  # header, snapshot and at least one journal record
+    assert b"\n".join(records) + b"\n" == blob
+    assert all(b"\n" not in r for r in records[2:])  # journal records are lines
+
+
+def test_the_key_file_is_read_again_only_when_no_key_matches(tmp_path: Path) -> None:
+    # "Called once per fingerprint mismatch": while a key in memory opens the file, the key
+    # file is not consulted (here it was rewritten without that key meanwhile).
+    key_file = tmp_path / "k.key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    source = crypto.FernetKeys(crypto.read_key_file(str(key_file)), path=str(key_file))
+    path = tmp_path / "c.bin"
+    _write(_store(path, source), "a")
+    key_file.write_text(generate_key() + "\n")
+    assert _names(_state(_store(path, source))) == {"a"}
+    assert source.keys == (KEY,)

@@ -191,7 +191,8 @@ def test_a_redis_url_whose_password_holds_the_scheme_separator_is_still_redis() 
         UserCaches.from_url("redis://:pa://ss@127.0.0.1:1/0", key=KEY, table="tokens")
 
 
-def test_a_cluster_url_that_names_a_plain_redis_is_refused(redis_server: Any) -> None:
+def test_a_plain_redis_named_as_several_nodes_is_refused(redis_server: Any) -> None:
+    # (Not "cluster" in the name: the mutation run deselects -k cluster, the six-node tests.)
     with pytest.raises(StoreError, match="Redis Cluster"):
         UserCaches.from_url(redis_server.url, key=KEY, cluster=True, timeout=2)
 
@@ -213,3 +214,16 @@ def test_add_keeps_the_time_the_caller_gives() -> None:
     [entry] = cache.state()["AccessToken"].values()
     assert (entry["cached_at"], entry["expires_on"]) == ("1000", "4600")
     assert cache.changed
+
+
+def test_record_names_keep_their_scheme_across_releases() -> None:
+    # A name is where a user's record is found: if the scheme changed, every stored cache
+    # would be lost on upgrade. Pinned for one key, prefix and user.
+    caches = UserCaches.in_sessions(key="A" * 43 + "=", prefix="app")
+    assert caches.key_name("alice@example.com") == "app:u:{5a4c56519c60f6bd8e58a91787a71ee0}"
+
+
+@pytest.mark.parametrize("bad", [42, [], ["not a key"], [KEY, 5], "short"])
+def test_keys_that_are_not_fernet_keys_are_refused_with_what_to_do(bad: Any) -> None:
+    with pytest.raises(ConfigError, match=r"one or more Fernet keys .* generate-key"):
+        UserCaches.in_sessions(key=bad)

@@ -83,7 +83,6 @@ class EncryptedFileStore(Store):
         self._lock = CrossProcessLock(self.path + ".lock", lock_timeout)
         self._identity = FileIdentity(self.path)
         self.generation: Generation = Generation(self.path + ".gen")
-        self._locked = 0  # depth of our own hold on the cross-process lock
         self._header: Optional[crypto.Header] = None
         self._key = ""  # the key of the file we hold (records are appended under it)
         self._snapshot_end = 0  # bytes of header + snapshot record
@@ -97,7 +96,7 @@ class EncryptedFileStore(Store):
     def lock(self) -> Any:
         if self.read_only:
             return contextlib.nullcontext(self)  # readers need no lock; writes are refused
-        return _Guarded(self._lock, self)
+        return _Guarded(self._lock)
 
     def rendezvous(self) -> Optional[str]:
         return None if self.read_only else self._lock.path
@@ -523,10 +522,9 @@ class _Guarded:
     (A read-only file system lets the cache be read, but the lock file cannot be made.)
     """
 
-    def __init__(self, lock: CrossProcessLock, store: EncryptedFileStore) -> None:
+    def __init__(self, lock: CrossProcessLock) -> None:
         self.lock = lock
         self.path = lock.path
-        self.store = store
 
     @property
     def held(self) -> bool:
@@ -547,8 +545,6 @@ class _Guarded:
             raise
         except OSError as exc:
             raise self._error(exc) from None
-        if taken:
-            self.store._locked += 1
         return taken
 
     def acquire(self, timeout: Optional[float] = None) -> CrossProcessLock:
@@ -559,7 +555,6 @@ class _Guarded:
             raise
         except OSError as exc:
             raise self._error(exc) from None
-        self.store._locked += 1
         return held
 
     def _error(self, exc: OSError) -> StoreError:
@@ -570,7 +565,6 @@ class _Guarded:
         )
 
     def __exit__(self, *exc: object) -> None:
-        self.store._locked -= 1
         self.lock.__exit__(None, None, None)
 
 
