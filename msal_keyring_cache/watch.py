@@ -173,10 +173,6 @@ class Generation:
         self.until = time.monotonic() + self.RECHECK
         self.seen = value
 
-    def forget(self) -> None:
-        """Vouch for nothing: the next read checks exactly."""
-        self.seen = -1
-
     def begin(self) -> None:
         """Before a write (under the cache's lock): make the counter odd.
 
