@@ -455,6 +455,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         if not held:  # a timeout raises; our change stays pending for the next write
             lock.acquire(max(0.0, deadline - time.monotonic()))
         wrote: Optional[dict[tuple[str, str], Any]] = None
+        found = False
         try:
             # Take in the store without our change first: a leader that died after
             # writing may have written it (with our id), and it must not be written
@@ -465,7 +466,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                     self._catch_up()
             finally:
                 table = self._cache.get(BATCH)
-                if role is None or not isinstance(table, dict) or ident not in table:
+                found = role is not None and isinstance(table, dict) and ident in table
+                if not found:
                     self._pending.update(changes)
                     with self._lock:
                         self._reapply_pending()
@@ -473,7 +475,12 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 wrote = self._persist()
         finally:
             lock.__exit__(None, None, None)
-        self._sync(wrote)
+        if found and wrote is None:
+            # Written by a leader that then died or failed before its fsync: ours to
+            # make durable before this call returns.
+            self.store.sync(seen=True)
+        else:
+            self._sync(wrote)
 
     def _follow(self, ticket: batch.Ticket, lock: Any, deadline: float) -> Optional[bool]:
         """Wait for the leader: ``True`` written, ``False`` not, ``None`` we hold the lock."""

@@ -401,6 +401,14 @@ def test_a_follower_whose_leader_died_writes_its_change_exactly_once(
     _seed(cache_path, key, json.dumps({BATCH: {OLD_IDS[0]: {}}} if table else {}))
     roles = Roles(monkeypatch)
     follower_cache = _cache(cache_path, key)
+    synced: list[int] = []  # inodes this process fsynced: the follower's, not the leader's
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     with _lock(cache_path):
         leader = Child(_env(cache_path, key, BATCH_NO_COMPACT="1"), "lead", when, "leader",
                        module="tests.batch_child")  # fmt: skip
@@ -410,6 +418,9 @@ def test_a_follower_whose_leader_died_writes_its_change_exactly_once(
     assert follower.result() is None
     leader.proc.wait(60)
     assert leader.proc.returncode == -signal.SIGKILL
+    # Durable before the follower returned, also when the dead leader wrote it (and may
+    # have died before its own fsync): the follower fsynced the file holding it.
+    assert os.stat(cache_path).st_ino in synced
     follower_cache.close()
     written = [sorted(r.get("AccessToken", {})) for r in _records(cache_path, key)]
     assert written == ([["f"]] if when == "before" else [["f", "leader"]])  # f once

@@ -260,12 +260,15 @@ class Store(abc.ABC):
         """
         self.save(full())
 
-    def sync(self) -> None:  # noqa: B027 - optional hook
+    def sync(self, *, seen: bool = False) -> None:  # noqa: B027 - optional hook
         """Make the last write durable; called once the lock is released.
 
-        A store whose writes are durable when they return does nothing here. The caller
-        returns to its own caller only after this, so "a write that returned is durable"
-        holds either way (docs/how-it-works.md, "Durability").
+        With ``seen``, make durable the store as last read here: a change this process
+        handed to a group's leader (:mod:`~msal_keyring_cache.batch`), which the leader
+        wrote but may not have made durable before it died. A store whose writes are
+        durable when they return does nothing here. The caller returns to its own caller
+        only after this, so "a write that returned is durable" holds either way
+        (docs/how-it-works.md, "Durability").
         """
 
     def rendezvous(self) -> Optional[str]:

@@ -101,14 +101,17 @@ class EncryptedFileStore(Store):
     def rendezvous(self) -> Optional[str]:
         return None if self.read_only else self._lock.path
 
-    def sync(self) -> None:
-        """fsync the records appended since the last call (after the lock is released).
+    def sync(self, *, seen: bool = False) -> None:
+        """fsync the records appended since the last call (after the lock is released);
+        with ``seen``, the file as last read (a leader's record of our change).
 
         Any later writer's fsync of this file covers our record too, and a compaction
         fsyncs its new file before renaming it, so the order does not matter for others:
         see docs/how-it-works.md, "Durability".
         """
         fd, self._unsynced = self._unsynced, None
+        if fd is None and seen and self._identity.fd is not None:
+            fd = os.dup(self._identity.fd)
         if fd is None:
             return
         try:
