@@ -1147,3 +1147,24 @@ def test_a_short_value_refused_whole_fails_the_save_with_the_backends_refusal(
     with pytest.raises(StoreError, match=re.escape("(set password: CredWriteError (error 1783))")):
         save(store_on(tmp_path, Units()), cache_text(300))  # half of it is under 200
     assert ScopedKeyring.entries == {}
+
+
+def test_a_cache_needing_more_chunks_than_a_manifest_may_name_is_refused_before_writing(
+    tmp_path: Path, units: type[Units], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A manifest over the bound would be written, then refused by every reader as damage.
+    # (The bound is 100,000 chunks; five here, so the test writes kilobytes, not 20 MB.)
+    from msal_keyring_cache.stores import credential
+
+    monkeypatch.setattr(credential, "_MAX_CHUNKS", 5)
+    save(store_on(tmp_path, Units()), b'{"v": "old"}')
+    store = store_on(tmp_path, Units(), max_value_length=200)
+    Units.log.clear()
+    with pytest.raises(StoreError, match=r"needs more than 5 entries of 200 characters"):
+        save(store, cache_text(200 * 5 + 1))
+    assert Units.log == []  # nothing written, not even a stamp's generation
+    assert chunk_entries() == {}
+    assert store_on(tmp_path, Units()).load() == b'{"v": "old"}'
+    save(store, cache_text(200 * 5))  # exactly the most a manifest may name
+    assert len(chunk_entries()) == 5
+    assert store_on(tmp_path, Units()).load() == cache_text(200 * 5)

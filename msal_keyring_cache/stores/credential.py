@@ -700,10 +700,17 @@ class KeyringStore(Store):
     ) -> list[str]:
         """Chunks, then the manifest. Returns the generations the stamp must list."""
         while True:
+            parts = [text[i : i + limit] for i in range(0, len(text), limit)]
+            if len(parts) > _MAX_CHUNKS:  # a manifest no reader would accept: write nothing
+                raise StoreError(
+                    f"The token cache ({len(data):,} bytes) needs more than {_MAX_CHUNKS:,} "
+                    f"entries of {limit:,} characters in the credential store; nothing was "
+                    "written. Remove accounts the app no longer uses, or use the encrypted "
+                    "file (backend=file)."
+                )
             gen = secrets.token_hex(4)
             # Listed before any chunk exists: a save killed midway leaves nothing clear misses.
             self._write_stamp([*gens, gen], aside, durable=True)
-            parts = [text[i : i + limit] for i in range(0, len(text), limit)]
             refused = None
             for index, part in enumerate(parts):
                 refused = self._set_raw(self._chunk_service(gen, index), part)
