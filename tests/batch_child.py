@@ -2,7 +2,8 @@
 
 usage: python -m tests.batch_child MODE [ARGS...]
   write START COUNT     COUNT merges of one access token each (keys kSTART..), one msal-style
-                        write per merge; prints "done"
+                        write per merge; prints "role ROLE" for each write that met a busy
+                        lock, then "done" (and "sets N" for a keyring store)
   lead WHEN KEY         one merge of KEY; prints its group role; it SIGKILLs itself
                         "before" its store write, or "after" it (before answering its
                         followers)
@@ -51,6 +52,15 @@ def main(argv: list[str]) -> int:
         file.MIN_JOURNAL_BYTES = 1 << 40
     mode = argv[0]
     cache = build_cache("msal-keyring-cache-tests")
+    join = batch.join
+
+    def announcing(*args: Any) -> Any:
+        role = join(*args)
+        name = {batch.Leader: "leader", batch.Ticket: "follower"}.get(type(role), "alone")
+        print("role", name, flush=True)
+        return role
+
+    batch.join = announcing  # type: ignore[assignment]
     if mode == "write":
         start, count = int(argv[1]), int(argv[2])
         for i in range(start, start + count):
@@ -62,15 +72,6 @@ def main(argv: list[str]) -> int:
         return 0
     if mode in ("lead", "follow"):
         when, key = (argv[1], argv[2]) if mode == "lead" else ("", argv[1])
-        join = batch.join
-
-        def announcing(*args: Any) -> Any:
-            role = join(*args)
-            name = {batch.Leader: "leader", batch.Ticket: "follower"}.get(type(role), "alone")
-            print("role", name, flush=True)
-            return role
-
-        batch.join = announcing  # type: ignore[assignment]
         store: Any = cache.store
         if when == "before":
             store.append = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
