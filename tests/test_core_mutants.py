@@ -920,3 +920,67 @@ def test_a_lock_on_a_read_only_file_system_says_so(tmp_path: Path) -> None:
         ": Read-only file system; the file system is read-only: point the cache at a writable "
         "location (MSAL_KEYRING_CACHE_PATH)."
     )
+
+
+# -- exact change detection: what msal calls without changing anything writes nothing --------
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """The file as the file system sees it (a write appends a record or replaces it)."""
+    found = os.stat(path)
+    return found.st_ino, found.st_size
+
+
+def test_a_modify_that_changes_nothing_writes_nothing(cache_path: Path, key: str) -> None:
+    cache = _cache(cache_path, key)
+    try:
+        cache.merge(entry("a"))
+        before = _size(cache_path)
+        cache.modify("AccessToken", fields("a"), {"secret": "secret-a"})  # the value it has
+        cache.modify("AccessToken", fields("never"), None)  # removing what is not there
+        assert _size(cache_path) == before
+        cache.modify("AccessToken", fields("a"), {"secret": "secret-b"})  # a real change
+        assert _size(cache_path) != before
+    finally:
+        cache.close()
+
+
+def test_serialize_clears_has_state_changed_as_msal_documents(cache_path: Path, key: str) -> None:
+    cache = _cache(cache_path, key)
+    try:
+        cache.merge(entry("a"))
+        assert cache.has_state_changed is True
+        cache.serialize()
+        assert cache.has_state_changed is False
+    finally:
+        cache.close()
+
+
+def test_add_passes_msal_its_clock(cache_path: Path, key: str) -> None:
+    cache = _cache(cache_path, key)
+    try:
+        event = {
+            "client_id": "c",
+            "scope": ["s"],
+            "token_endpoint": "https://127.0.0.1/t/oauth2/v2.0/token",
+            "response": {"access_token": "at", "expires_in": 3600, "token_type": "Bearer"},
+            "data": {},
+        }
+        cache.add(event, now=1000)
+        (found,) = cache.search("AccessToken", now=1000)
+        assert (found["cached_at"], found["expires_on"]) == ("1000", "4600")
+    finally:
+        cache.close()
+
+
+def test_serialize_gives_the_text_msal_itself_would(cache_path: Path, key: str) -> None:
+    import msal
+
+    cache = _cache(cache_path, key)
+    try:
+        cache.merge(entry("a", "b"))
+        plain = msal.SerializableTokenCache()
+        plain.deserialize(cache.serialize())
+        assert cache.serialize() == plain.serialize()  # byte for byte: tools may diff them
+    finally:
+        cache.close()

@@ -942,6 +942,10 @@ def test_direct_items_are_text_plain_and_the_connection_closes_once(
     channel.close()
     channel.close()  # nothing left to close: no error
     assert channel.delete(service, "cache") is True  # a closed channel opens a new connection
+    channel.set(service, "cache", "{}")  # ...and a new session for secrets
+    assert channel.get(service, "cache") == "{}"
+    assert channel.delete(service, "cache") is True
+    channel.close()
     channel.close()
 
 
@@ -1168,3 +1172,33 @@ def test_a_cache_needing_more_chunks_than_a_manifest_may_name_is_refused_before_
     save(store, cache_text(200 * 5))  # exactly the most a manifest may name
     assert len(chunk_entries()) == 5
     assert store_on(tmp_path, Units()).load() == cache_text(200 * 5)
+
+
+def test_without_any_choice_keyring_s_own_choice_by_priority_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import keyring.core
+
+    from msal_keyring_cache.stores import keyring_backend
+
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
+    monkeypatch.setattr(keyring.core, "_keyring_backend", None)  # no set_keyring()
+    backend, source = keyring_backend._resolve(None)
+    assert source == "keyring's choice by priority"
+    chosen = keyring.core._keyring_backend  # what keyring's get_keyring() chose
+    assert chosen is not None
+    assert type(backend) is type(keyring_backend._unchain(chosen))
+
+
+def test_a_chained_backend_is_used_through_its_first_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from keyring.backends.chainer import ChainerBackend
+
+    from msal_keyring_cache.stores import keyring_backend
+
+    first, second = MemoryKeyring(), MemoryKeyring()
+    monkeypatch.setattr(ChainerBackend, "backends", [first, second])
+    assert keyring_backend._unchain(ChainerBackend()) is first  # keyring writes there
+    monkeypatch.setattr(ChainerBackend, "backends", [])
+    assert type(keyring_backend._unchain(ChainerBackend())).__name__ == "Keyring"  # fail

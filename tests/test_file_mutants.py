@@ -537,3 +537,16 @@ def test_the_key_file_is_read_again_only_when_no_key_matches(tmp_path: Path) -> 
     key_file.write_text(generate_key() + "\n")
     assert _names(_state(_store(path, source))) == {"a"}
     assert source.keys == (KEY,)
+
+
+def test_a_passphrase_derives_a_fernet_key_of_scrypt_s_32_bytes() -> None:
+    import base64
+    import hashlib
+
+    from msal_keyring_cache import crypto
+
+    secret = f"derive-{os.getpid()}-{time.monotonic_ns()}"  # no other test's memo
+    key = crypto.Passphrase(secret).derive(b"s" * 16, 16, 8, 1)
+    assert crypto.is_fernet_key(key)
+    raw = base64.urlsafe_b64decode(key)
+    assert raw == hashlib.scrypt(secret.encode(), salt=b"s" * 16, n=16, r=8, p=1, dklen=32)
