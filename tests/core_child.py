@@ -12,6 +12,7 @@ print their group-commit role first: "role leader|follower|alone IDENT".
 Settings come from MSAL_KEYRING_CACHE_* in the environment. Faults, by environment:
   CORE_FSYNC_FAILS=1    the first fsync fails with EIO (after the cache is built)
   CORE_APPEND_FAILS=1   the first journal append fails (StoreError)
+  CORE_GRACE=SECONDS    a follower waits this long for its leader before trying the lock
 Compaction is off (the tests count journal records).
 """
 
@@ -25,6 +26,7 @@ import time
 from typing import Any
 
 from msal_keyring_cache import StoreError, batch, build_cache
+from msal_keyring_cache import cache as cache_module
 from msal_keyring_cache.stores import file
 
 ACCESS_TOKEN = "AccessToken"
@@ -66,6 +68,8 @@ def entry(*names: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if os.environ.get("CORE_GRACE"):
+        cache_module._GRACE = float(os.environ["CORE_GRACE"])
     file.MAX_RECORDS = 10**9
     file.MIN_JOURNAL_BYTES = 1 << 40
     cache = build_cache("msal-keyring-cache-tests")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,17 @@ def mounted_tmpfs(directory: Path, size: str = "1m") -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def journal_records(path: Path, key: str) -> list[dict[str, Any]]:
+    """The journal records of an encrypted cache file, decrypted: one per physical append."""
+    import json
+
+    from msal_keyring_cache import crypto
+
+    blob = path.read_bytes()
+    header, token = crypto.parse_header(blob)
+    file_key = crypto.file_key(header, crypto.FernetKeys((key,)))
+    start = blob.find(b"\n") + 1 + len(token) + 1
+    records, _ = crypto.split_records(blob, start, header.version)
+    return [json.loads(crypto.unseal(r, file_key, header, seq)) for seq, r in enumerate(records, 1)]

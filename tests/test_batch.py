@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from msal_keyring_cache import Settings, batch, build_cache, crypto, manage
+from msal_keyring_cache import Settings, batch, build_cache, manage
 from msal_keyring_cache.locking import CrossProcessLock
 from tests.batch_child import entry
 from tests.helpers import PYTHON, ROOT, child_env, require
+from tests.helpers import journal_records as _records
 
 pytestmark = pytest.mark.skipif(not batch.supported(), reason="group commit needs Linux")
 
@@ -55,16 +56,6 @@ def _first_line(child: subprocess.Popen[str]) -> str:
     """The child's first line of output (it ends within the test's bound or fails it)."""
     assert child.stdout is not None
     return child.stdout.readline().strip()
-
-
-def _records(path: Path, key: str) -> list[dict[str, Any]]:
-    """The journal records in the file, decrypted: one per physical append."""
-    blob = path.read_bytes()
-    header, token = crypto.parse_header(blob)
-    file_key = crypto.file_key(header, crypto.FernetKeys((key,)))
-    start = blob.find(b"\n") + 1 + len(token) + 1
-    records, _ = crypto.split_records(blob, start)
-    return [json.loads(crypto.unseal(r, file_key, header, seq)) for seq, r in enumerate(records, 1)]
 
 
 def _keys(path: Path, key: str) -> set[str]:
