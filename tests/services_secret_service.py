@@ -60,16 +60,30 @@ class SecretService:
             collection.connection.close()  # type: ignore[attr-defined]
 
     def unlock(self) -> None:
-        """Unlock the default collection again (gnome-keyring's control: re-run --unlock)."""
-        subprocess.run(
-            ["gnome-keyring-daemon", "--replace", "--unlock", "--components=secrets"],
-            input=PASSWORD.encode(),
-            env=self.env,
-            capture_output=True,
-            timeout=20,
-            check=False,
-        )
-        time.sleep(0.2)
+        """Unlock the default collection again (gnome-keyring's control: re-run --unlock).
+
+        Returns once the daemon that replaced the old one answers, unlocked: until then a
+        call can reach the old one as it leaves ("disconnected without replying"), and on
+        a loaded machine that takes longer than any fixed pause.
+        """
+        for _ in range(5):
+            subprocess.run(
+                ["gnome-keyring-daemon", "--replace", "--unlock", "--components=secrets"],
+                input=PASSWORD.encode(),
+                env=self.env,
+                capture_output=True,
+                timeout=20,
+                check=False,
+            )
+            until = time.monotonic() + 5
+            while time.monotonic() < until:
+                try:
+                    if not self.collection_locked():
+                        return
+                except Exception:  # the old daemon leaving, the new one not up yet
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError("the private gnome-keyring did not come back unlocked")
 
     def items(self) -> list[tuple[dict[str, str], str]]:
         """(attributes, label) of every item in the default collection."""
