@@ -42,12 +42,14 @@ def _free_port(cluster_bus: bool = False) -> int:
     raise RuntimeError("no free loopback port found")
 
 
-def _ping(port: int) -> bool:
+def _ping(port: int, pid: int) -> bool:
+    """Whether our redis-server (process ``pid``) answers on ``port``: another test run's
+    server may hold a port we were told was free, and ours then fails to bind."""
     import redis
 
     client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
     try:
-        return bool(client.ping())
+        return bool(client.info("server").get("process_id") == pid)
     except redis.RedisError:
         return False
     finally:
@@ -79,7 +81,7 @@ class RedisServer:
             self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self.process.poll() is None:
-                if _ping(self.port):
+                if _ping(self.port, self.process.pid):
                     return self
                 time.sleep(0.05)
             self.stop()
@@ -119,7 +121,7 @@ class RedisClusterServers:
     def _wait_ok(self) -> None:
         import redis
 
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + 3 * START_TIMEOUT  # gossip is slow on a loaded machine
         while time.monotonic() < deadline:
             states = []
             for node in self.nodes:
