@@ -3,9 +3,10 @@
 Score = killed / (killed + survived + no tests), where mutants listed in
 ``tests/mutants_equivalent.txt`` are left out: each of those changes nothing a caller can
 observe, and the file says why, one line each. A mutant no test reaches counts against the
-score. Timeouts count as killed (the mutant hung a test that has a bound). Survivors are
-listed grouped by module, for ``mutmut show NAME``. A listed equivalent that a test kills,
-or that no longer exists (its function changed), is reported, so the list stays true.
+score. Timeouts count as killed (the mutant hung a test that has a bound) and are shown
+apart. Survivors are listed grouped by module, for ``mutmut show NAME``. A listed
+equivalent that a test fails on (not a timeout: a slow run is not a failing test), or that
+no longer exists (its function changed), is reported, so the list stays true.
 Exit status 1 when the score is under ``--fail-under`` (default 0).
 """
 
@@ -18,6 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 KILLED = {1, 3, 24, -24, 36, 152, 255, 37}
+TIMEOUT = {24, -24, 36, 152, 255}  # mutmut's time limits (counted as killed, shown apart)
 SURVIVED = {0}
 UNREACHED = {5, 33}
 EQUIVALENT_FILE = Path(__file__).with_name("mutants_equivalent.txt")
@@ -62,7 +64,9 @@ def main(argv: list[str]) -> int:
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             seen.add(name)
             state = status(code, name, equivalent)
-            if state == "equivalent" and code in KILLED:
+            if code in TIMEOUT and state == "killed":
+                counts["of which timeouts"] += 1
+            if state == "equivalent" and code in KILLED - TIMEOUT:
                 wrongly_listed.append(name)
             if state == "survived":
                 survivors[module].append(name)
