@@ -1202,3 +1202,15 @@ def test_a_chained_backend_is_used_through_its_first_backend(
     assert keyring_backend._unchain(ChainerBackend()) is first  # keyring writes there
     monkeypatch.setattr(ChainerBackend, "backends", [])
     assert type(keyring_backend._unchain(ChainerBackend())).__name__ == "Keyring"  # fail
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), "5", None])
+def test_a_keyring_call_without_a_finite_positive_bound_is_refused(timeout: Any) -> None:
+    from msal_keyring_cache import ConfigError
+    from msal_keyring_cache.stores.keyring_backend import bounded
+
+    calls: list[int] = []
+    with pytest.raises(ConfigError, match="must be a positive number of seconds"):
+        bounded(lambda: calls.append(1), timeout, "get password")
+    assert calls == []  # refused before the call
+    assert bounded(lambda: 7, 0.5, "get password") == 7
