@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -46,6 +46,21 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env.update(extra)
     return env
+
+
+def file_env(
+    path: Path, key: str, lock_timeout: Optional[float] = 60, **extra: str
+) -> dict[str, str]:
+    """:func:`child_env` for a child using the encrypted file ``path`` under ``key``
+    (``lock_timeout=None``: the library's default lock wait, no variable set)."""
+    env = {
+        "MSAL_KEYRING_CACHE_BACKEND": "file",
+        "MSAL_KEYRING_CACHE_PATH": str(path),
+        "MSAL_KEYRING_CACHE_KEY": key,
+    }
+    if lock_timeout is not None:
+        env["MSAL_KEYRING_CACHE_LOCK_TIMEOUT"] = str(lock_timeout)
+    return child_env(**env, **extra)
 
 
 @contextlib.contextmanager

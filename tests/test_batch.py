@@ -24,21 +24,14 @@ import pytest
 from msal_keyring_cache import Settings, batch, build_cache, manage
 from msal_keyring_cache.locking import CrossProcessLock
 from tests.batch_child import entry
-from tests.helpers import PYTHON, ROOT, child_env, require
+from tests.helpers import PYTHON, ROOT, child_env, file_env, require
 from tests.helpers import journal_records as _records
 
 pytestmark = pytest.mark.skipif(not batch.supported(), reason="group commit needs Linux")
 
 
-def _env(path: Path, key: str, timeout: float = 60, **extra: str) -> dict[str, str]:
-    return child_env(
-        MSAL_KEYRING_CACHE_BACKEND="file",
-        MSAL_KEYRING_CACHE_PATH=str(path),
-        MSAL_KEYRING_CACHE_KEY=key,
-        MSAL_KEYRING_CACHE_LOCK_TIMEOUT=str(timeout),
-        BATCH_NO_COMPACT="1",
-        **extra,
-    )
+def _env(path: Path, key: str, timeout: float = 60) -> dict[str, str]:
+    return file_env(path, key, timeout, BATCH_NO_COMPACT="1")
 
 
 def _child(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -44,6 +44,7 @@ from msal_keyring_cache.locking import CrossProcessLock
 from tests.core_child import entry, fields, refresh
 from tests.core_child import key as at
 from tests.helpers import PYTHON, ROOT, child_env
+from tests.helpers import file_env as _env
 from tests.helpers import journal_records as _records
 
 group = pytest.mark.skipif(not batch.supported(), reason="group commit needs Linux")
@@ -51,16 +52,6 @@ BATCH = "~batch"
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _env(path: Path, secret: str, timeout: float = 60, **extra: str) -> dict[str, str]:
-    return child_env(
-        MSAL_KEYRING_CACHE_BACKEND="file",
-        MSAL_KEYRING_CACHE_PATH=str(path),
-        MSAL_KEYRING_CACHE_KEY=secret,
-        MSAL_KEYRING_CACHE_LOCK_TIMEOUT=str(timeout),
-        **extra,
-    )
 
 
 class Child:

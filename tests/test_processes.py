@@ -10,18 +10,13 @@ import pytest
 
 from msal_keyring_cache import build_cache
 from msal_keyring_cache.testing import LoopbackIdentityProvider
-from tests.helpers import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, file_env
 
 APP = "msal-keyring-cache-tests"
 
 
 def _env(path: Path, key: str) -> dict[str, str]:
-    return child_env(
-        MSAL_KEYRING_CACHE_BACKEND="file",
-        MSAL_KEYRING_CACHE_PATH=str(path),
-        MSAL_KEYRING_CACHE_KEY=key,
-        MSAL_KEYRING_CACHE_LOCK_TIMEOUT="120",
-    )
+    return file_env(path, key, 120)
 
 
 def _child(idp: LoopbackIdentityProvider, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -84,11 +79,7 @@ def test_128_processes_with_the_default_lock_timeout_lose_nothing(
     processes, each = 128, 2
     build_cache(APP, backend="file", path=str(cache_path), key=key).deserialize("{}")  # exists
     idp.reset()
-    env = child_env(
-        MSAL_KEYRING_CACHE_BACKEND="file",
-        MSAL_KEYRING_CACHE_PATH=str(cache_path),
-        MSAL_KEYRING_CACHE_KEY=key,
-    )  # no MSAL_KEYRING_CACHE_LOCK_TIMEOUT: the library's default
+    env = file_env(cache_path, key, None)  # the library's default lock timeout
     done = subprocess.run(
         [PYTHON, "-m", "tests.lock_worker", "cc", str(idp.port), str(processes), str(each)],
         cwd=ROOT,

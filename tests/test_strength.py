@@ -31,7 +31,7 @@ from msal_keyring_cache import CacheError, build_cache, crypto, generate_key
 from msal_keyring_cache.stores.credential import KeyringStore
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 from tests.fakes import MemoryKeyring, SizeLimitedKeyring
-from tests.helpers import PYTHON, ROOT, child_env, require
+from tests.helpers import PYTHON, ROOT, child_env, file_env, require
 
 APP = "msal-keyring-cache-tests"
 KEY = generate_key()
@@ -320,10 +320,7 @@ def _stored(path: Path, key: str) -> set[str]:
 def test_a_writer_killed_at_a_defined_step_loses_no_returned_write(
     idp: LoopbackIdentityProvider, cache_path: Path, key: str, hook: str, nth: int
 ) -> None:
-    env = child_env(
-        MSAL_KEYRING_CACHE_BACKEND="file", MSAL_KEYRING_CACHE_PATH=str(cache_path),
-        MSAL_KEYRING_CACHE_KEY=key,
-    )  # fmt: skip
+    env = file_env(cache_path, key, None)
     child = subprocess.Popen(
         [PYTHON, "-c", _KILLABLE, str(idp.port), hook, str(nth), "0", "80"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
