@@ -266,7 +266,7 @@ def file_records(blob: bytes) -> list[bytes]:
     return [blob[: start - 1], token, *journal]
 
 
-def split_records(blob: bytes, start: int, version: int = VERSION) -> tuple[list[bytes], int]:
+def split_records(blob: bytes, start: int, version: int) -> tuple[list[bytes], int]:
     """The complete records in ``blob[start:]`` (each without its newline) and the offset
     just after the last one, for a file of format ``version``.
 

@@ -296,7 +296,7 @@ def test_every_record_is_bound_to_its_file_and_place() -> None:
     # version 4: <length>:<nonce><ciphertext+tag>, binary (AES-256-GCM, no base64)
     digits, _, box = record[:-1].partition(b":")
     assert int(digits) == len(box) == 12 + len(b'{"b":2}') + 16
-    assert crypto.split_records(record, 0) == ([record[:-1]], len(record))
+    assert crypto.split_records(record, 0, crypto.VERSION) == ([record[:-1]], len(record))
     assert crypto.unseal(record[:-1], KEY, header, 1) == b'{"b":2}'
     with pytest.raises(CorruptCacheError, match="journal record 2 is damaged or out of place"):
         crypto.unseal(record[:-1], KEY, header, 2)
@@ -341,15 +341,15 @@ def test_split_records_keeps_only_complete_records() -> None:
     # A blank or spaced line is a record of its own (damaged), never silently dropped.
     assert crypto.split_records(b"HEAD\nr1\n\nr 2\n", 5, 3) == ([b"r1", b"", b"r 2"], 13)
     # version 4: framed by length, a newline inside a record is data
-    assert crypto.split_records(b"HEAD\n2:\n\n\n3:a\nb\n", 5) == ([b"2:\n\n", b"3:a\nb"], 16)
-    assert crypto.split_records(b"HEAD\n2:ab\n3:ab", 5) == ([b"2:ab"], 10)  # cut off
-    assert crypto.split_records(b"HEAD\n2:ab\n12", 5) == ([b"2:ab"], 10)  # cut in the length
-    assert crypto.split_records(b"HEAD\n2:ab\n", 5) == ([b"2:ab"], 10)
+    assert crypto.split_records(b"HEAD\n2:\n\n\n3:a\nb\n", 5, 4) == ([b"2:\n\n", b"3:a\nb"], 16)
+    assert crypto.split_records(b"HEAD\n2:ab\n3:ab", 5, 4) == ([b"2:ab"], 10)  # cut off
+    assert crypto.split_records(b"HEAD\n2:ab\n12", 5, 4) == ([b"2:ab"], 10)  # cut in the length
+    assert crypto.split_records(b"HEAD\n2:ab\n", 5, 4) == ([b"2:ab"], 10)
     # damaged framing: the rest (to the last newline) is one record, which unseal refuses
-    assert crypto.split_records(b"HEAD\n02:ab\n2:cd\nx", 5) == ([b"02:ab\n2:cd"], 16)
-    assert crypto.split_records(b"HEAD\n1:ab\n2:cd\n", 5) == ([b"1:ab\n2:cd"], 15)
-    assert crypto.split_records(b"HEAD\n2:ab\nxyz:1234567890123\n", 5) == (
+    assert crypto.split_records(b"HEAD\n02:ab\n2:cd\nx", 5, 4) == ([b"02:ab\n2:cd"], 16)
+    assert crypto.split_records(b"HEAD\n1:ab\n2:cd\n", 5, 4) == ([b"1:ab\n2:cd"], 15)
+    assert crypto.split_records(b"HEAD\n2:ab\nxyz:1234567890123\n", 5, 4) == (
         [b"2:ab", b"xyz:1234567890123"],
         28,
     )
-    assert crypto.split_records(b"HEAD\n1:abc", 5) == ([], 5)  # no newline: a dead tail
+    assert crypto.split_records(b"HEAD\n1:abc", 5, 4) == ([], 5)  # no newline: a dead tail

@@ -247,7 +247,7 @@ def test_journal_record_parser_answers_any_bytes_with_corrupt_cache_error(
     header = crypto.Header(crypto.fingerprint(KEY), header.gen, version=4)
     real = crypto.seal(b'{"a":1}', KEY, header, seq)
     for body in (junk, real[:cut] + junk, junk[:12] + real, real.replace(b":", b":" + junk, 1)):
-        records, end = crypto.split_records(body, 0)
+        records, end = crypto.split_records(body, 0, crypto.VERSION)
         assert end <= len(body)
         assert b"\n".join(records) + (b"\n" if records else b"") == body[:end]
         for token in records:
@@ -263,7 +263,7 @@ def test_a_journal_record_length_has_one_form() -> None:
     header = crypto.Header(crypto.fingerprint(KEY), "0123456789abcdef0123456789abcdef", version=4)
     real = crypto.seal(b'{"a":1}', KEY, header, 1)
     for form in (b"0" + real, b"+" + real, b" " + real, real.replace(b":", b" :", 1)):
-        records, _end = crypto.split_records(form, 0)
+        records, _end = crypto.split_records(form, 0, crypto.VERSION)
         assert records == [form[:-1]]  # damaged framing: the rest is one (refused) record
         with pytest.raises(CorruptCacheError, match="journal record 1 has no valid length"):
             crypto.unseal(records[0], KEY, header, 1)
