@@ -260,9 +260,11 @@ def _why(results: dict[str, Any]) -> list[str]:
         "is the identity provider. A shared cache serializes its writers by definition; "
         "the distance to the floor is that serialized part (lock hand-over, catching up "
         "with the others' records, encryption, write), and what sharing costs every "
-        "process: loading the cache once, reading every record the other processes wrote, "
-        "and msal's own search over every process's tokens (a miss scans all access "
-        "tokens). On 2 cores these runs are CPU-bound (wall ≈ CPU of all processes / 2).",
+        "process: loading the cache once, and reading and applying every record the other "
+        "processes wrote (msal's own search would also scan every process's tokens on "
+        "each miss; the cache's scope index spares that: docs/how-it-works.md, *Searching "
+        "a shared cache*). On 2 cores these runs are CPU-bound (wall ≈ CPU of all "
+        "processes / 2).",
         "- **Where we are slower.** Decrypting is work plain JSON does not do: the "
         "load-and-first-hit rows pay one AES-256-GCM pass over the whole snapshot (binary, "
         "no base64, since format version 3; as a Fernet token in version 2 it cost more "

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import msal
 
+from . import index
 from .errors import CacheError, ConfigError, CorruptCacheError
 from .stores.base import Description, Store, apply_delta, parse_json, validate_cache
 from .watch import Generation
@@ -138,11 +139,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         query: Optional[dict[str, Any]] = None,
         **kwargs: Any,
     ) -> Iterator[dict[str, Any]]:
-        # The warm hit: the shared counter vouches and msal's own generator is returned,
-        # nothing else runs (inlined, no wrapper: this is the hot path).
+        # The warm hit: the shared counter vouches, nothing is checked (the hot path).
         gen = self._generation
         if gen.view[0] == gen.seen and _monotonic() < gen.until:
-            return _search(self, credential_type, target, query, **kwargs)  # type: ignore[no-any-return]
+            return self._scan(credential_type, target, query, kwargs)
         return self._search_checked(credential_type, target, query, kwargs)
 
     def _search_checked(
@@ -155,11 +155,33 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         """:meth:`search` when the counter does not vouch: one exact check, then msal's
         search holding the lock (its lookups do not check again; its prunes stay in memory)."""
         if self._lock._is_owned():  # a write transaction, or msal iterating: no catch-up
-            yield from _search(self, credential_type, target, query, **kwargs)
+            yield from self._scan(credential_type, target, query, kwargs)
             return
         with self._lock:
             self._check()
-            yield from _search(self, credential_type, target, query, **kwargs)
+            yield from self._scan(credential_type, target, query, kwargs)
+
+    def _scan(
+        self,
+        credential_type: str,
+        target: Optional[list[str]],
+        query: Optional[dict[str, Any]],
+        kwargs: dict[str, Any],
+    ) -> Iterator[dict[str, Any]]:
+        """msal's search; for access tokens, over only the entries the scope index allows
+        (:mod:`.index`: the same results, without scanning every token on a miss)."""
+        view: Any = self
+        if credential_type == _AT:
+            with self._lock:  # not held while yielding: msal's search takes it as it needs
+                table = self._cache.get(_AT)
+                if isinstance(table, dict) and type(table) is not index.Table:
+                    table = self._cache[_AT] = index.Table(table)
+                now = kwargs.get("now")
+                now = int(time.time() if now is None else now)
+                subset = index.candidates(table, target, now)
+            if subset is not None:
+                view = _Subset(self, subset)
+        yield from _search(view, credential_type, target, query, **kwargs)
 
     def find(self, credential_type: str, *args: Any, **kwargs: Any) -> Any:
         # msal < 1.26 reads through find() (newer ones call search(), checked there).
@@ -667,6 +689,21 @@ def _imported(state: Optional[str], *, complete: bool = True) -> dict[str, Any]:
 
 
 _search: Any = getattr(msal.SerializableTokenCache, "search", None)  # msal >= 1.26
+_AT = "AccessToken"
+
+
+class _Subset:
+    """The cache as msal's search sees it when the index applies: only the candidate
+    access tokens to scan; everything else (its lock, lookups, deletions) is the cache's."""
+
+    def __init__(self, cache: PersistentTokenCache, entries: dict[str, Any]) -> None:
+        self._cache = {_AT: entries}
+        self._real = cache
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 _get = msal.SerializableTokenCache._get
 _monotonic = time.monotonic
 _caches: weakref.WeakSet[PersistentTokenCache] = weakref.WeakSet()

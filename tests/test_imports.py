@@ -36,7 +36,7 @@ from tests.helpers import ROOT
 PACKAGE = "msal_keyring_cache"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("files", "locking", "batch", "watch", "waits", "crypto", "config"),
+    ("files", "locking", "batch", "watch", "waits", "crypto", "config", "index"),
     ("stores",),
     ("cache", "http_cache"),
     ("factory",),
