@@ -142,7 +142,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # The warm hit: the shared counter vouches, nothing is checked (the hot path).
         gen = self._generation
         if gen.view[0] == gen.seen and _monotonic() < gen.until:
-            return self._scan(credential_type, target, query, kwargs)
+            view = self._view(credential_type, target, kwargs)
+            return _search(view, credential_type, target, query, **kwargs)  # type: ignore[no-any-return]
         return self._search_checked(credential_type, target, query, kwargs)
 
     def _search_checked(
@@ -154,34 +155,17 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     ) -> Iterator[dict[str, Any]]:
         """:meth:`search` when the counter does not vouch: one exact check, then msal's
         search holding the lock (its lookups do not check again; its prunes stay in memory)."""
+        view = self._view(credential_type, target, kwargs)
         if self._lock._is_owned():  # a write transaction, or msal iterating: no catch-up
-            yield from self._scan(credential_type, target, query, kwargs)
+            yield from _search(view, credential_type, target, query, **kwargs)
             return
         with self._lock:
             self._check()
-            yield from self._scan(credential_type, target, query, kwargs)
+            yield from _search(view, credential_type, target, query, **kwargs)
 
-    def _scan(
-        self,
-        credential_type: str,
-        target: Optional[list[str]],
-        query: Optional[dict[str, Any]],
-        kwargs: dict[str, Any],
-    ) -> Iterator[dict[str, Any]]:
-        """msal's search; for access tokens, over only the entries the scope index allows
-        (:mod:`.index`: the same results, without scanning every token on a miss)."""
-        view: Any = self
-        if credential_type == _AT:
-            with self._lock:  # not held while yielding: msal's search takes it as it needs
-                table = self._cache.get(_AT)
-                if isinstance(table, dict) and type(table) is not index.Table:
-                    table = self._cache[_AT] = index.Table(table)
-                now = kwargs.get("now")
-                now = int(time.time() if now is None else now)
-                subset = index.candidates(table, target, now)
-            if subset is not None:
-                view = _Subset(self, subset)
-        yield from _search(view, credential_type, target, query, **kwargs)
+    def _view(self, credential_type: str, target: Any, kwargs: dict[str, Any]) -> Any:
+        """What msal's search runs on: for access tokens, the cache as :class:`_Indexed`."""
+        return _Indexed(self, target, kwargs.get("now")) if credential_type == _AT else self
 
     def find(self, credential_type: str, *args: Any, **kwargs: Any) -> Any:
         # msal < 1.26 reads through find() (newer ones call search(), checked there).
@@ -692,13 +676,26 @@ _search: Any = getattr(msal.SerializableTokenCache, "search", None)  # msal >= 1
 _AT = "AccessToken"
 
 
-class _Subset:
-    """The cache as msal's search sees it when the index applies: only the candidate
-    access tokens to scan; everything else (its lock, lookups, deletions) is the cache's."""
+class _Indexed:
+    """The cache as msal's access-token search sees it: its own, except that the table
+    msal scans holds only the candidates of the scope index (:mod:`.index`). msal reads
+    that table only to scan, under the lock, after its O(1) lookup: a hit costs nothing
+    more. Everything else (the lock, lookups, deletions) is the cache's."""
 
-    def __init__(self, cache: PersistentTokenCache, entries: dict[str, Any]) -> None:
-        self._cache = {_AT: entries}
+    def __init__(self, cache: PersistentTokenCache, target: Any, now: Optional[float]) -> None:
         self._real = cache
+        self._target = target
+        self._now = now
+
+    @property
+    def _cache(self) -> dict[str, Any]:
+        real = self._real._cache
+        table = real.get(_AT)
+        if isinstance(table, dict) and type(table) is not index.Table:
+            table = real[_AT] = index.Table(table)  # once per reload: then kept current
+        now = int(time.time() if self._now is None else self._now)  # as msal's scan does
+        subset = index.candidates(table, self._target, now)
+        return real if subset is None else {_AT: subset}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)

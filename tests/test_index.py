@@ -183,8 +183,10 @@ def test_apps_find_their_tokens_through_the_index(idp: LoopbackIdentityProvider)
     for scope in scopes:  # every one a hit, found through the index
         assert app.acquire_token_for_client(scope)["token_source"] == "cache"
     assert idp.token_requests == 20
-    cache.reload()  # a plain table again: the next search indexes it anew
+    cache.reload()  # a plain table again: indexed anew by the next scan, not by a hit
     assert app.acquire_token_for_client(scopes[3])["token_source"] == "cache"
+    assert type(cache._cache[AT]) is dict
+    assert list(cache.search(AT, ["never-seen"], {})) == []
     assert type(cache._cache[AT]) is Table
     assert idp.token_requests == 20
 
@@ -223,6 +225,17 @@ def test_a_miss_does_not_look_at_every_token(matching_calls: list[int]) -> None:
     # A scope every token names: each is a candidate, as in msal's scan.
     assert len(list(cache.search(AT, ["common"], query))) == 1000
     assert matching_calls[0] == 1001
+
+
+def test_a_hit_neither_builds_nor_reads_the_index(matching_calls: list[int]) -> None:
+    cache = big_cache(1000)
+    hit = entry("common scope7", int(time.time()) + 3600, home="u1")
+    cache._cache[AT][cache.key_makers[AT](**hit)] = hit  # under msal's own key
+    query = {"home_account_id": "u1", "environment": "login.example", "client_id": "c1"}
+    query["realm"] = "t1"
+    assert next(cache.search(AT, ["scope7", "common"], query)) == hit  # as msal reads it
+    assert matching_calls[0] == 1  # msal's check of the entry it found by key
+    assert type(cache._cache[AT]) is dict  # no scan: no index built
 
 
 def test_msal_scans_everything_without_the_index(matching_calls: list[int]) -> None:
