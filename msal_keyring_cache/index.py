@@ -55,12 +55,27 @@ class Table(dict):  # type: ignore[type-arg]
     # -- changes -----------------------------------------------------------------
 
     def __setitem__(self, key: str, entry: Any) -> None:
-        if key in self:
+        # Every entry another process writes comes through here: kept to a few lookups.
+        if key in self._meta:
             order = self._unindex(key)
         else:
-            order, self._next = self._next, self._next + 1
+            order = self._next
+            self._next = order + 1
         dict.__setitem__(self, key, entry)
-        self._index(key, entry, order)
+        scopes, expires = _describe(entry)
+        self._meta[key] = (order, scopes, expires)
+        if scopes is None or expires is None:
+            self._broken += 1
+            return
+        index = self._scopes
+        for scope in scopes:
+            keys = index.get(scope)
+            if keys is None:
+                index[scope] = {key}
+            else:
+                keys.add(key)
+        if self._soonest is None or expires < self._soonest:
+            self._soonest = expires
 
     def __delitem__(self, key: str) -> None:
         dict.__delitem__(self, key)
@@ -97,17 +112,6 @@ class Table(dict):  # type: ignore[type-arg]
         self._reset()
 
     # -- the index -----------------------------------------------------------------
-
-    def _index(self, key: str, entry: Any, order: int) -> None:
-        scopes, expires = _describe(entry)
-        self._meta[key] = (order, scopes, expires)
-        if scopes is None or expires is None:
-            self._broken += 1
-            return
-        for scope in scopes:
-            self._scopes.setdefault(scope, set()).add(key)
-        if self._soonest is None or expires < self._soonest:
-            self._soonest = expires
 
     def _unindex(self, key: str) -> int:
         order, scopes, expires = self._meta.pop(key)
