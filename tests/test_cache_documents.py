@@ -19,6 +19,7 @@ from msal_keyring_cache.stores.base import apply_delta, parse_json, validate_cac
 TOKEN = "document-secret-token-5e1f"
 RT = {"credential_type": "RefreshToken", "secret": TOKEN, "home_account_id": "h"}
 AT = {"credential_type": "AccessToken", "secret": TOKEN, "expires_on": "4102444800"}
+ACCOUNT = {"home_account_id": "h", "environment": "e", "authority_type": "MSSTS"}
 
 
 def _cache_with(doc: dict[str, Any]) -> PersistentTokenCache:
@@ -38,7 +39,9 @@ def _cache_with(doc: dict[str, Any]) -> PersistentTokenCache:
         ({"AccessToken": {"a": {**AT, "expires_on": 1.5}}}, "'expires_on' that is not a whole"),
         ({"AccessToken": {"a": {**AT, "expires_on": "12a"}}}, "'expires_on' that is not a whole"),
         ({"AccessToken": {"a": {"secret": TOKEN}}}, "AccessToken entry 1 has no 'expires_on'"),
-        ({"Account": {"a": {"home_account_id": 5, "environment": "e"}}}, "'home_account_id'"),
+        ({"Account": {"a": {**ACCOUNT, "home_account_id": 5}}}, "'home_account_id'"),
+        ({"Account": {"a": {"home_account_id": "h", "environment": "e"}}}, "no 'authority_type'"),
+        ({"RefreshToken": {"a": {**RT, "credential_type": "AccessToken"}}}, "not 'RefreshToken'"),
     ],
 )
 def test_merge_refuses_an_unusable_entry_names_it_and_imports_nothing(
@@ -47,7 +50,9 @@ def test_merge_refuses_an_unusable_entry_names_it_and_imports_nothing(
     cache = _cache_with({"RefreshToken": {"kept": RT}})
     before = cache.serialize()
     with pytest.raises(ConfigError, match="nothing was imported") as err:
-        cache.merge(json.dumps({"IdToken": {"new": {"secret": "x"}}, **doc}))
+        cache.merge(
+            json.dumps({"IdToken": {"new": {"credential_type": "IdToken", "secret": "x"}}, **doc})
+        )
     assert says in str(err.value)
     assert TOKEN not in str(err.value)
     assert cache.serialize() == before

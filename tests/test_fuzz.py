@@ -83,7 +83,7 @@ def _entry(kind: str) -> st.SearchStrategy[dict[str, Any]]:
         "AccessToken": {"secret": word, "expires_on": st.integers(0, 2**40).map(str)},
         "RefreshToken": {"secret": word},
         "IdToken": {"secret": word},
-        "Account": {},
+        "Account": {"authority_type": st.sampled_from(["MSSTS", "ADFS", "MSA"])},
         "AppMetadata": {},
     }[kind]
     return st.fixed_dictionaries({**base, **required}, optional={"target": word})

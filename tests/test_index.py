@@ -173,6 +173,7 @@ def test_search_gives_what_msal_full_scan_gives(
 
 
 def test_apps_find_their_tokens_through_the_index(idp: LoopbackIdentityProvider) -> None:
+    idp.reset()  # the provider is shared by the session: count this test's requests only
     cache = persistent()
     app = idp.confidential_app(token_cache=cache)
     scopes = [[f"api://{i}/.default"] for i in range(20)]

@@ -287,20 +287,39 @@ def test_non_regular_and_symlinked_sources_are_refused_without_blocking(tmp_path
 # -- validation ---------------------------------------------------------------------------
 
 
+AT_TYPE = {"credential_type": "AccessToken"}
+
+
 @pytest.mark.parametrize(
     ("doc", "named"),
     [
         ({"RefreshToken": {"k1": "not an object"}}, "RefreshToken['k1'] is not an object"),
         ({"RefreshToken": {"k1": {}}}, "RefreshToken['k1'] has no 'secret'"),
-        ({"AccessToken": {"a": {"secret": "s", "expires_on": "soon"}}}, "'expires_on'"),
-        ({"AccessToken": {"a": {"secret": "s", "expires_on": "1", "target": 3}}}, "'target'"),
+        ({"AccessToken": {"a": {**AT_TYPE, "secret": "s", "expires_on": "soon"}}}, "'expires_on'"),
+        (
+            {"AccessToken": {"a": {**AT_TYPE, "secret": "s", "expires_on": "1", "target": 3}}},
+            "'target'",
+        ),
+        ({"AccessToken": {"a": {"secret": "s", "expires_on": "1"}}}, "has no 'credential_type'"),
+        (
+            {
+                "AccessToken": {
+                    "a": {"credential_type": "IdToken", "secret": "s", "expires_on": "1"}
+                }
+            },
+            "has a 'credential_type' that is not 'AccessToken'",
+        ),
+        ({"Account": {"x": {"home_account_id": "h", "environment": "e"}}}, "no 'authority_type'"),
         ({"Account": {"x": {"home_account_id": "h"}}}, "has no 'environment'"),
         ({"Account": []}, "the 'Account' section is not an object"),
-        ({"IdToken": {"i": {"secret": 5}}}, "'secret' that is not text"),
+        (
+            {"IdToken": {"i": {"credential_type": "IdToken", "secret": 5}}},
+            "'secret' that is not text",
+        ),
     ],
 )
 def test_a_bad_entry_refuses_the_whole_import_and_is_named(doc: Any, named: str) -> None:
-    good = {"RefreshToken": {"good": {"secret": "s", "client_id": "c"}}}
+    good = {"RefreshToken": {"good": {"credential_type": "RefreshToken", "secret": "s"}}}
     merged = {**good, **doc} if "RefreshToken" not in doc else doc
     with pytest.raises(CorruptCacheError) as caught:
         src.parse_cache(json.dumps(merged), "the file")

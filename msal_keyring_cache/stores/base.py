@@ -90,11 +90,13 @@ _TEXT_FIELDS = (
 #: Fields msal turns into numbers (``int(entry[...])``), when present.
 _TIME_FIELDS = ("expires_on", "extended_expires_on", "refresh_on", "cached_at")
 #: What each credential type needs for msal to use it.
+#: msal's removals assert that a token names its own type, and an account its authority
+#: type: an entry without them would make msal fail when it deletes or replaces it.
 _REQUIRED = {
-    "AccessToken": ("secret", "expires_on"),
-    "RefreshToken": ("secret",),
-    "IdToken": ("secret",),
-    "Account": ("home_account_id", "environment"),
+    "AccessToken": ("secret", "expires_on", "credential_type"),
+    "RefreshToken": ("secret", "credential_type"),
+    "IdToken": ("secret", "credential_type"),
+    "Account": ("home_account_id", "environment", "authority_type"),
     "AppMetadata": ("client_id", "environment"),
 }
 
@@ -106,7 +108,10 @@ def validate_cache(doc: Any, *, complete: bool = True, name_keys: bool = False) 
     ``Account``, ``AppMetadata``) must map to an object of entries; every entry must be an
     object; the fields msal's key makers read must be text; time fields must be whole
     numbers (``int()`` accepts them, as msal does); and each entry must have the fields
-    msal needs (``secret`` and ``expires_on`` for an access token, …). Other top-level
+    msal needs (``secret`` and ``expires_on`` for an access token, …; a token its own
+    ``credential_type`` and an account its ``authority_type``, which msal asserts when it
+    deletes them — an expired access token without them would make msal's next search
+    fail). Other top-level
     keys are kept as they are, as msal keeps them. The first bad entry makes the whole
     document refused with :class:`~msal_keyring_cache.ConfigError` naming its type and
     position — never its content, which may be a token.
@@ -128,6 +133,8 @@ def validate_cache(doc: Any, *, complete: bool = True, name_keys: bool = False) 
             )
         for pos, (key, entry) in enumerate(entries.items(), 1):
             problem = _entry_problem(entry, required if complete else ())
+            if complete and not problem and entry.get("credential_type", kind) != kind:
+                problem = f"has a 'credential_type' that is not {kind!r}"
             if problem:
                 shown = f"{kind}[{key[:117]!r}]" if name_keys else f"{kind} entry {pos}"
                 raise ConfigError(
