@@ -20,6 +20,7 @@ TOKEN = "document-secret-token-5e1f"
 RT = {"credential_type": "RefreshToken", "secret": TOKEN, "home_account_id": "h"}
 AT = {"credential_type": "AccessToken", "secret": TOKEN, "expires_on": "4102444800"}
 ACCOUNT = {"home_account_id": "h", "environment": "e", "authority_type": "MSSTS"}
+IDT = {"credential_type": "IdToken"}
 
 
 def _cache_with(doc: dict[str, Any]) -> PersistentTokenCache:

@@ -288,6 +288,7 @@ def test_non_regular_and_symlinked_sources_are_refused_without_blocking(tmp_path
 
 
 AT_TYPE = {"credential_type": "AccessToken"}
+IDT_TYPE = {"credential_type": "IdToken"}
 
 
 @pytest.mark.parametrize(
