@@ -127,6 +127,16 @@ def test_a_kernel_refusal_while_waiting_is_reported_at_once_and_leaks_nothing(
     assert not lock.held
     assert _fds_on(path) == before  # the waiting thread's descriptor is closed
     assert _helpers(path) == []
+    # The failed wait is forgotten: once the kernel allows it and the holder leaves, the
+    # same object waits for the lock and takes it like any other.
+    monkeypatch.undo()
+    proc = held[1]
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    with lock:
+        assert lock.held
+    assert not lock.held
 
 
 def test_an_abandoned_wait_closes_its_descriptor_once_the_holder_leaves(
