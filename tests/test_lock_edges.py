@@ -139,6 +139,29 @@ def test_a_kernel_refusal_while_waiting_is_reported_at_once_and_leaks_nothing(
     assert not lock.held
 
 
+def test_a_refused_unlock_neither_raises_nor_keeps_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the kernel refuses LOCK_UN (as a network file system may). Leaving
+    # the block must not raise, and the descriptor is closed anyway: that frees the lock.
+    path = tmp_path / "cache.lock"
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_UN:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real(fd, op)
+
+    lock = CrossProcessLock(str(path), 1)
+    with lock:
+        monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.undo()
+    assert not lock.held
+    assert _fds_on(path) == 0
+    with CrossProcessLock(str(path), 0):  # free for another object at once
+        pass
+
+
 def test_an_abandoned_wait_closes_its_descriptor_once_the_holder_leaves(
     held: tuple[Path, subprocess.Popen[str]],
 ) -> None:
