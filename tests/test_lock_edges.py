@@ -13,11 +13,13 @@ import gc
 import json
 import os
 import socket
+import stat
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +69,44 @@ def test_an_unusable_lock_path_is_named_with_what_is_there(
         f"The token-cache lock path {path} {what}; refusing to use it (a lock must be a "
         "plain file the library creates). Remove it, or point the cache at another path."
     )
+
+
+def test_relative_lock_paths_make_only_the_lock_and_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with CrossProcessLock("cache.lock", 1):  # no directory part: the current directory
+        pass
+    assert os.listdir(tmp_path) == ["cache.lock"]  # nothing made elsewhere on the way
+    with CrossProcessLock(os.path.join("sub", "cache.lock"), 1):  # one missing, relative
+        pass
+    assert sorted(os.listdir(tmp_path)) == ["cache.lock", "sub"]
+    assert os.listdir(tmp_path / "sub") == ["cache.lock"]
+    assert stat.S_IMODE(os.stat(tmp_path / "sub").st_mode) == 0o700
+
+
+def test_a_lock_path_that_cannot_be_checked_once_locked_is_an_error_and_frees_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: after the flock, the check that the path still names the locked
+    # file (a stat of the path itself) is refused. The caller is told, and holds nothing.
+    path = tmp_path / "cache.lock"
+    real = os.stat
+
+    def refusing(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if kwargs.get("follow_symlinks") is False and os.fspath(target) == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", refusing)
+    lock = CrossProcessLock(str(path), 1)
+    with pytest.raises(StoreError, match=r"Permission denied; check the owner"):
+        lock.__enter__()
+    monkeypatch.undo()
+    assert not lock.held
+    assert _fds_on(path) == 0
+    with CrossProcessLock(str(path), 0):  # not kept locked
+        pass
 
 
 # -- a wait that fails or is abandoned leaves nothing behind ---------------------------------
