@@ -109,6 +109,54 @@ def test_a_lock_path_that_cannot_be_checked_once_locked_is_an_error_and_frees_it
         pass
 
 
+def _writes_refused(path: Path, monkeypatch: pytest.MonkeyPatch, *, reads: bool) -> list[int]:
+    """Fault injection: opening ``path`` for writing fails with EROFS (a read-only file
+    system), and so does reading if ``reads`` is False. The flags of each open it let by."""
+    real, opened = os.open, []
+
+    def refusing(target: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(target) == str(path) and not flags & os.O_CREAT:  # (EEXIST first)
+            if reads is False or flags & os.O_ACCMODE != os.O_RDONLY:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            opened.append(flags)
+        return real(target, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    return opened
+
+
+def test_an_existing_lock_file_on_a_read_only_file_system_is_still_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cache.lock"
+    path.write_bytes(b"")
+    opened = _writes_refused(path, monkeypatch, reads=True)
+    lock = CrossProcessLock(str(path), 1)
+    with lock:
+        assert lock.held
+        assert not CrossProcessLock(str(path), 1).attempt()  # really locked: excluded
+    assert opened
+    for flags in opened:  # read-only, and still never through a link, nor inherited
+        assert flags & os.O_ACCMODE == os.O_RDONLY
+        assert flags & os.O_NOFOLLOW
+        assert flags & os.O_CLOEXEC
+    assert _fds_on(path) == 0
+
+
+def test_a_lock_file_that_opens_neither_way_says_the_file_system_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cache.lock"
+    path.write_bytes(b"")
+    _writes_refused(path, monkeypatch, reads=False)
+    with pytest.raises(StoreError) as info:
+        CrossProcessLock(str(path), 1).__enter__()
+    assert str(info.value) == (
+        f"Cannot open the token-cache lock {path}: Read-only file system; the file system "
+        "is read-only: point the cache at a writable location (MSAL_KEYRING_CACHE_PATH)."
+    )
+
+
 # -- a wait that fails or is abandoned leaves nothing behind ---------------------------------
 
 
