@@ -157,6 +157,25 @@ def test_a_lock_file_that_opens_neither_way_says_the_file_system_is_read_only(
     )
 
 
+def test_a_lock_file_whose_status_cannot_be_read_is_an_error_and_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: fstat of the lock file's new descriptor fails (an I/O error).
+    path = tmp_path / "cache.lock"
+    real = os.fstat
+
+    def failing(fd: int) -> os.stat_result:
+        result = real(fd)  # (a descriptor that is not open fails here, as it would)
+        if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return result
+
+    monkeypatch.setattr(os, "fstat", failing)
+    with pytest.raises(StoreError, match=r"Input/output error; check free space"):
+        CrossProcessLock(str(path), 1).__enter__()
+    assert _fds_on(path) == 0
+
+
 # -- a wait that fails or is abandoned leaves nothing behind ---------------------------------
 
 
