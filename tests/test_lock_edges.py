@@ -310,3 +310,71 @@ def test_a_lock_dropped_while_held_is_free_for_other_processes(tmp_path: Path) -
         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert json.loads(done.stdout.splitlines()[-1])["ok"] is True
+
+
+# -- attempt(): no wait, and a True is the lock held ------------------------------------------
+
+
+def test_attempt_says_no_while_a_wait_is_pending_and_yes_once_it_is_over(tmp_path: Path) -> None:
+    path = tmp_path / "cache.lock"
+    holder, waiter = CrossProcessLock(str(path), 5), CrossProcessLock(str(path), 5)
+    holder.__enter__()
+    with pytest.raises(LockTimeoutError):
+        waiter.acquire(0.1)  # leaves its helper thread blocked in the kernel
+    [helper] = _helpers(path)
+    assert not waiter.attempt()  # a wait is pending: no, and no second wait
+    assert not waiter.held
+    with pytest.raises(LockTimeoutError):
+        waiter.acquire(0.1)  # and the pending wait is still the one a retry re-attaches to
+    assert _helpers(path) == [helper]  # one thread, however many tries
+    holder.__exit__(None, None, None)
+    helper.join(30)
+    assert not helper.is_alive()  # it took the lock as it woke and let it go
+    assert waiter.attempt()  # the finished wait is forgotten
+    assert waiter.held
+    assert not CrossProcessLock(str(path), 5).attempt()
+    waiter.__exit__(None, None, None)
+    assert _fds_on(path) == 0
+
+
+def test_a_kernel_refusal_of_attempt_is_an_error_and_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cache.lock"
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    lock = CrossProcessLock(str(path), 1)
+    with pytest.raises(StoreError, match=r"No locks available; check free space"):
+        lock.attempt()
+    assert not lock.held
+    assert _fds_on(path) == 0
+
+
+def test_a_lock_file_replaced_as_attempt_locks_it_is_not_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process replaces the lock file between our open and our flock: what we
+    # locked is not the lock any more, so attempt() says no and keeps nothing.
+    path = tmp_path / "cache.lock"
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            fresh = tmp_path / "fresh"
+            fresh.write_bytes(b"")
+            os.replace(fresh, path)
+        real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    lock = CrossProcessLock(str(path), 1)
+    assert not lock.attempt()
+    monkeypatch.undo()
+    assert not lock.held
+    with CrossProcessLock(str(path), 0):  # the file now at the path is free
+        pass
