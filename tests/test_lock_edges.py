@@ -94,7 +94,7 @@ def test_a_lock_path_that_cannot_be_checked_once_locked_is_an_error_and_frees_it
     real = os.stat
 
     def refusing(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        if kwargs.get("follow_symlinks") is False and os.fspath(target) == str(path):
+        if not kwargs.get("follow_symlinks", True) and os.fspath(target) == str(path):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         return real(target, *args, **kwargs)
 
@@ -267,6 +267,28 @@ def test_a_refused_unlock_neither_raises_nor_keeps_the_lock(
     assert _fds_on(path) == 0
     with CrossProcessLock(str(path), 0):  # free for another object at once
         pass
+
+
+def test_a_kernel_refusal_of_the_first_try_is_reported_and_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the non-blocking flock that starts every acquisition fails (ENOLCK),
+    # not with "busy": the caller is told at once, and no descriptor or thread is left.
+    path = tmp_path / "cache.lock"
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    lock = CrossProcessLock(str(path), 60)
+    with pytest.raises(StoreError, match=r"No locks available; check free space"):
+        lock.__enter__()
+    assert not lock.held
+    assert _fds_on(path) == 0
+    assert _helpers(path) == []
 
 
 def test_an_abandoned_wait_closes_its_descriptor_once_the_holder_leaves(
