@@ -242,9 +242,10 @@ class CrossProcessLock:
             if waiter.state == _LOCKED:
                 self._waiter = None
                 return waiter.fd
-            if waiter.state == _FAILED:
+            error = waiter.error  # set exactly when the state is _FAILED
+            if error is not None:
                 self._waiter = None
-                raise self._os_error(waiter.error or OSError(errno.EIO, "flock failed"))
+                raise self._os_error(error)
         raise self._timeout()
 
     def _timeout(self) -> LockTimeoutError:

@@ -38,6 +38,12 @@ def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[ScopedKeyri
     HangingKeyring.release.clear()
     yield ScopedKeyring
     HangingKeyring.release.set()
+    # keyring keeps the backends it found for the whole process (jaraco's `once`): a
+    # discovery made while these were viable must not outlive the test, or a later test
+    # that asks for keyring's own choice meets a test backend that refuses to answer.
+    import keyring.backend
+
+    vars(keyring.backend.get_all_keyring).pop("saved_result", None)
 
 
 def make_store(tmp_path: Path, backend: Any, **kwargs: Any) -> KeyringStore:
