@@ -550,3 +550,37 @@ def test_a_passphrase_derives_a_fernet_key_of_scrypt_s_32_bytes() -> None:
     assert crypto.is_fernet_key(key)
     raw = base64.urlsafe_b64decode(key)
     assert raw == hashlib.scrypt(secret.encode(), salt=b"s" * 16, n=16, r=8, p=1, dklen=32)
+
+
+# -- record framing and sealing, unit level --------------------------------------------------
+
+
+def test_split_records_counts_an_empty_record_at_the_very_start() -> None:
+    # "The complete records in blob[start:] and the offset just after the last one": a
+    # newline at `start` ends one (empty) record, in both framings; what follows it with
+    # no newline is cut off (a killed writer) and left out.
+    assert crypto.split_records(b"\nabc", 0, 3) == ([b""], 1)
+    assert crypto.split_records(b"\nabc\n", 0, 3) == ([b"", b"abc"], 5)
+    assert crypto.split_records(b"\nxyz", 0, 4) == ([b""], 1)  # damaged framing: up to the newline
+    assert crypto.split_records(b"abc", 0, 3) == ([], 0)
+    assert crypto.split_records(b"12", 0, 4) == ([], 0)  # cut off within the length
+
+
+def _old_header(version: int) -> crypto.Header:
+    return crypto.Header(crypto.fingerprint(KEY), "0123abcd" * 4, version=version)
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+@pytest.mark.parametrize("seq", [0, 1, 7])
+@pytest.mark.parametrize(
+    "payload", [b"", b"{}", b"a\nb", b"\n\n", b"{" + b"x" * 150 + b"\n}"], ids=range(5)
+)
+def test_unseal_gives_back_exactly_what_seal_sealed(version: int, seq: int, payload: bytes) -> None:
+    # Every version the library reads, the snapshot (seq 0) and journal records, and
+    # payloads with newlines anywhere: what comes out is the payload, byte for byte.
+    header = _old_header(version)
+    record = crypto.seal(payload, KEY, header, seq)
+    assert record.endswith(b"\n")
+    assert crypto.unseal(record[:-1], KEY, header, seq) == payload
+    with pytest.raises(CorruptCacheError):
+        crypto.unseal(record[:-1], KEY, header, seq + 1)  # bound to its place
