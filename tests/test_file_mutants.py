@@ -9,6 +9,7 @@ view, /proc/locks, a real child process. None depends on how journal records are
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,13 @@ from typing import Any, Callable, Optional
 import pytest
 
 from msal_keyring_cache import crypto, generate_key
-from msal_keyring_cache.errors import CorruptCacheError, DecryptError, LockTimeoutError, StoreError
+from msal_keyring_cache.errors import (
+    ConfigError,
+    CorruptCacheError,
+    DecryptError,
+    LockTimeoutError,
+    StoreError,
+)
 from msal_keyring_cache.stores import file
 from msal_keyring_cache.stores.base import apply_delta
 from msal_keyring_cache.stores.file import EncryptedFileStore
@@ -584,3 +591,202 @@ def test_unseal_gives_back_exactly_what_seal_sealed(version: int, seq: int, payl
     assert crypto.unseal(record[:-1], KEY, header, seq) == payload
     with pytest.raises(CorruptCacheError):
         crypto.unseal(record[:-1], KEY, header, seq + 1)  # bound to its place
+
+
+# -- the file store: following other writers, odd files, failures ------------------------------
+
+
+def test_a_read_only_store_meets_no_writers(tmp_path: Path) -> None:
+    # Group commit (batch) meets at the lock file's path: a read-only store writes
+    # nothing and takes no lock, so it names no meeting place.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    assert _store(path).rendezvous() == str(path) + ".lock"
+    assert _store(path, read_only=True).rendezvous() is None
+
+
+def test_a_load_facing_damage_that_keeps_coming_back_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Something puts a damaged file back at the path each time one is set aside: the
+    # load sets aside three, then starts empty instead of looping.
+    path = tmp_path / "c.bin"
+    read = file._read_keep_open
+
+    def planting(name: str) -> Any:
+        if not path.exists():
+            path.write_bytes(b"garbage\n")
+        return read(name)
+
+    monkeypatch.setattr(file, "_read_keep_open", planting)
+    assert _store(path).load() is None
+    assert len(_aside(tmp_path)) == 3
+
+
+def _bytes_read() -> int:
+    """What this process has read so far (Linux: read and pread calls, any file)."""
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+def test_catching_up_reads_the_new_records_not_the_whole_file(tmp_path: Path) -> None:
+    # A reader that has the file reads only what another process appended: a 1 MB
+    # snapshot is not read again for a 100-byte record.
+    path = tmp_path / "c.bin"
+    writer = _store(path)
+    with writer.lock():
+        writer.save(json.dumps({"AccessToken": {"big": {"secret": "x" * 1_000_000}}}).encode())
+    reader = _store(path)
+    state = _state(reader)
+    with writer.lock():
+        writer.append(_delta("new"), _unused)
+        writer.sync()
+    before = _bytes_read()
+    changes = reader.read_changes()
+    read = _bytes_read() - before
+    assert changes is not None
+    assert len(changes) == 1
+    assert read < 64 * 1024, f"read {read} bytes to catch up one record"
+    apply_delta(state, json.loads(changes[0]))
+    assert _names(state) == {"big", "new"}
+
+
+def test_a_closed_store_whose_file_was_signed_out_loads_again_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A store closed (its file let go) and asked again after another process signed
+    # out: "load again", without claiming that records another process wrote were lost.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b")
+    store = _store(path)
+    assert _names(_state(store)) == {"a", "b"}
+    store.close()
+    _store(path).clear()
+    with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
+        assert store.read_changes() is None
+        assert store.load() is None
+    assert caplog.text == ""
+
+
+def test_a_dead_tail_the_next_writer_cuts_is_not_lost_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A writer killed mid-append left part of a record; a reader sees it and waits for
+    # the rest. The next writer first cuts the dead tail off: a reader looking at that
+    # moment (before the new record is in) has lost nothing and need not load again.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b")
+    reader = _store(path)
+    state = _state(reader)
+    size = path.stat().st_size
+    with open(path, "ab") as fh:
+        fh.write(b"12")  # a record cut off within its length
+    assert reader.read_changes() == []  # nothing complete yet
+    os.truncate(path, size)  # what the next writer does first (_write_at)
+    with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
+        assert reader.read_changes() == []
+    assert "lost journal records" not in caplog.text
+    writer = _store(path)
+    _state(writer)
+    with writer.lock():
+        writer.append(_delta("c"), _unused)
+    assert _follow(reader, state) is not None
+    assert _names(state) == {"a", "b", "c"}
+
+
+def _journal(path: Path) -> tuple[str, int]:
+    """The file's gen and how many journal bytes follow its snapshot."""
+    blob = path.read_bytes()
+    header, _start, stop = crypto.locate(blob)
+    return header.gen, len(blob) - (stop + 1)
+
+
+def test_the_journal_may_reach_its_byte_limit_exactly_before_it_is_compacted(
+    tmp_path: Path,
+) -> None:
+    # "Compact when the journal has more bytes than the snapshot (at least 64 KiB)": a
+    # journal of exactly the limit is appended to; one byte more, and it is compacted.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    _write(store, "a")
+    gen, journal = _journal(path)
+
+    def delta(size: int) -> bytes:
+        """A journal entry whose record is ``size`` bytes in the file."""
+        for pad in range(size - 100, size):
+            body = json.dumps({"AccessToken": {"p": {"secret": "x" * pad}}}).encode()
+            if len(crypto.seal(body, KEY, crypto.Header("", gen), 1)) == size:
+                return body
+        raise AssertionError(f"no record of {size} bytes")
+
+    with store.lock():
+        store.append(delta(30_000), _unused)
+        store.append(delta(30_000), _unused)
+        _, journal = _journal(path)
+        store.append(delta(file.MIN_JOURNAL_BYTES - journal), _unused)
+        assert _journal(path) == (gen, file.MIN_JOURNAL_BYTES)
+        store.append(_delta("b"), _unused)  # at the limit, not over it: appended
+        assert _journal(path)[0] == gen
+        store.append(_delta("c"), lambda: _apply_all("a", "b", "c"))  # over it: compacted
+        assert _journal(path)[0] != gen
+    assert _names(_state(_store(path))) == {"a", "b", "c"}
+
+
+def test_a_cache_file_swapped_for_a_link_to_it_is_not_written_through(tmp_path: Path) -> None:
+    # The file is moved elsewhere and a symbolic link to it put at the path: the same
+    # file (inode) as before, so the writer tries to append; it refuses the link.
+    path, moved = tmp_path / "c.bin", tmp_path / "elsewhere.bin"
+    store = _store(path)
+    _write(store, "a")
+    path.rename(moved)
+    path.symlink_to(moved)
+    kept = moved.read_bytes()
+    with store.lock(), pytest.raises(ConfigError, match="is a symbolic link; refusing"):
+        store.append(_delta("b"), lambda: _apply_all("a", "b"))
+    assert moved.read_bytes() == kept
+    assert path.is_symlink()
+    assert not _aside(tmp_path)
+
+
+def _open_on(path: Path) -> int:
+    """Descriptors of this process open on ``path``."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
+
+
+def test_close_after_an_fsync_that_fails_lets_everything_go_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A record appended but not yet fsynced (the call that wrote it failed before its
+    # sync): close() tries the fsync; a disk error there is not raised from close, and
+    # nothing stays open.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    _write(store, "a")
+    with store.lock():
+        store.append(_delta("b"), _unused)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    store.close()
+    monkeypatch.undo()
+    assert _open_on(path) == 0
+    assert _names(_state(_store(path))) == {"a", "b"}  # written, only its fsync failed
+
+
+def test_an_os_error_while_taking_the_lock_is_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lock's directory is made, then chmod 0700: a file system that refuses chmod
+    # (vfat, some network mounts) fails there. Both ways of taking the lock say so
+    # with the library's error.
+    def refusing(name: Any, mode: int, **kw: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refusing)
+    for way in ("attempt", "acquire"):
+        lock = _store(tmp_path / way / "c.bin").lock()
+        with pytest.raises(StoreError, match=r"Cannot take the token-cache lock .*not permitted"):
+            getattr(lock, way)()
