@@ -140,6 +140,22 @@ def test_a_counter_that_is_not_a_regular_file_is_never_trusted(tmp_path: Path) -
     assert not reader.unchanged()
 
 
+def test_a_counter_word_with_its_top_bit_set_is_still_trusted(tmp_path: Path) -> None:
+    # The counter is one unsigned 64-bit word: a value of 2**63 or more (written by hand,
+    # or by a tool that does not wrap as begin/end do) is a value like any other, and a
+    # reader vouches for it; the next write wraps it (mod 2**63) and is seen.
+    path = tmp_path / "cache.bin.gen"
+    value = 2**64 - 2  # even: no write in progress
+    path.write_bytes(value.to_bytes(8, "little"))
+    reader = Generation(str(path))
+    assert reader.peek() == value
+    _looked(reader)
+    assert reader.unchanged()
+    _child_steps(path, "begin", "end")
+    assert not reader.unchanged()
+    assert _value(path) == 0  # (value + 1) % 2**63 = 2**63 - 1 (odd), then 0
+
+
 def test_a_link_planted_at_the_counter_path_is_not_written_through(tmp_path: Path) -> None:
     target = tmp_path / "victim"
     target.write_bytes(b"\x02" + b"\0" * 7)
