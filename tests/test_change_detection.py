@@ -156,6 +156,19 @@ def test_a_counter_word_with_its_top_bit_set_is_still_trusted(tmp_path: Path) ->
     assert _value(path) == 0  # (value + 1) % 2**63 = 2**63 - 1 (odd), then 0
 
 
+def test_a_process_s_own_first_write_makes_its_counter_usable_at_once(tmp_path: Path) -> None:
+    # No counter file when it first looked; its own write creates one: the next look
+    # maps it, without waiting out the retry interval for a missing file.
+    path = tmp_path / "cache.bin.gen"
+    store = Generation(str(path))
+    assert store.peek() == -1  # no counter yet (and the next try is RECHECK away)
+    store.begin()
+    store.end()
+    assert store.peek() == 2
+    _looked(store)
+    assert store.unchanged()
+
+
 def test_a_link_planted_at_the_counter_path_is_not_written_through(tmp_path: Path) -> None:
     target = tmp_path / "victim"
     target.write_bytes(b"\x02" + b"\0" * 7)

@@ -790,3 +790,67 @@ def test_an_os_error_while_taking_the_lock_is_a_store_error(
         lock = _store(tmp_path / way / "c.bin").lock()
         with pytest.raises(StoreError, match=r"Cannot take the token-cache lock .*not permitted"):
             getattr(lock, way)()
+
+
+def test_a_damaged_snapshot_is_named_as_the_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    blob = bytearray(path.read_bytes())
+    *_, stop = crypto.locate(bytes(blob))
+    blob[stop - 5] ^= 1  # in the snapshot's authentication tag
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CorruptCacheError) as caught:
+        _store(path, read_only=True).load()
+    assert "is not a readable encrypted token cache: the encrypted snapshot is damaged" in str(
+        caught.value
+    )
+    with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
+        assert _store(path).load() is None
+    assert "(the encrypted snapshot is damaged or out of place" in caplog.text
+
+
+def test_a_first_record_that_is_not_json_is_named_read_only(tmp_path: Path) -> None:
+    # Only a holder of the key writes such a record; it mentions the link table, so the
+    # load parses it to drop the link: the message still says which part is bad.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    with store.lock():
+        store.save(_delta("a"))
+        store.append(b'{"~link": not json', _unused)
+    with pytest.raises(CorruptCacheError, match=r"is damaged: a journal record is not valid JSON"):
+        _store(path, read_only=True).load()
+
+
+def test_a_first_record_that_mentions_the_link_table_in_a_value_loads(tmp_path: Path) -> None:
+    # "~link" inside an entry (not the link table of a compacted file) is data.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    entry = {"AccessToken": {"b": {"secret": "s", "target": "~link"}}}
+    with store.lock():
+        store.save(_delta("a"))
+        store.append(json.dumps(entry).encode(), _unused)
+    state = _state(_store(path))
+    assert state["AccessToken"]["b"] == entry["AccessToken"]["b"]
+    assert _names(state) == {"a", "b"}
+
+
+def test_a_whole_file_save_under_a_passphrase_keeps_the_files_key_derivation(
+    tmp_path: Path,
+) -> None:
+    # Like compaction: the same salt and cost, so scrypt is not run again for every save
+    # (nor by every reader of the new file).
+    path = tmp_path / "c.bin"
+    passphrase = crypto.Passphrase("pw")
+    store = _store(path, passphrase)
+    _write(store, "a")
+    before = _header(path)
+    with store.lock():
+        store.save(_delta("b"))
+    after = _header(path)
+    assert after["gen"] != before["gen"]
+    assert {k: after[k] for k in ("kdf", "salt", "n", "r", "p")} == {
+        k: before[k] for k in ("kdf", "salt", "n", "r", "p")
+    }
+    assert _names(_state(_store(path, passphrase))) == {"b"}
