@@ -562,7 +562,7 @@ def test_a_passphrase_derives_a_fernet_key_of_scrypt_s_32_bytes() -> None:
 # -- record framing and sealing, unit level --------------------------------------------------
 
 
-def test_split_records_counts_an_empty_record_at_the_very_start() -> None:
+def test_split_records_at_its_edges_empty_cut_off_and_damaged() -> None:
     # "The complete records in blob[start:] and the offset just after the last one": a
     # newline at `start` ends one (empty) record, in both framings; what follows it with
     # no newline is cut off (a killed writer) and left out.
@@ -571,6 +571,8 @@ def test_split_records_counts_an_empty_record_at_the_very_start() -> None:
     assert crypto.split_records(b"\nxyz", 0, 4) == ([b""], 1)  # damaged framing: up to the newline
     assert crypto.split_records(b"abc", 0, 3) == ([], 0)
     assert crypto.split_records(b"12", 0, 4) == ([], 0)  # cut off within the length
+    # A length of more than 12 digits is damage, not a record still being written.
+    assert crypto.split_records(b"1234567890123:abc\n", 0, 4) == ([b"1234567890123:abc"], 18)
 
 
 def _old_header(version: int) -> crypto.Header:
@@ -809,6 +811,12 @@ def test_a_damaged_snapshot_is_named_as_the_snapshot(
     with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
         assert _store(path).load() is None
     assert "(the encrypted snapshot is damaged or out of place" in caplog.text
+    _write(_store(path), "a")
+    blob = path.read_bytes()
+    start = blob.find(b"\n") + 1
+    path.write_bytes(blob[:start] + b"x" + blob[start + 1 :])  # its length's first digit
+    with pytest.raises(CorruptCacheError, match=r"the encrypted snapshot has no valid length"):
+        _store(path, read_only=True).load()
 
 
 def test_a_first_record_that_is_not_json_is_named_read_only(tmp_path: Path) -> None:
