@@ -573,6 +573,7 @@ def test_split_records_at_its_edges_empty_cut_off_and_damaged() -> None:
     assert crypto.split_records(b"12", 0, 4) == ([], 0)  # cut off within the length
     # A length of more than 12 digits is damage, not a record still being written.
     assert crypto.split_records(b"1234567890123:abc\n", 0, 4) == ([b"1234567890123:abc"], 18)
+    assert crypto.split_records(b"abc\n", 0, 4) == ([b"abc"], 4)  # no length: damage too
 
 
 def _old_header(version: int) -> crypto.Header:
@@ -862,3 +863,110 @@ def test_a_whole_file_save_under_a_passphrase_keeps_the_files_key_derivation(
         k: before[k] for k in ("kdf", "salt", "n", "r", "p")
     }
     assert _names(_state(_store(path, passphrase))) == {"b"}
+
+
+def _snapshot_cut(path: Path, keep: Callable[[bytes], bytes]) -> None:
+    """The file as its header line and ``keep(snapshot record with its newline)``."""
+    blob = path.read_bytes()
+    newline = blob.find(b"\n") + 1
+    path.write_bytes(blob[:newline] + keep(blob[newline:]))
+
+
+@pytest.mark.parametrize(
+    ("keep", "says"),
+    [
+        (lambda record: record[:-1], "is truncated"),  # all but its newline
+        (lambda record: record[:2], "is truncated"),  # within its length
+        (lambda record: b"123456789012", "is truncated"),  # a 12-digit length, cut off
+        (lambda record: b"1234567890123", "the encrypted snapshot has no valid length"),
+        (lambda record: b"12a", "the encrypted snapshot has no valid length"),
+    ],
+    ids=["newline", "length", "12 digits", "13 digits", "not digits"],
+)
+def test_a_file_cut_off_in_its_snapshot_is_told_from_a_damaged_one(
+    tmp_path: Path, keep: Callable[[bytes], bytes], says: str
+) -> None:
+    # A copy or write that stopped early says "truncated"; a length of more than 12
+    # digits, or not digits, cannot be one a writer wrote.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    _snapshot_cut(path, keep)
+    with pytest.raises(CorruptCacheError, match=says):
+        _store(path, read_only=True).load()
+
+
+def test_a_file_must_start_with_its_header(tmp_path: Path) -> None:
+    # A blank line before the header line is not the format (a tool or editor added it).
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    path.write_bytes(b"\n" + path.read_bytes())
+    with pytest.raises(CorruptCacheError, match="the file header is not valid JSON"):
+        _store(path, read_only=True).load()
+
+
+@pytest.mark.parametrize("gen", ["a", "Z9", "x" * 64])
+def test_a_file_with_any_gen_of_1_to_64_letters_and_digits_opens(gen: str) -> None:
+    source = crypto.FernetKeys((KEY,))
+    header = crypto.Header(crypto.fingerprint(KEY), gen)
+    blob = header.to_bytes() + b"\n" + crypto.seal(b"{}", KEY, header, 0)
+    assert crypto.open_file(blob, source)[2] == b"{}"
+    longer = crypto.Header(crypto.fingerprint(KEY), gen + "x" * (65 - len(gen)))
+    with pytest.raises(CorruptCacheError, match="invalid 'gen'"):
+        crypto.open_file(longer.to_bytes() + b"\n" + crypto.seal(b"{}", KEY, longer, 0), source)
+
+
+def _counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_an_append_fsyncs_nothing_under_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fsync of a record runs after the lock is released (sync): under the lock, an
+    # append of a store that has nothing unsynced makes no fsync at all.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    store = _store(path)
+    _state(store)
+    synced = _counting_fsyncs(monkeypatch)
+    with store.lock():
+        store.append(_delta("b"), _unused)
+        assert synced == []
+    store.sync()
+    assert len(synced) == 1
+    store.sync()  # nothing appended since
+    assert len(synced) == 1
+
+
+def test_after_an_fsync_that_fails_the_next_write_replaces_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a failed fsync the kernel's copy of the file is in doubt: the next write
+    # does not append to it, it writes a new file.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    _write(store, "a")
+    with store.lock():
+        store.append(_delta("b"), _unused)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(StoreError, match="Input/output error"):
+        store.sync()
+    monkeypatch.undo()
+    inode = path.stat().st_ino
+    with store.lock():
+        store.append(_delta("c"), lambda: _apply_all("a", "b", "c"))
+    store.sync()
+    assert path.stat().st_ino != inode
+    assert _names(_state(_store(path))) == {"a", "b", "c"}
