@@ -606,6 +606,8 @@ def test_a_read_only_store_meets_no_writers(tmp_path: Path) -> None:
     _write(_store(path), "a")
     assert _store(path).rendezvous() == str(path) + ".lock"
     assert _store(path, read_only=True).rendezvous() is None
+    assert _store(path).read_only is False  # the attribute the docs name, as given
+    assert _store(path, read_only=True).read_only is True
 
 
 def test_a_load_facing_damage_that_keeps_coming_back_gives_up(
@@ -791,8 +793,12 @@ def test_an_os_error_while_taking_the_lock_is_a_store_error(
     monkeypatch.setattr(os, "chmod", refusing)
     for way in ("attempt", "acquire"):
         lock = _store(tmp_path / way / "c.bin").lock()
-        with pytest.raises(StoreError, match=r"Cannot take the token-cache lock .*not permitted"):
+        with pytest.raises(StoreError) as caught:
             getattr(lock, way)()
+        where = tmp_path / way / "c.bin.lock"
+        assert f"Cannot take the token-cache lock {where}: Operation not permitted." in str(
+            caught.value
+        )
 
 
 def test_a_damaged_snapshot_is_named_as_the_snapshot(
@@ -970,3 +976,53 @@ def test_after_an_fsync_that_fails_the_next_write_replaces_the_file(
     store.sync()
     assert path.stat().st_ino != inode
     assert _names(_state(_store(path))) == {"a", "b", "c"}
+
+
+def test_a_new_store_on_a_missing_file_sees_no_change(tmp_path: Path) -> None:
+    store = _store(tmp_path / "c.bin")
+    assert store.changed() is False  # nothing there, nothing loaded: nothing to reload
+    assert store.read_changes() is None
+    assert store.load() is None
+    assert store.changed() is False
+
+
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The temporary file's name is random; were it guessed, a link planted there must
+    # make the write fail, not send the tokens where the link points.
+    from msal_keyring_cache import files
+
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: "0" * (2 * n))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"unchanged")
+    (tmp_path / ".c.bin.000000000000.tmp").symlink_to(victim)
+    store = _store(tmp_path / "c.bin")
+    with store.lock(), pytest.raises(StoreError, match="Cannot write"):
+        store.save(_delta("a"))
+    assert victim.read_bytes() == b"unchanged"
+    assert not (tmp_path / "c.bin").exists()
+
+
+def test_a_file_replaced_just_after_this_write_is_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another writer (one that does not take the lock) renames its file over ours right
+    # after our rename: the store must know the file it wrote is not the one there now.
+    path = tmp_path / "c.bin"
+    other = tmp_path / "other.bin"
+    _write(_store(other), "them")  # the same size as ours: only the inode tells
+    real = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        real(src, dst)
+        if str(dst) == str(path) and other.exists():
+            real(other, path)
+
+    store = _store(path)
+    monkeypatch.setattr(os, "replace", replace)
+    with store.lock():
+        store.save(_delta("ours"))
+    monkeypatch.undo()
+    assert store.changed() is True
+    assert _names(_state(store)) == {"them"}
