@@ -169,6 +169,23 @@ def test_a_process_s_own_first_write_makes_its_counter_usable_at_once(tmp_path: 
     assert store.unchanged()
 
 
+def test_a_counter_mapped_anew_mid_write_is_not_trusted(tmp_path: Path) -> None:
+    # The counter file is replaced (deleted by hand, made again by a writer that is in
+    # the middle of its write: 1). A reader that trusted the old one maps the new one:
+    # nothing it vouched for before carries over to it.
+    path = tmp_path / "cache.bin.gen"
+    _child_steps(path, "begin", "end", "begin", "end")
+    reader = Generation(str(path))
+    _looked(reader)
+    assert reader.unchanged()
+    path.unlink()
+    _child_steps(path, "begin")
+    assert _value(path) == 1
+    reader.RECHECK = 0.0  # its time to compare the mapped file with the path comes at once
+    assert reader.peek() == -1  # the new file, mapped: odd
+    assert not reader.unchanged()
+
+
 def test_a_link_planted_at_the_counter_path_is_not_written_through(tmp_path: Path) -> None:
     target = tmp_path / "victim"
     target.write_bytes(b"\x02" + b"\0" * 7)
