@@ -1,10 +1,14 @@
 """The encrypted file store where `nox -s mutants` found no test: re-keying a journal,
 sign-out leftovers, salvage racing a writer or a sign-out, compaction under a passphrase,
 readers following a compaction (up to date, after a sign-out, after a restored backup),
-reads under an address-space limit, and fork.
+reads under an address-space limit, and fork; then record framing and sealing at their
+edges, damaged and cut-off files, catching up, the journal's byte limit, hostile links,
+failed fsyncs and lock errors.
 
-Every test observes the store from outside: the bytes and names on disk, a fresh store's
-view, /proc/locks, a real child process. None depends on how journal records are encoded.
+The store's tests observe it from outside: the bytes and names on disk, a fresh store's
+view, /proc/locks and /proc/self/io, a real child process; faults (a refused chmod, a
+failed fsync) are injected at the OS call. Only the framing tests and the journal-limit
+test use crypto's own functions, to build records of a given size or shape.
 """
 
 from __future__ import annotations
