@@ -142,7 +142,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # The warm hit: the shared counter vouches, nothing is checked (the hot path).
         gen = self._generation
         if gen.view[0] == gen.seen and _monotonic() < gen.until:
-            view = self._view(credential_type, target, kwargs)
+            view = _Indexed(self, target, kwargs.get("now")) if credential_type == _AT else self
             return _search(view, credential_type, target, query, **kwargs)  # type: ignore[no-any-return]
         return self._search_checked(credential_type, target, query, kwargs)
 
@@ -155,17 +155,13 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
     ) -> Iterator[dict[str, Any]]:
         """:meth:`search` when the counter does not vouch: one exact check, then msal's
         search holding the lock (its lookups do not check again; its prunes stay in memory)."""
-        view = self._view(credential_type, target, kwargs)
+        view = _Indexed(self, target, kwargs.get("now")) if credential_type == _AT else self
         if self._lock._is_owned():  # a write transaction, or msal iterating: no catch-up
             yield from _search(view, credential_type, target, query, **kwargs)
             return
         with self._lock:
             self._check()
             yield from _search(view, credential_type, target, query, **kwargs)
-
-    def _view(self, credential_type: str, target: Any, kwargs: dict[str, Any]) -> Any:
-        """What msal's search runs on: for access tokens, the cache as :class:`_Indexed`."""
-        return _Indexed(self, target, kwargs.get("now")) if credential_type == _AT else self
 
     def find(self, credential_type: str, *args: Any, **kwargs: Any) -> Any:
         # msal < 1.26 reads through find() (newer ones call search(), checked there).
@@ -682,10 +678,16 @@ class _Indexed:
     that table only to scan, under the lock, after its O(1) lookup: a hit costs nothing
     more. Everything else (the lock, lookups, deletions) is the cache's."""
 
+    __slots__ = ("_get_access_token", "_is_matching", "_now", "_real", "_target")
+    CredentialType = msal.TokenCache.CredentialType
+
     def __init__(self, cache: PersistentTokenCache, target: Any, now: Optional[float]) -> None:
         self._real = cache
         self._target = target
         self._now = now
+        # What msal's search uses on a hit, set here: a hit takes no __getattr__ detour.
+        self._get_access_token = cache._get_access_token
+        self._is_matching = cache._is_matching
 
     @property
     def _cache(self) -> dict[str, Any]:

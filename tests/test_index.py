@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from msal_keyring_cache import MemoryStore, PersistentTokenCache
-from msal_keyring_cache.index import MARGIN, Table, candidates
+from msal_keyring_cache.index import MARGIN, Table, _describe, candidates
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 
 AT = "AccessToken"
@@ -335,6 +335,8 @@ def test_an_entry_changed_in_place_cannot_unbalance_the_index() -> None:
         entry(["a"]),
         entry("a", expires=None),
         entry("a", expires="never"),
+        {**entry("a"), "expires_on": ["1"]},  # int() raises TypeError
+        {**entry("a"), "expires_on": float("inf")},  # int() raises OverflowError
         "not an entry",
     ],
 )
@@ -354,3 +356,14 @@ def test_candidates_refuses_what_it_cannot_vouch_for() -> None:
     assert candidates(table, ["a"], NOW + 3600 - MARGIN + 1) is None  # expiring soon
     assert candidates(table, ["a"], NOW + 3600 - MARGIN) == {"k1": table["k1"]}
     assert candidates(Table(), ["a"], NOW) == {}
+
+
+def test_what_the_index_reads_of_an_entry() -> None:
+    untargeted = {k: v for k, v in entry("a", NOW + 60).items() if k != "target"}
+    assert _describe(untargeted) == (frozenset(), NOW + 60)  # msal reads it as no scope
+    assert _describe(entry("b a b", NOW)) == (frozenset({"a", "b"}), NOW)
+    table = Table({"k1": untargeted})
+    assert table._scopes == {}
+    assert candidates(table, ["a"], NOW) == {}
+    assert table.setdefault("k2") is None  # a dict's default
+    assert table["k2"] is None
