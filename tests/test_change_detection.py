@@ -257,3 +257,17 @@ def test_identity_cannot_look_is_a_store_error(tmp_path: Path) -> None:
     identity = FileIdentity(str(tmp_path / "plain" / "cache.bin"))
     with pytest.raises(StoreError, match=r"Cannot look at .*cache\.bin: Not a directory\. Check"):
         identity.check()
+
+
+def test_forgetting_a_descriptor_already_closed_elsewhere_is_quiet(tmp_path: Path) -> None:
+    # The kept descriptor was closed behind the identity's back (EBADF on close): forget
+    # still forgets, without an error.
+    path = tmp_path / "cache.bin"
+    path.write_bytes(b"x")
+    identity = FileIdentity(str(path))
+    fd = os.open(path, os.O_RDONLY)
+    identity.remember(fd)
+    os.close(fd)
+    identity.forget()
+    assert identity.fd is None
+    assert identity.changed() is True  # a file is there, none is remembered

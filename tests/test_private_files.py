@@ -335,3 +335,28 @@ def test_a_read_that_fails_is_a_store_error_and_leaks_nothing(
     assert len(opened) == 1
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(opened[0])  # closed
+
+
+def test_a_file_that_cannot_be_looked_at_after_opening_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: fstat of the just-opened descriptor fails. What was opened is
+    # unknown, so it is refused like a FIFO or device, and the descriptor is closed.
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"data")
+
+    real = os.fstat
+    calls: list[int] = []
+
+    def failing(fd: int) -> os.stat_result:
+        calls.append(fd)
+        if len(calls) == 1:  # open_regular's own; later ones are pytest's
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fstat", failing)
+    with pytest.raises(StoreError, match="is not a regular file"):
+        open_regular(str(path), os.O_RDONLY)
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(calls[0])  # closed
