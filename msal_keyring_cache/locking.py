@@ -266,7 +266,11 @@ class CrossProcessLock:
         except OSError as exc:
             raise self._os_error(exc) from None
         else:
-            os.fchmod(fd, 0o600)  # the umask may have taken bits we want, or left some
+            try:
+                os.fchmod(fd, 0o600)  # the umask may have taken bits we want, or left some
+            except OSError as exc:  # a file system that refuses chmod
+                os.close(fd)
+                raise self._os_error(exc) from None
         try:
             mode = os.fstat(fd).st_mode
         except OSError as exc:

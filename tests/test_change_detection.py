@@ -140,6 +140,52 @@ def test_a_counter_that_is_not_a_regular_file_is_never_trusted(tmp_path: Path) -
     assert not reader.unchanged()
 
 
+def test_a_counter_word_with_its_top_bit_set_is_still_trusted(tmp_path: Path) -> None:
+    # The counter is one unsigned 64-bit word: a value of 2**63 or more (written by hand,
+    # or by a tool that does not wrap as begin/end do) is a value like any other, and a
+    # reader vouches for it; the next write wraps it (mod 2**63) and is seen.
+    path = tmp_path / "cache.bin.gen"
+    value = 2**64 - 2  # even: no write in progress
+    path.write_bytes(value.to_bytes(8, "little"))
+    reader = Generation(str(path))
+    assert reader.peek() == value
+    _looked(reader)
+    assert reader.unchanged()
+    _child_steps(path, "begin", "end")
+    assert not reader.unchanged()
+    assert _value(path) == 0  # (value + 1) % 2**63 = 2**63 - 1 (odd), then 0
+
+
+def test_a_process_s_own_first_write_makes_its_counter_usable_at_once(tmp_path: Path) -> None:
+    # No counter file when it first looked; its own write creates one: the next look
+    # maps it, without waiting out the retry interval for a missing file.
+    path = tmp_path / "cache.bin.gen"
+    store = Generation(str(path))
+    assert store.peek() == -1  # no counter yet (and the next try is RECHECK away)
+    store.begin()
+    store.end()
+    assert store.peek() == 2
+    _looked(store)
+    assert store.unchanged()
+
+
+def test_a_counter_mapped_anew_mid_write_is_not_trusted(tmp_path: Path) -> None:
+    # The counter file is replaced (deleted by hand, made again by a writer that is in
+    # the middle of its write: 1). A reader that trusted the old one maps the new one:
+    # nothing it vouched for before carries over to it.
+    path = tmp_path / "cache.bin.gen"
+    _child_steps(path, "begin", "end", "begin", "end")
+    reader = Generation(str(path))
+    _looked(reader)
+    assert reader.unchanged()
+    path.unlink()
+    _child_steps(path, "begin")
+    assert _value(path) == 1
+    reader.RECHECK = 0.0  # its time to compare the mapped file with the path comes at once
+    assert reader.peek() == -1  # the new file, mapped: odd
+    assert not reader.unchanged()
+
+
 def test_a_link_planted_at_the_counter_path_is_not_written_through(tmp_path: Path) -> None:
     target = tmp_path / "victim"
     target.write_bytes(b"\x02" + b"\0" * 7)
@@ -211,3 +257,17 @@ def test_identity_cannot_look_is_a_store_error(tmp_path: Path) -> None:
     identity = FileIdentity(str(tmp_path / "plain" / "cache.bin"))
     with pytest.raises(StoreError, match=r"Cannot look at .*cache\.bin: Not a directory\. Check"):
         identity.check()
+
+
+def test_forgetting_a_descriptor_already_closed_elsewhere_is_quiet(tmp_path: Path) -> None:
+    # The kept descriptor was closed behind the identity's back (EBADF on close): forget
+    # still forgets, without an error.
+    path = tmp_path / "cache.bin"
+    path.write_bytes(b"x")
+    identity = FileIdentity(str(path))
+    fd = os.open(path, os.O_RDONLY)
+    identity.remember(fd)
+    os.close(fd)
+    identity.forget()
+    assert identity.fd is None
+    assert identity.changed() is True  # a file is there, none is remembered

@@ -1,14 +1,19 @@
 """The encrypted file store where `nox -s mutants` found no test: re-keying a journal,
 sign-out leftovers, salvage racing a writer or a sign-out, compaction under a passphrase,
 readers following a compaction (up to date, after a sign-out, after a restored backup),
-reads under an address-space limit, and fork.
+reads under an address-space limit, and fork; then record framing and sealing at their
+edges, damaged and cut-off files, catching up, the journal's byte limit, hostile links,
+failed fsyncs and lock errors.
 
-Every test observes the store from outside: the bytes and names on disk, a fresh store's
-view, /proc/locks, a real child process. None depends on how journal records are encoded.
+The store's tests observe it from outside: the bytes and names on disk, a fresh store's
+view, /proc/locks and /proc/self/io, a real child process; faults (a refused chmod, a
+failed fsync) are injected at the OS call. Only the framing tests and the journal-limit
+test use crypto's own functions, to build records of a given size or shape.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +29,13 @@ from typing import Any, Callable, Optional
 import pytest
 
 from msal_keyring_cache import crypto, generate_key
-from msal_keyring_cache.errors import CorruptCacheError, DecryptError, LockTimeoutError, StoreError
+from msal_keyring_cache.errors import (
+    ConfigError,
+    CorruptCacheError,
+    DecryptError,
+    LockTimeoutError,
+    StoreError,
+)
 from msal_keyring_cache.stores import file
 from msal_keyring_cache.stores.base import apply_delta
 from msal_keyring_cache.stores.file import EncryptedFileStore
@@ -550,3 +561,472 @@ def test_a_passphrase_derives_a_fernet_key_of_scrypt_s_32_bytes() -> None:
     assert crypto.is_fernet_key(key)
     raw = base64.urlsafe_b64decode(key)
     assert raw == hashlib.scrypt(secret.encode(), salt=b"s" * 16, n=16, r=8, p=1, dklen=32)
+
+
+# -- record framing and sealing, unit level --------------------------------------------------
+
+
+def test_split_records_at_its_edges_empty_cut_off_and_damaged() -> None:
+    # "The complete records in blob[start:] and the offset just after the last one": a
+    # newline at `start` ends one (empty) record, in both framings; what follows it with
+    # no newline is cut off (a killed writer) and left out.
+    assert crypto.split_records(b"\nabc", 0, 3) == ([b""], 1)
+    assert crypto.split_records(b"\nabc\n", 0, 3) == ([b"", b"abc"], 5)
+    assert crypto.split_records(b"\nxyz", 0, 4) == ([b""], 1)  # damaged framing: up to the newline
+    assert crypto.split_records(b"abc", 0, 3) == ([], 0)
+    assert crypto.split_records(b"12", 0, 4) == ([], 0)  # cut off within the length
+    # A length of more than 12 digits is damage, not a record still being written.
+    assert crypto.split_records(b"1234567890123:abc\n", 0, 4) == ([b"1234567890123:abc"], 18)
+    assert crypto.split_records(b"abc\n", 0, 4) == ([b"abc"], 4)  # no length: damage too
+
+
+def _old_header(version: int) -> crypto.Header:
+    return crypto.Header(crypto.fingerprint(KEY), "0123abcd" * 4, version=version)
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+@pytest.mark.parametrize("seq", [0, 1, 7])
+@pytest.mark.parametrize(
+    "payload", [b"", b"{}", b"a\nb", b"\n\n", b"{" + b"x" * 150 + b"\n}"], ids=range(5)
+)
+def test_unseal_gives_back_exactly_what_seal_sealed(version: int, seq: int, payload: bytes) -> None:
+    # Every version the library reads, the snapshot (seq 0) and journal records, and
+    # payloads with newlines anywhere: what comes out is the payload, byte for byte.
+    header = _old_header(version)
+    record = crypto.seal(payload, KEY, header, seq)
+    assert record.endswith(b"\n")
+    assert crypto.unseal(record[:-1], KEY, header, seq) == payload
+    with pytest.raises(CorruptCacheError):
+        crypto.unseal(record[:-1], KEY, header, seq + 1)  # bound to its place
+
+
+# -- the file store: following other writers, odd files, failures ------------------------------
+
+
+def test_a_read_only_store_meets_no_writers(tmp_path: Path) -> None:
+    # Group commit (batch) meets at the lock file's path: a read-only store writes
+    # nothing and takes no lock, so it names no meeting place.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    assert _store(path).rendezvous() == str(path) + ".lock"
+    assert _store(path, read_only=True).rendezvous() is None
+    assert _store(path).read_only is False  # the attribute the docs name, as given
+    assert _store(path, read_only=True).read_only is True
+
+
+def test_a_load_facing_damage_that_keeps_coming_back_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Something puts a damaged file back at the path each time one is set aside: the
+    # load sets aside three, then starts empty instead of looping.
+    path = tmp_path / "c.bin"
+    read = file._read_keep_open
+
+    def planting(name: str) -> Any:
+        if not path.exists():
+            path.write_bytes(b"garbage\n")
+        return read(name)
+
+    monkeypatch.setattr(file, "_read_keep_open", planting)
+    assert _store(path).load() is None
+    assert len(_aside(tmp_path)) == 3
+
+
+def _bytes_read() -> int:
+    """What this process has read so far (Linux: read and pread calls, any file)."""
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+def test_catching_up_reads_the_new_records_not_the_whole_file(tmp_path: Path) -> None:
+    # A reader that has the file reads only what another process appended: a 1 MB
+    # snapshot is not read again for a 100-byte record.
+    path = tmp_path / "c.bin"
+    writer = _store(path)
+    with writer.lock():
+        writer.save(json.dumps({"AccessToken": {"big": {"secret": "x" * 1_000_000}}}).encode())
+    reader = _store(path)
+    state = _state(reader)
+    with writer.lock():
+        writer.append(_delta("new"), _unused)
+        writer.sync()
+    before = _bytes_read()
+    changes = reader.read_changes()
+    read = _bytes_read() - before
+    assert changes is not None
+    assert len(changes) == 1
+    assert read < 64 * 1024, f"read {read} bytes to catch up one record"
+    apply_delta(state, json.loads(changes[0]))
+    assert _names(state) == {"big", "new"}
+
+
+def test_a_closed_store_whose_file_was_signed_out_loads_again_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A store closed (its file let go) and asked again after another process signed
+    # out: "load again", without claiming that records another process wrote were lost.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b")
+    store = _store(path)
+    assert _names(_state(store)) == {"a", "b"}
+    store.close()
+    _store(path).clear()
+    with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
+        assert store.read_changes() is None
+        assert store.load() is None
+    assert [r.getMessage() for r in caplog.records if r.name == "msal_keyring_cache"] == []
+
+
+def test_a_dead_tail_the_next_writer_cuts_is_not_lost_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A writer killed mid-append left part of a record; a reader sees it and waits for
+    # the rest. The next writer first cuts the dead tail off: a reader looking at that
+    # moment (before the new record is in) has lost nothing and need not load again.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a", "b")
+    reader = _store(path)
+    state = _state(reader)
+    size = path.stat().st_size
+    with open(path, "ab") as fh:
+        fh.write(b"12")  # a record cut off within its length
+    assert reader.read_changes() == []  # nothing complete yet
+    os.truncate(path, size)  # what the next writer does first (_write_at)
+    with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
+        assert reader.read_changes() == []
+    assert "lost journal records" not in caplog.text
+    writer = _store(path)
+    _state(writer)
+    with writer.lock():
+        writer.append(_delta("c"), _unused)
+    assert _follow(reader, state) is not None
+    assert _names(state) == {"a", "b", "c"}
+
+
+def _journal(path: Path) -> tuple[str, int]:
+    """The file's gen and how many journal bytes follow its snapshot."""
+    blob = path.read_bytes()
+    header, _start, stop = crypto.locate(blob)
+    return header.gen, len(blob) - (stop + 1)
+
+
+def test_the_journal_may_reach_its_byte_limit_exactly_before_it_is_compacted(
+    tmp_path: Path,
+) -> None:
+    # "Compact when the journal has more bytes than the snapshot (at least 64 KiB)": a
+    # journal of exactly the limit is appended to; one byte more, and it is compacted.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    _write(store, "a")
+    gen, journal = _journal(path)
+
+    def delta(size: int) -> bytes:
+        """A journal entry whose record is ``size`` bytes in the file."""
+        for pad in range(size - 100, size):
+            body = json.dumps({"AccessToken": {"p": {"secret": "x" * pad}}}).encode()
+            if len(crypto.seal(body, KEY, crypto.Header("", gen), 1)) == size:
+                return body
+        raise AssertionError(f"no record of {size} bytes")
+
+    with store.lock():
+        store.append(delta(30_000), _unused)
+        store.append(delta(30_000), _unused)
+        _, journal = _journal(path)
+        store.append(delta(file.MIN_JOURNAL_BYTES - journal), _unused)
+        assert _journal(path) == (gen, file.MIN_JOURNAL_BYTES)
+        store.append(_delta("b"), _unused)  # at the limit, not over it: appended
+        assert _journal(path)[0] == gen
+        store.append(_delta("c"), lambda: _apply_all("a", "b", "c"))  # over it: compacted
+        assert _journal(path)[0] != gen
+    assert _names(_state(_store(path))) == {"a", "b", "c"}
+
+
+def test_a_cache_file_swapped_for_a_link_to_it_is_not_written_through(tmp_path: Path) -> None:
+    # The file is moved elsewhere and a symbolic link to it put at the path: the same
+    # file (inode) as before, so the writer tries to append; it refuses the link.
+    path, moved = tmp_path / "c.bin", tmp_path / "elsewhere.bin"
+    store = _store(path)
+    _write(store, "a")
+    path.rename(moved)
+    path.symlink_to(moved)
+    kept = moved.read_bytes()
+    with store.lock(), pytest.raises(ConfigError, match="is a symbolic link; refusing"):
+        store.append(_delta("b"), lambda: _apply_all("a", "b"))
+    assert moved.read_bytes() == kept
+    assert path.is_symlink()
+    assert not _aside(tmp_path)
+
+
+def _open_on(path: Path) -> int:
+    """Descriptors of this process open on ``path``."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
+
+
+def test_close_after_an_fsync_that_fails_lets_everything_go_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A record appended but not yet fsynced (the call that wrote it failed before its
+    # sync): close() tries the fsync; a disk error there is not raised from close, and
+    # nothing stays open.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    _write(store, "a")
+    with store.lock():
+        store.append(_delta("b"), _unused)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    store.close()
+    monkeypatch.undo()
+    assert _open_on(path) == 0
+    assert _names(_state(_store(path))) == {"a", "b"}  # written, only its fsync failed
+
+
+def test_an_os_error_while_taking_the_lock_is_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lock's directory is made, then chmod 0700: a file system that refuses chmod
+    # (vfat, some network mounts) fails there. Both ways of taking the lock say so
+    # with the library's error.
+    def refusing(name: Any, mode: int, **kw: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refusing)
+    for way in ("attempt", "acquire"):
+        lock = _store(tmp_path / way / "c.bin").lock()
+        with pytest.raises(StoreError) as caught:
+            getattr(lock, way)()
+        where = tmp_path / way / "c.bin.lock"
+        assert f"Cannot take the token-cache lock {where}: Operation not permitted." in str(
+            caught.value
+        )
+
+
+def test_a_damaged_snapshot_is_named_as_the_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    blob = bytearray(path.read_bytes())
+    *_, stop = crypto.locate(bytes(blob))
+    blob[stop - 5] ^= 1  # in the snapshot's authentication tag
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CorruptCacheError) as caught:
+        _store(path, read_only=True).load()
+    assert "is not a readable encrypted token cache: the encrypted snapshot is damaged" in str(
+        caught.value
+    )
+    with caplog.at_level(logging.WARNING, "msal_keyring_cache"):
+        assert _store(path).load() is None
+    assert "(the encrypted snapshot is damaged or out of place" in caplog.text
+    _write(_store(path), "a")
+    blob = path.read_bytes()
+    start = blob.find(b"\n") + 1
+    path.write_bytes(blob[:start] + b"x" + blob[start + 1 :])  # its length's first digit
+    with pytest.raises(CorruptCacheError, match=r"the encrypted snapshot has no valid length"):
+        _store(path, read_only=True).load()
+
+
+def test_a_first_record_that_is_not_json_is_named_read_only(tmp_path: Path) -> None:
+    # Only a holder of the key writes such a record; it mentions the link table, so the
+    # load parses it to drop the link: the message still says which part is bad.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    with store.lock():
+        store.save(_delta("a"))
+        store.append(b'{"~link": not json', _unused)
+    with pytest.raises(CorruptCacheError, match=r"is damaged: a journal record is not valid JSON"):
+        _store(path, read_only=True).load()
+
+
+def test_a_first_record_that_mentions_the_link_table_in_a_value_loads(tmp_path: Path) -> None:
+    # "~link" inside an entry (not the link table of a compacted file) is data.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    entry = {"AccessToken": {"b": {"secret": "s", "target": "~link"}}}
+    with store.lock():
+        store.save(_delta("a"))
+        store.append(json.dumps(entry).encode(), _unused)
+    state = _state(_store(path))
+    assert state["AccessToken"]["b"] == entry["AccessToken"]["b"]
+    assert _names(state) == {"a", "b"}
+
+
+def test_a_whole_file_save_under_a_passphrase_keeps_the_files_key_derivation(
+    tmp_path: Path,
+) -> None:
+    # Like compaction: the same salt and cost, so scrypt is not run again for every save
+    # (nor by every reader of the new file).
+    path = tmp_path / "c.bin"
+    passphrase = crypto.Passphrase("pw")
+    store = _store(path, passphrase)
+    _write(store, "a")
+    before = _header(path)
+    with store.lock():
+        store.save(_delta("b"))
+    after = _header(path)
+    assert after["gen"] != before["gen"]
+    assert {k: after[k] for k in ("kdf", "salt", "n", "r", "p")} == {
+        k: before[k] for k in ("kdf", "salt", "n", "r", "p")
+    }
+    assert _names(_state(_store(path, passphrase))) == {"b"}
+
+
+def _snapshot_cut(path: Path, keep: Callable[[bytes], bytes]) -> None:
+    """The file as its header line and ``keep(snapshot record with its newline)``."""
+    blob = path.read_bytes()
+    newline = blob.find(b"\n") + 1
+    path.write_bytes(blob[:newline] + keep(blob[newline:]))
+
+
+@pytest.mark.parametrize(
+    ("keep", "says"),
+    [
+        (lambda record: record[:-1], "is truncated"),  # all but its newline
+        (lambda record: record[:2], "is truncated"),  # within its length
+        (lambda record: b"123456789012", "is truncated"),  # a 12-digit length, cut off
+        (lambda record: b"1234567890123", "the encrypted snapshot has no valid length"),
+        (lambda record: b"12a", "the encrypted snapshot has no valid length"),
+    ],
+    ids=["newline", "length", "12 digits", "13 digits", "not digits"],
+)
+def test_a_file_cut_off_in_its_snapshot_is_told_from_a_damaged_one(
+    tmp_path: Path, keep: Callable[[bytes], bytes], says: str
+) -> None:
+    # A copy or write that stopped early says "truncated"; a length of more than 12
+    # digits, or not digits, cannot be one a writer wrote.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    _snapshot_cut(path, keep)
+    with pytest.raises(CorruptCacheError, match=says):
+        _store(path, read_only=True).load()
+
+
+def test_a_file_must_start_with_its_header(tmp_path: Path) -> None:
+    # A blank line before the header line is not the format (a tool or editor added it).
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    path.write_bytes(b"\n" + path.read_bytes())
+    with pytest.raises(CorruptCacheError, match="the file header is not valid JSON"):
+        _store(path, read_only=True).load()
+
+
+@pytest.mark.parametrize("gen", ["a", "Z9", "x" * 64])
+def test_a_file_with_any_gen_of_1_to_64_letters_and_digits_opens(gen: str) -> None:
+    source = crypto.FernetKeys((KEY,))
+    header = crypto.Header(crypto.fingerprint(KEY), gen)
+    blob = header.to_bytes() + b"\n" + crypto.seal(b"{}", KEY, header, 0)
+    assert crypto.open_file(blob, source)[2] == b"{}"
+    longer = crypto.Header(crypto.fingerprint(KEY), gen + "x" * (65 - len(gen)))
+    with pytest.raises(CorruptCacheError, match="invalid 'gen'"):
+        crypto.open_file(longer.to_bytes() + b"\n" + crypto.seal(b"{}", KEY, longer, 0), source)
+
+
+def _counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_an_append_fsyncs_nothing_under_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fsync of a record runs after the lock is released (sync): under the lock, an
+    # append of a store that has nothing unsynced makes no fsync at all.
+    path = tmp_path / "c.bin"
+    _write(_store(path), "a")
+    store = _store(path)
+    _state(store)
+    synced = _counting_fsyncs(monkeypatch)
+    with store.lock():
+        store.append(_delta("b"), _unused)
+        assert synced == []
+    store.sync()
+    assert len(synced) == 1
+    store.sync()  # nothing appended since
+    assert len(synced) == 1
+
+
+def test_after_an_fsync_that_fails_the_next_write_replaces_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a failed fsync the kernel's copy of the file is in doubt: the next write
+    # does not append to it, it writes a new file.
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    _write(store, "a")
+    with store.lock():
+        store.append(_delta("b"), _unused)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(StoreError, match="Input/output error"):
+        store.sync()
+    monkeypatch.undo()
+    inode = path.stat().st_ino
+    with store.lock():
+        store.append(_delta("c"), lambda: _apply_all("a", "b", "c"))
+    store.sync()
+    assert path.stat().st_ino != inode
+    assert _names(_state(_store(path))) == {"a", "b", "c"}
+
+
+def test_a_new_store_on_a_missing_file_sees_no_change(tmp_path: Path) -> None:
+    store = _store(tmp_path / "c.bin")
+    assert store.changed() is False  # nothing there, nothing loaded: nothing to reload
+    assert store.read_changes() is None
+    assert store.load() is None
+    assert store.changed() is False
+
+
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The temporary file's name is random; were it guessed, a link planted there must
+    # make the write fail, not send the tokens where the link points.
+    from msal_keyring_cache import files
+
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: "0" * (2 * n))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"unchanged")
+    (tmp_path / ".c.bin.000000000000.tmp").symlink_to(victim)
+    store = _store(tmp_path / "c.bin")
+    with store.lock(), pytest.raises(StoreError, match="Cannot write"):
+        store.save(_delta("a"))
+    assert victim.read_bytes() == b"unchanged"
+    assert not (tmp_path / "c.bin").exists()
+
+
+def test_a_file_replaced_just_after_this_write_is_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another writer (one that does not take the lock) renames its file over ours right
+    # after our rename: the store must know the file it wrote is not the one there now.
+    path = tmp_path / "c.bin"
+    other = tmp_path / "other.bin"
+    _write(_store(other), "them")  # the same size as ours: only the inode tells
+    real = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        real(src, dst)
+        if str(dst) == str(path) and other.exists():
+            real(other, path)
+
+    store = _store(path)
+    monkeypatch.setattr(os, "replace", replace)
+    with store.lock():
+        store.save(_delta("ours"))
+    monkeypatch.undo()
+    assert store.changed() is True
+    assert _names(_state(store)) == {"them"}

@@ -400,3 +400,24 @@ def test_a_lock_file_replaced_as_attempt_locks_it_is_not_taken(
     assert not lock.held
     with CrossProcessLock(str(path), 0):  # the file now at the path is free
         pass
+
+
+def test_a_lock_file_that_cannot_be_made_private_is_reported_and_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: a file system that refuses chmod (vfat, some network mounts)
+    # fails the 0600 of a newly made lock file. The caller gets the library's error,
+    # and the descriptor opened on the new file is closed.
+    path = tmp_path / "c.lock"
+
+    def fchmod(fd: int, mode: int) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    for take in ("attempt", "acquire"):
+        path.unlink(missing_ok=True)
+        lock = CrossProcessLock(str(path), 1)
+        with pytest.raises(StoreError, match=r"Operation not permitted; check the owner"):
+            getattr(lock, take)()
+        assert not lock.held
+        assert _fds_on(path) == 0

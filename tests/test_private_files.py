@@ -7,12 +7,14 @@ hostile paths refused without blocking) and checks it on the real file system.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -284,3 +286,77 @@ def test_a_damaged_file_s_name_is_dated_in_utc_whatever_the_local_zone(
     assert aside is not None
     stamp = aside.split(".corrupt-")[1][:15]
     assert stamp in {time.strftime("%Y%m%dT%H%M%S", t) for t in (before, after)}
+
+
+def test_a_parent_made_by_another_process_meanwhile_still_gets_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process makes the first missing directory between our look and our mkdir:
+    # theirs is used, and the directories below it are still made (0700).
+    real = os.mkdir
+    raced: list[str] = []
+
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        if not raced:
+            raced.append(path)
+            real(path, 0o700)  # the other process
+            raise FileExistsError(errno.EEXIST, "File exists", path)
+        real(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    target = tmp_path / "a" / "b" / "c"
+    ensure_private_dir(str(target))
+    assert raced == [str(tmp_path / "a")]
+    assert target.is_dir()
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+
+
+def test_a_read_that_fails_is_a_store_error_and_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"data")
+    opened: list[int] = []
+    real_open = os.open
+
+    def remember(*args: Any, **kw: Any) -> int:
+        fd = real_open(*args, **kw)
+        opened.append(fd)
+        return fd
+
+    def failing(fd: int, n: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "open", remember)
+    monkeypatch.setattr(os, "read", failing)
+    with pytest.raises(StoreError, match=r"Cannot read .*Input/output error"):
+        read_file_keep_open(str(path))
+    monkeypatch.undo()
+    assert len(opened) == 1
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(opened[0])  # closed
+
+
+def test_a_file_that_cannot_be_looked_at_after_opening_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: fstat of the just-opened descriptor fails. What was opened is
+    # unknown, so it is refused like a FIFO or device, and the descriptor is closed.
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"data")
+
+    real = os.fstat
+    calls: list[int] = []
+
+    def failing(fd: int) -> os.stat_result:
+        calls.append(fd)
+        if len(calls) == 1:  # open_regular's own; later ones are pytest's
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fstat", failing)
+    with pytest.raises(StoreError, match="is not a regular file"):
+        open_regular(str(path), os.O_RDONLY)
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(calls[0])  # closed
