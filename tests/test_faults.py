@@ -352,6 +352,10 @@ def test_forked_pool_writes_to_a_cache_the_parent_already_wrote(
 # -- import validation -----------------------------------------------------------------
 
 
+AT_TYPE = {"credential_type": "AccessToken"}
+RT_TYPE = {"credential_type": "RefreshToken"}
+
+
 @pytest.mark.parametrize(
     ("doc", "where"),
     [
@@ -359,12 +363,12 @@ def test_forked_pool_writes_to_a_cache_the_parent_already_wrote(
         ({"AccessToken": {"k": "text"}}, "AccessToken entry 1 is not an object"),
         ({"AccessToken": {"k": {"secret": "s"}}}, "AccessToken entry 1 has no 'expires_on'"),
         (
-            {"RefreshToken": {"a": {"secret": "s"}, "b": {"secret": 5}}},
+            {"RefreshToken": {"a": {**RT_TYPE, "secret": "s"}, "b": {**RT_TYPE, "secret": 5}}},
             "RefreshToken entry 2 has a 'secret' that is not text",
         ),
         ({"Account": {"k": {"home_account_id": "h"}}}, "Account entry 1 has no 'environment'"),
         (
-            {"AccessToken": {"k": {"secret": "s", "expires_on": "soon"}}},
+            {"AccessToken": {"k": {**AT_TYPE, "secret": "s", "expires_on": "soon"}}},
             "AccessToken entry 1 has a 'expires_on' that is not a whole number",
         ),
         ([1, 2], "not a JSON object"),
