@@ -425,7 +425,13 @@ def test_read_only_store_never_writes_creates_or_moves(
     ):
         with pytest.raises(StoreError, match="read-only"):
             call()
-    entry = {"home_account_id": "h", "environment": "e", "realm": "r", "username": "u"}
+    entry = {
+        "home_account_id": "h",
+        "environment": "e",
+        "realm": "r",
+        "username": "u",
+        "authority_type": "MSSTS",
+    }
     with pytest.raises(StoreError):
         reader.merge(json.dumps({"Account": {"h-e-r": entry}}))
     assert _tree(tmp_path) == before

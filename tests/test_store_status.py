@@ -16,7 +16,11 @@ def test_a_memory_cache_tells_whether_it_holds_anything_and_how_much() -> None:
     cache = PersistentTokenCache(store)
     empty = store.describe()
     assert (empty.exists, empty.size) == (False, 0)
-    cache.merge(json.dumps({"RefreshToken": {"k": {"secret": "status-secret"}}}))
+    cache.merge(
+        json.dumps(
+            {"RefreshToken": {"k": {"credential_type": "RefreshToken", "secret": "status-secret"}}}
+        )
+    )
     held = store.load()
     assert held is not None
     full = store.describe()
