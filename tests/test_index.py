@@ -306,9 +306,15 @@ def test_table_changes_keep_the_index_and_the_order() -> None:
     assert table.popitem()[0] == "k2"
     assert table.pop("k3")["target"] == "a b"
     assert table.pop("missing", "default") == "default"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as missing:
         table.pop("missing")
+    assert missing.value.args == ("missing",)  # as a dict says it
     assert table.setdefault("k1", entry("z")) is table["k1"]
+    added = entry("z")
+    assert table.setdefault("k9", added) is added
+    assert table["k9"] is added
+    assert table.having(["z"]) == ["k9"]
+    del table["k9"]
     table.update({"k4": entry("d")}, k5=entry("d"))
     table |= {"k6": entry("d")}
     assert table.having(["d"]) == ["k4", "k5", "k6"]
