@@ -476,9 +476,9 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 wrote = self._persist()
         finally:
             lock.__exit__(None, None, None)
-        if found and wrote is None:
-            # Written by a leader that then died or failed before its fsync: ours to
-            # make durable before this call returns.
+        if found:
+            # Written by a leader that then died or failed before its fsync (we wrote
+            # nothing: nothing was pending): ours to make durable before this call returns.
             self.store.sync(seen=True)
         else:
             self._sync(wrote)
