@@ -457,7 +457,6 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         if not held:  # a timeout raises; our change stays pending for the next write
             lock.acquire(max(0.0, deadline - time.monotonic()))
         wrote: Optional[dict[tuple[str, str], Any]] = None
-        found = False
         try:
             # Take in the store without our change first: a leader that died after
             # writing may have written it (with our id), and it must not be written
@@ -477,9 +476,9 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 wrote = self._persist()
         finally:
             lock.__exit__(None, None, None)
-        if found and wrote is None:
-            # Written by a leader that then died or failed before its fsync: ours to
-            # make durable before this call returns.
+        if found:
+            # Written by a leader that then died or failed before its fsync (we wrote
+            # nothing: nothing was pending): ours to make durable before this call returns.
             self.store.sync(seen=True)
         else:
             self._sync(wrote)
@@ -608,10 +607,13 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         self._pending.update(self._changes())
 
     def _reapply_pending(self) -> None:
-        """Put changes whose write failed back on top of what the store holds (under _lock)."""
+        """Put changes whose write failed back on top of what the store holds (under _lock).
+
+        They stay in ``_pending`` until written, and :meth:`_changes` takes every pending
+        entry whatever it was before: nothing to note in ``_before``.
+        """
         for (credential_type, key), value in self._pending.items():
             table = self._cache.setdefault(credential_type, {})
-            self._before.setdefault((credential_type, key), table.get(key, _MISSING))
             if value is _MISSING:
                 table.pop(key, None)
             else:

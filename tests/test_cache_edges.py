@@ -2,13 +2,17 @@
 
 Written for mutants of cache.py that no test killed: what ``backend_info`` and ``repr``
 say, ``reload``, ``close``, a store holding something that is not a cache, msal's
-``modify`` outside a search, the age rule of ``merge``, and msal's ``has_state_changed``.
+``modify`` outside a search, the age rule of ``merge``, msal's ``has_state_changed``, a
+prune folded into a deserialize, a removal whose fsync failed, a journal record that is
+not JSON, and a store without a change counter.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 
 from msal_keyring_cache import MemoryStore, PersistentTokenCache, crypto, generate_key
 from msal_keyring_cache.cache import BackendInfo
-from msal_keyring_cache.errors import ConfigError
+from msal_keyring_cache.errors import ConfigError, CorruptCacheError, StoreError
 from msal_keyring_cache.stores.file import EncryptedFileStore
 
 KEY = generate_key()
@@ -233,3 +237,84 @@ def test_a_sign_in_whose_write_fails_raises(idp: Any, tmp_path: Path) -> None:
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.communicate(timeout=30)
+
+
+def test_a_prune_kept_in_memory_is_folded_into_a_deserialize_of_other_tables(
+    tmp_path: Path,
+) -> None:
+    # msal prunes an expired access token while it searches (memory only, written by the
+    # next write); the next write here is a deserialize whose state has no AccessToken table.
+    path = tmp_path / "c.bin"
+    cache = _file_cache(path)
+    expired = {**AT, "home_account_id": "h", "environment": "e", "client_id": "c",
+               "realm": "r", "target": "s", "expires_on": "1"}  # fmt: skip
+    key = cache.key_makers["AccessToken"](**expired)
+    cache.deserialize(json.dumps({"AccessToken": {key: expired}, RT: {"a": _rt("one")}}))
+    assert list(cache.search("AccessToken", target=["s"])) == []  # and pruned
+    cache.deserialize(json.dumps({RT: {"b": _rt("two")}}))
+    assert json.loads(_file_cache(path).serialize()) == {RT: {"b": _rt("two")}}
+
+
+def test_a_removal_whose_fsync_failed_stays_removed_over_another_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A's record reaches the file but its fsync fails: A's caller gets the error and the
+    # removal stays pending. B (which read the file, the removal included) then writes;
+    # A takes B's change in and puts its pending removal back on top: of an entry that
+    # is no longer there.
+    path = tmp_path / "c.bin"
+    a = _file_cache(path)
+    gone = a.key_makers[RT](**_rt("x"))
+    a.deserialize(json.dumps({RT: {gone: _rt("x"), "kept": _rt("k")}}))
+    fsync, failing = os.fsync, [True]
+
+    def flaky(fd: int) -> None:
+        if failing:
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky)
+    with pytest.raises(StoreError, match="Input/output error"):
+        a.modify(RT, _rt("x"))  # msal removes an entry
+    failing.clear()
+    b = _file_cache(path)
+    assert _secrets(b) == {"kept": "k"}
+    b.merge(json.dumps({RT: {"theirs": _rt("b")}}))
+    assert _secrets(a) == {"kept": "k", "theirs": "b"}
+    a.merge(json.dumps({RT: {"later": _rt("l")}}))  # writes the pending removal again
+    assert _secrets(_file_cache(path)) == {"kept": "k", "theirs": "b", "later": "l"}
+
+
+def test_a_journal_record_that_is_not_json_is_reported_as_such(tmp_path: Path) -> None:
+    # Only a writer holding the key can seal a record (a bug, another tool): the reader
+    # says which part of the file is bad, and overwrites nothing.
+    path = tmp_path / "c.bin"
+    writer = _file_cache(path)
+    writer.deserialize(json.dumps({RT: {"a": _rt("one")}}))
+    with writer.store.lock():
+        writer.store.append(b"not json", lambda: b"{}")
+    writer.store.sync()
+    size = path.stat().st_size
+    with pytest.raises(CorruptCacheError, match=r"^a journal record is not valid JSON$"):
+        _file_cache(path).serialize()
+    assert path.stat().st_size == size
+
+
+def test_a_store_without_a_change_counter_maps_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A memory (or keyring) store has no shared counter: the cache's stand-in names no
+    # file, so no file (here, in the working directory) is ever taken for one.
+    monkeypatch.chdir(tmp_path)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fsdecode(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    cache = PersistentTokenCache(MemoryStore())
+    cache.merge(json.dumps({RT: {"a": _rt("one")}}))
+    assert [e["secret"] for e in cache.search(RT)] == ["one"]
+    assert [name for name in opened if name] == []

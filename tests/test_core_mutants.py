@@ -492,6 +492,36 @@ def test_a_follower_of_a_silent_leader_writes_itself_when_the_lock_frees(
     assert set(_state(cache_path, key)["AccessToken"]) == {at("seed"), at("f"), at("g")}
 
 
+@group
+def test_a_follower_past_its_grace_tries_the_lock_and_never_queues_for_it(
+    cache_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The leader waits for the lock far longer than a follower's grace. The follower then
+    # tries the lock now and then (never queueing in the kernel behind its leader) and
+    # keeps its ticket: its change stays the live leader's to write.
+    _seed(cache_path, key, entry("seed"))
+    roles = Roles(monkeypatch)
+    monkeypatch.setattr(cache_module, "_GRACE", 0.1)
+    monkeypatch.setattr(cache_module, "_POLL", 0.05)
+    lead, here = _cache(cache_path, key), _cache(cache_path, key)
+    lock_file = str(cache_path) + ".lock"
+    with _lock(cache_path):
+        leader = Writer(lambda: lead.merge(entry("lead")))
+        assert roles.next() == "leader"
+        _until_blocked(lock_file, 1, writer=leader)
+        follower = Writer(lambda: here.merge(entry("here")))
+        assert roles.next() == "follower"
+        time.sleep(1.0)  # ten graces: it has found the lock busy many times by now
+        assert follower.is_alive()
+        assert _blocked_on(lock_file) == 1  # the leader alone waits in the kernel
+    assert leader.result() is None
+    assert follower.result() is None
+    for cache in (lead, here):
+        cache.close()
+    state = _state(cache_path, key)
+    assert set(state["AccessToken"]) == {at("seed"), at("lead"), at("here")}
+
+
 def _fsync_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
     fsync, failed = os.fsync, []
 
