@@ -270,7 +270,11 @@ def test_other_credential_types_and_empty_targets_are_msal_scans(
     list(cache.search(AT, [], {}))
     list(cache.search(AT, None, {}))
     assert matching_calls[0] == 10
-    assert list(cache.search("RefreshToken", ["a"], {})) == []
+    rt = {"credential_type": "RefreshToken", "secret": "rt", "client_id": "c1", "target": "a"}
+    cache._cache["RefreshToken"] = {"r": rt}
+    list(cache.search(AT, ["scope1"], {}))  # the access tokens are an indexed table now
+    assert list(cache.search("RefreshToken", ["a"], {})) == [rt]  # found by msal's own search
+    assert list(cache.search("RefreshToken", None, {"client_id": "c1"})) == [rt]
 
 
 # -- the Table itself ---------------------------------------------------------------------
