@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import pickle
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import msal
@@ -15,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msal_keyring_cache import MemoryStore, PersistentTokenCache
+from msal_keyring_cache import EncryptedFileStore, MemoryStore, PersistentTokenCache, generate_key
+from msal_keyring_cache.crypto import FernetKeys
 from msal_keyring_cache.index import MARGIN, Table, _describe, candidates
 from msal_keyring_cache.testing import LoopbackIdentityProvider
 
@@ -237,6 +240,33 @@ def test_a_hit_neither_builds_nor_reads_the_index(matching_calls: list[int]) -> 
     assert next(cache.search(AT, ["scope7", "common"], query)) == hit  # as msal reads it
     assert matching_calls[0] == 1  # msal's check of the entry it found by key
     assert type(cache._cache[AT]) is dict  # no scan: no index built
+
+
+def test_the_warm_path_of_a_shared_file_cache_is_indexed_too(
+    tmp_path: Path, matching_calls: list[int]
+) -> None:
+    # A file cache has a shared change counter: once it vouched, search() skips the check
+    # and runs msal's search at once (the warm path) — over the index as well.
+    store = EncryptedFileStore(str(tmp_path / "c.bin"), FernetKeys((generate_key(),)))
+    cache = PersistentTokenCache(store)
+    future = int(time.time()) + 3600
+    rt = {"credential_type": "RefreshToken", "secret": "rt", "client_id": "c1", "target": "scope7"}
+    made = [entry(f"scope{i}", future) for i in range(50)]
+    tokens = {cache.key_makers[AT](**e): e for e in made}  # msal's own keys: it deletes by them
+    cache.merge(json.dumps({AT: tokens, "RefreshToken": {"r": rt}}))
+    query = {"client_id": "c1", "environment": "login.example", "realm": "t1"}
+    assert list(cache.search(AT, ["scope-never-seen"], query)) == []  # checks, then vouches
+    gen = cache._generation
+    assert gen.view[0] == gen.seen  # the counter vouches: the next search is the warm one
+    matching_calls[0] = 0
+    assert list(cache.search(AT, ["scope-never-seen"], query)) == []
+    assert matching_calls[0] == 0
+    found = list(cache.search(AT, ["scope7"], query, now=future - 100))
+    assert [e["target"] for e in found] == ["scope7"]
+    assert list(cache.search("RefreshToken", ["scope7"], {})) == [rt]  # msal's own search
+    assert list(cache.search(AT, ["scope7"], query, now=future + 1)) == []  # msal's now:
+    assert cache._cache[AT] == {}  # every token has expired then, and msal deleted them all
+    cache.close()
 
 
 def test_msal_scans_everything_without_the_index(matching_calls: list[int]) -> None:
