@@ -269,6 +269,19 @@ def test_the_warm_path_of_a_shared_file_cache_is_indexed_too(
     cache.close()
 
 
+def test_a_search_made_while_the_cache_is_held_is_indexed_and_exact(
+    matching_calls: list[int],
+) -> None:
+    # msal iterating a search, or a write transaction, holds the cache's lock: a search
+    # made then takes no catch-up, and is still msal's search over the index.
+    cache = big_cache(100)
+    query = {"client_id": "c1", "environment": "login.example", "realm": "t1"}
+    with cache._lock:
+        found = list(cache.search(AT, ["scope7"], query))
+    assert [e["target"] for e in found] == ["scope7 common"]
+    assert matching_calls[0] == 1
+
+
 def test_msal_scans_everything_without_the_index(matching_calls: list[int]) -> None:
     plain = msal.TokenCache()
     plain._cache = big_cache(1000)._cache
