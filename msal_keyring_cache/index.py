@@ -32,7 +32,7 @@ class Table(dict):  # type: ignore[type-arg]
     Every way of changing a dict goes through the index; reading is plain ``dict``.
     """
 
-    __slots__ = ("_broken", "_meta", "_next", "_scopes", "_soonest")
+    __slots__ = ("_broken", "_known", "_meta", "_next", "_scopes", "_soonest")
 
     def __init__(self, entries: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__()
@@ -46,7 +46,8 @@ class Table(dict):  # type: ignore[type-arg]
         # indexed: an entry changed in place later cannot unbalance the index.
         self._meta: dict[str, tuple[int, Optional[frozenset[str]], Optional[int]]] = {}
         self._next = 0
-        self._soonest: Optional[int] = None  # lowest expires_on; None: none, or unknown
+        self._soonest: Optional[int] = None  # the lowest expires_on (None: no entry) …
+        self._known = True  # … when known: a removal of that entry makes it unknown
         self._broken = 0  # entries the index cannot describe (not msal's shape)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -74,7 +75,7 @@ class Table(dict):  # type: ignore[type-arg]
                 index[scope] = {key}
             else:
                 keys.add(key)
-        if self._soonest is None or expires < self._soonest:
+        if self._known and (self._soonest is None or expires < self._soonest):
             self._soonest = expires
 
     def __delitem__(self, key: str) -> None:
@@ -124,16 +125,17 @@ class Table(dict):  # type: ignore[type-arg]
             if not keys:
                 del self._scopes[scope]
         if expires == self._soonest:
-            self._soonest = None  # recomputed when next needed
+            self._known = False  # recomputed when next needed
         return order
 
     def fresh_until(self) -> Optional[int]:
         """The lowest expiry of the indexed entries (``None``: there is none)."""
-        if self._soonest is None:
+        if not self._known:
             self._soonest = min(
                 (expires for _, _, expires in self._meta.values() if expires is not None),
                 default=None,
             )
+            self._known = True
         return self._soonest
 
     def having(self, scopes: Iterable[str]) -> list[str]:

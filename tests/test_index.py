@@ -280,6 +280,10 @@ def test_a_search_made_while_the_cache_is_held_is_indexed_and_exact(
         found = list(cache.search(AT, ["scope7"], query))
     assert [e["target"] for e in found] == ["scope7 common"]
     assert matching_calls[0] == 1
+    cache._cache[AT]["soon"] = entry("other", int(time.time()) + 1)  # no index: a full scan
+    with cache._lock:
+        found = list(cache.search(AT, ["scope7"], query))
+    assert [e["target"] for e in found] == ["scope7 common"]  # msal's own filter by scope
 
 
 def test_msal_scans_everything_without_the_index(matching_calls: list[int]) -> None:
@@ -372,6 +376,18 @@ def test_table_changes_keep_the_index_and_the_order() -> None:
     assert table.fresh_until() is None
     with pytest.raises(KeyError):
         table.popitem()
+
+
+def test_replacing_the_soonest_entry_keeps_the_others_expiry() -> None:
+    # Found by the property test: two entries share the soonest expiry; replacing one of
+    # them with a later expiry must leave the other's as the soonest (not the new one's),
+    # or the index would vouch for a table holding a token about to expire.
+    table = Table({"k0": entry("a", NOW + 10), "k2": entry("b", NOW + 10)})
+    table["k0"] = entry("a", NOW + 100)
+    assert table.fresh_until() == NOW + 10
+    assert candidates(table, ["a"], NOW + 10 - MARGIN + 1) is None
+    del table["k2"]
+    assert table.fresh_until() == NOW + 100
 
 
 def test_an_entry_changed_in_place_cannot_unbalance_the_index() -> None:
