@@ -92,3 +92,15 @@ def journal_records(path: Path, key: str) -> list[dict[str, Any]]:
     start = blob.find(b"\n") + 1 + len(token) + 1
     records, _ = crypto.split_records(blob, start, header.version)
     return [json.loads(crypto.unseal(r, file_key, header, seq)) for seq, r in enumerate(records, 1)]
+
+
+def open_descriptors(path: Path) -> int:
+    """Descriptors of this process open on ``path`` (the kernel's view; other tests'
+    objects opening or closing their own files meanwhile do not count)."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve())
+        except OSError:
+            continue  # closed while we looked
+    return found

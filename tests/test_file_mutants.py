@@ -39,7 +39,7 @@ from msal_keyring_cache.errors import (
 from msal_keyring_cache.stores import file
 from msal_keyring_cache.stores.base import apply_delta
 from msal_keyring_cache.stores.file import EncryptedFileStore
-from tests.helpers import child_env, mounted_tmpfs
+from tests.helpers import child_env, mounted_tmpfs, open_descriptors
 
 KEY = generate_key()
 
@@ -757,19 +757,8 @@ def test_a_cache_file_swapped_for_a_link_to_it_is_not_written_through(tmp_path: 
     assert not _aside(tmp_path)
 
 
-def _open_on(path: Path) -> int:
-    """Descriptors of this process open on ``path``."""
-    fds = Path("/proc/self/fd")
-    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
-
-
-def test_close_after_an_fsync_that_fails_lets_everything_go_quietly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A record appended but not yet fsynced (the call that wrote it failed before its
-    # sync): close() tries the fsync; a disk error there is not raised from close, and
-    # nothing stays open.
-    path = tmp_path / "c.bin"
+def _appended_with_failing_fsync(path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A store holding "a", with "b" appended and not yet fsynced; fsync fails from now on."""
     store = _store(path)
     _write(store, "a")
     with store.lock():
@@ -779,9 +768,20 @@ def test_close_after_an_fsync_that_fails_lets_everything_go_quietly(
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", failing)
+    return store
+
+
+def test_close_after_an_fsync_that_fails_lets_everything_go_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A record appended but not yet fsynced (the call that wrote it failed before its
+    # sync): close() tries the fsync; a disk error there is not raised from close, and
+    # nothing stays open.
+    path = tmp_path / "c.bin"
+    store = _appended_with_failing_fsync(path, monkeypatch)
     store.close()
     monkeypatch.undo()
-    assert _open_on(path) == 0
+    assert open_descriptors(path) == 0
     assert _names(_state(_store(path))) == {"a", "b"}  # written, only its fsync failed
 
 
@@ -962,15 +962,7 @@ def test_after_an_fsync_that_fails_the_next_write_replaces_the_file(
     # After a failed fsync the kernel's copy of the file is in doubt: the next write
     # does not append to it, it writes a new file.
     path = tmp_path / "c.bin"
-    store = _store(path)
-    _write(store, "a")
-    with store.lock():
-        store.append(_delta("b"), _unused)
-
-    def failing(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", failing)
+    store = _appended_with_failing_fsync(path, monkeypatch)
     with pytest.raises(StoreError, match="Input/output error"):
         store.sync()
     monkeypatch.undo()

@@ -25,7 +25,7 @@ import pytest
 
 from msal_keyring_cache.errors import ConfigError, LockTimeoutError, StoreError
 from msal_keyring_cache.locking import CrossProcessLock
-from tests.helpers import PYTHON, ROOT, child_env
+from tests.helpers import PYTHON, ROOT, child_env, open_descriptors
 
 
 def _socket(path: Path) -> None:
@@ -104,7 +104,7 @@ def test_a_lock_path_that_cannot_be_checked_once_locked_is_an_error_and_frees_it
         lock.__enter__()
     monkeypatch.undo()
     assert not lock.held
-    assert _fds_on(path) == 0
+    assert open_descriptors(path) == 0
     with CrossProcessLock(str(path), 0):  # not kept locked
         pass
 
@@ -140,7 +140,7 @@ def test_an_existing_lock_file_on_a_read_only_file_system_is_still_locked(
         assert flags & os.O_ACCMODE == os.O_RDONLY
         assert flags & os.O_NOFOLLOW
         assert flags & os.O_CLOEXEC
-    assert _fds_on(path) == 0
+    assert open_descriptors(path) == 0
 
 
 def test_a_lock_file_that_opens_neither_way_says_the_file_system_is_read_only(
@@ -173,7 +173,7 @@ def test_a_lock_file_whose_status_cannot_be_read_is_an_error_and_leaks_nothing(
     monkeypatch.setattr(os, "fstat", failing)
     with pytest.raises(StoreError, match=r"Input/output error; check free space"):
         CrossProcessLock(str(path), 1).__enter__()
-    assert _fds_on(path) == 0
+    assert open_descriptors(path) == 0
 
 
 # -- a wait that fails or is abandoned leaves nothing behind ---------------------------------
@@ -195,18 +195,6 @@ def held(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     proc.communicate(timeout=30)
 
 
-def _fds_on(path: Path) -> int:
-    """Descriptors of this process open on ``path`` (the kernel's view; other tests'
-    objects opening or closing their own files meanwhile do not count)."""
-    found = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            found += os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve())
-        except OSError:
-            continue  # closed while we looked
-    return found
-
-
 def _helpers(path: Path) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"lock-wait {path}"]
 
@@ -225,14 +213,14 @@ def test_a_kernel_refusal_while_waiting_is_reported_at_once_and_leaks_nothing(
         real(fd, op)
 
     monkeypatch.setattr(fcntl, "flock", flock)
-    before = _fds_on(path)
+    before = open_descriptors(path)
     lock = CrossProcessLock(str(path), 60)
     start = time.monotonic()
     with pytest.raises(StoreError, match=r"No locks available; check free space"):
         lock.__enter__()
     assert time.monotonic() - start < 30  # at once, not after the 60 s timeout
     assert not lock.held
-    assert _fds_on(path) == before  # the waiting thread's descriptor is closed
+    assert open_descriptors(path) == before  # the waiting thread's descriptor is closed
     assert _helpers(path) == []
     # The failed wait is forgotten: once the kernel allows it and the holder leaves, the
     # same object waits for the lock and takes it like any other.
@@ -264,16 +252,18 @@ def test_a_refused_unlock_neither_raises_nor_keeps_the_lock(
         monkeypatch.setattr(fcntl, "flock", flock)
     monkeypatch.undo()
     assert not lock.held
-    assert _fds_on(path) == 0
+    assert open_descriptors(path) == 0
     with CrossProcessLock(str(path), 0):  # free for another object at once
         pass
 
 
+@pytest.mark.parametrize("take", ["__enter__", "attempt"])
 def test_a_kernel_refusal_of_the_first_try_is_reported_and_leaks_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, take: str
 ) -> None:
-    # Fault injection: the non-blocking flock that starts every acquisition fails (ENOLCK),
-    # not with "busy": the caller is told at once, and no descriptor or thread is left.
+    # Fault injection: the non-blocking flock that starts every acquisition (and is all of
+    # attempt()) fails (ENOLCK), not with "busy": the caller is told at once, and no
+    # descriptor or thread is left.
     path = tmp_path / "cache.lock"
     real = fcntl.flock
 
@@ -285,9 +275,9 @@ def test_a_kernel_refusal_of_the_first_try_is_reported_and_leaks_nothing(
     monkeypatch.setattr(fcntl, "flock", flock)
     lock = CrossProcessLock(str(path), 60)
     with pytest.raises(StoreError, match=r"No locks available; check free space"):
-        lock.__enter__()
+        getattr(lock, take)()
     assert not lock.held
-    assert _fds_on(path) == 0
+    assert open_descriptors(path) == 0
     assert _helpers(path) == []
 
 
@@ -295,18 +285,18 @@ def test_an_abandoned_wait_closes_its_descriptor_once_the_holder_leaves(
     held: tuple[Path, subprocess.Popen[str]],
 ) -> None:
     path, proc = held
-    before = _fds_on(path)
+    before = open_descriptors(path)
     lock = CrossProcessLock(str(path), 0.2)
     with pytest.raises(LockTimeoutError):
         lock.__enter__()
     [helper] = _helpers(path)  # still blocked in the kernel for us
-    assert _fds_on(path) == before + 1  # on a descriptor of its own (the observer sees it)
+    assert open_descriptors(path) == before + 1  # on a descriptor of its own (the observer sees it)
     assert proc.stdin is not None
     proc.stdin.write("\n")
     proc.stdin.flush()
     helper.join(30)
     assert not helper.is_alive()
-    assert _fds_on(path) == before  # its descriptor closed, the lock let go
+    assert open_descriptors(path) == before  # its descriptor closed, the lock let go
     with CrossProcessLock(str(path), 0):
         pass
     with lock:  # the same object takes it normally afterwards
@@ -356,26 +346,7 @@ def test_attempt_says_no_while_a_wait_is_pending_and_yes_once_it_is_over(tmp_pat
     assert waiter.held
     assert not CrossProcessLock(str(path), 5).attempt()
     waiter.__exit__(None, None, None)
-    assert _fds_on(path) == 0
-
-
-def test_a_kernel_refusal_of_attempt_is_an_error_and_leaks_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "cache.lock"
-    real = fcntl.flock
-
-    def flock(fd: int, op: int) -> None:
-        if op == fcntl.LOCK_EX | fcntl.LOCK_NB:
-            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-        real(fd, op)
-
-    monkeypatch.setattr(fcntl, "flock", flock)
-    lock = CrossProcessLock(str(path), 1)
-    with pytest.raises(StoreError, match=r"No locks available; check free space"):
-        lock.attempt()
-    assert not lock.held
-    assert _fds_on(path) == 0
+    assert open_descriptors(path) == 0
 
 
 def test_a_lock_file_replaced_as_attempt_locks_it_is_not_taken(
@@ -420,4 +391,4 @@ def test_a_lock_file_that_cannot_be_made_private_is_reported_and_leaks_nothing(
         with pytest.raises(StoreError, match=r"Operation not permitted; check the owner"):
             getattr(lock, take)()
         assert not lock.held
-        assert _fds_on(path) == 0
+        assert open_descriptors(path) == 0
