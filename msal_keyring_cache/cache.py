@@ -164,7 +164,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             yield from _search(view, credential_type, target, query, **kwargs)
 
     def find(self, credential_type: str, *args: Any, **kwargs: Any) -> Any:
-        # msal < 1.26 reads through find() (newer ones call search(), checked there).
+        # msal < 1.29 reads through find() (newer ones call search(), checked there).
         self._refresh()
         return super().find(credential_type, *args, **kwargs)
 
@@ -670,7 +670,7 @@ def _imported(state: Optional[str], *, complete: bool = True) -> dict[str, Any]:
     return validate_cache(doc, complete=complete)
 
 
-_search: Any = getattr(msal.SerializableTokenCache, "search", None)  # msal >= 1.26
+_search: Any = getattr(msal.SerializableTokenCache, "search", None)  # msal >= 1.29
 _AT = "AccessToken"
 
 
