@@ -444,3 +444,44 @@ def test_values_are_stored_as_raw_fernet_bytes_and_base64_rows_still_read(
     assert scopes(caches, "rae") == set()
     assert caches.stats.corrupt == 1
     caches.close()
+
+
+def test_processes_racing_to_create_the_table_all_go_on(
+    tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the web contract's four processes on a new SQLite file: one process's
+    # CREATE TABLE fails with "already exists" while another's is not yet committed. A
+    # creator that meets that looks again a little later (bounded) instead of failing
+    # the request. Fault injection: the other process's table "appears" after two tries.
+    import sqlalchemy as sa
+
+    from msal_keyring_cache.web import sql_backend
+
+    real = sa.Table.create
+    tries: list[int] = []
+
+    def racing(table: Any, bind: Any, checkfirst: bool = False) -> None:
+        tries.append(1)
+        if len(tries) <= 2:
+            raise sa.exc.OperationalError("CREATE TABLE", {}, Exception("table exists"))
+        real(table, bind, checkfirst=checkfirst)
+
+    monkeypatch.setattr(sa.Table, "create", racing)
+    caches = UserCaches.from_url(f"sqlite:///{tmp_path / 'tokens.db'}", key=key, prefix="app")
+    with caches.for_user("amy") as cache:
+        assert cache.serialize() == "{}"
+    assert len(tries) == 3
+    caches.close()
+    # Never unbounded: a table that cannot be made fails after a few tries, saying why.
+    tries.clear()
+
+    def always(table: Any, bind: Any, checkfirst: bool = False) -> None:
+        tries.append(1)
+        raise sa.exc.OperationalError("CREATE TABLE", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(sa.Table, "create", always)
+    caches = UserCaches.from_url(f"sqlite:///{tmp_path / 'other.db'}", key=key, prefix="app")
+    with pytest.raises(StoreError, match="creating the token cache table"), caches.for_user("x"):
+        pass
+    assert len(tries) == sql_backend._CREATE_TRIES
+    caches.close()

@@ -30,6 +30,9 @@ from ..errors import ConfigError, StoreError
 from ..waits import abandon_after
 from .base import Backend, Record
 
+#: Attempts to create the table when another process creates it at the same time (~0.5 s).
+_CREATE_TRIES = 5
+
 __all__ = ["DEFAULT_TABLE", "SqlBackend", "ddl", "define_table"]
 
 logger = logging.getLogger("msal_keyring_cache.web")
@@ -264,14 +267,17 @@ class SqlBackend(Backend):
         with self._create_lock:
             if self._created:
                 return
-            try:
-                self.table.create(self._auto, checkfirst=True)
-            except self._errors:
-                # Another process may have created it at the same moment: check again.
+            for attempt in range(_CREATE_TRIES):
                 try:
                     self.table.create(self._auto, checkfirst=True)
+                    break
                 except self._errors as exc:
-                    raise self._error("creating the token cache table", exc) from None
+                    # Processes starting together on a new database race to create the
+                    # table ("already exists" until the creator commits): look again, a
+                    # little later, a bounded number of times.
+                    if attempt == _CREATE_TRIES - 1:
+                        raise self._error("creating the token cache table", exc) from None
+                    time.sleep(0.05 * (attempt + 1))
             self._created = True
 
     def _run(self, what: str, statement: Any, params: dict[str, Any], *,
