@@ -89,9 +89,9 @@ _TEXT_FIELDS = (
 )
 #: Fields msal turns into numbers (``int(entry[...])``), when present.
 _TIME_FIELDS = ("expires_on", "extended_expires_on", "refresh_on", "cached_at")
-#: What each credential type needs for msal to use it.
-#: msal's removals assert that a token names its own type, and an account its authority
-#: type: an entry without them would make msal fail when it deletes or replaces it.
+#: What each credential type needs for msal to use it. msal's removals assert that a token
+#: names its own type and an account its authority type: without them an entry would make
+#: msal fail when it deletes or replaces it.
 _REQUIRED = {
     "AccessToken": ("secret", "expires_on", "credential_type"),
     "RefreshToken": ("secret", "credential_type"),
@@ -132,9 +132,7 @@ def validate_cache(doc: Any, *, complete: bool = True, name_keys: bool = False) 
                 "nothing was imported."
             )
         for pos, (key, entry) in enumerate(entries.items(), 1):
-            problem = _entry_problem(entry, required if complete else ())
-            if complete and not problem and entry.get("credential_type", kind) != kind:
-                problem = f"has a 'credential_type' that is not {kind!r}"
+            problem = _entry_problem(entry, required, kind) if complete else _entry_problem(entry)
             if problem:
                 shown = f"{kind}[{key[:117]!r}]" if name_keys else f"{kind} entry {pos}"
                 raise ConfigError(
@@ -143,7 +141,11 @@ def validate_cache(doc: Any, *, complete: bool = True, name_keys: bool = False) 
     return doc
 
 
-def _entry_problem(entry: Any, required: tuple[str, ...]) -> Optional[str]:
+def _entry_problem(
+    entry: Any, required: tuple[str, ...] = (), kind: Optional[str] = None
+) -> Optional[str]:
+    """What makes ``entry`` unusable (``None``: nothing); ``kind`` also checks the entry's
+    own ``credential_type``, when it names one."""
     if not isinstance(entry, dict):
         return "is not an object"
     for name in required:
@@ -157,6 +159,8 @@ def _entry_problem(entry: Any, required: tuple[str, ...]) -> Optional[str]:
     for name in _TIME_FIELDS:
         if name in entry and not _is_time(entry[name]):
             return f"has a {name!r} that is not a whole number"
+    if kind is not None and entry.get("credential_type", kind) != kind:
+        return f"has a 'credential_type' that is not {kind!r}"
     return None
 
 
