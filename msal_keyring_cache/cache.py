@@ -84,6 +84,9 @@ class BackendInfo:
     @property
     def details(self) -> dict[str, Any]:
         """:attr:`description` as a flat dict (empty when there is none)."""
+        return self._flat()
+
+    def _flat(self) -> dict[str, Any]:
         return self.description.as_dict() if self.description else {}
 
     def __str__(self) -> str:
@@ -345,8 +348,7 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
             len(data or b""),
         )
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _transaction(self) -> Iterator[None]:
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -400,8 +402,11 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 raise failure
             self._sync(wrote)
 
-    @contextmanager
-    def _grouped(self, lock: Any, meet: str) -> Iterator[None]:
+    # Not decorated: mutmut mutates no decorated function (nor a property's), so the
+    # bodies are plain methods, wrapped here.
+    _writing = contextmanager(_transaction)
+
+    def _group(self, lock: Any, meet: str) -> Iterator[None]:
         """A write while the lock is busy: write together with the other waiting writers.
 
         msal's change is made on the store's state read without the lock, then it is
@@ -427,6 +432,8 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
                 self._write_alone(lock, deadline)
             elif changes:
                 self._write_grouped(lock, meet, changes, deadline)
+
+    _grouped = contextmanager(_group)
 
     def _write_alone(self, lock: Any, deadline: float) -> None:
         lock.acquire(max(0.0, deadline - time.monotonic()))  # a timeout keeps it pending
@@ -691,8 +698,7 @@ class _Indexed:
         self._get_access_token = cache._get_access_token
         self._is_matching = cache._is_matching
 
-    @property
-    def _cache(self) -> dict[str, Any]:
+    def _table(self) -> dict[str, Any]:
         real = self._real._cache
         table = real.get(_AT)
         if isinstance(table, dict) and type(table) is not index.Table:
@@ -700,6 +706,8 @@ class _Indexed:
         now = int(time.time() if self._now is None else self._now)  # as msal's scan does
         subset = index.candidates(table, self._target, now)
         return real if subset is None else {_AT: subset}
+
+    _cache = property(_table)  # not decorated: see PersistentTokenCache._writing
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)

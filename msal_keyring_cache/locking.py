@@ -130,6 +130,9 @@ class CrossProcessLock:
     @property
     def held(self) -> bool:
         """Whether this object holds the lock now."""
+        return self._holds()
+
+    def _holds(self) -> bool:  # a plain method: mutmut mutates no decorated function
         return self._depth > 0
 
     def __enter__(self) -> CrossProcessLock:

@@ -221,8 +221,7 @@ class _NoLock(CrossProcessLock):
     def __exit__(self, *exc: object) -> None:
         return None
 
-    @property
-    def held(self) -> bool:
+    def _holds(self) -> bool:
         return False
 
     def attempt(self) -> bool:
@@ -324,9 +323,13 @@ class KeyringStore(Store):
             return
         self._backend, self.resolved_by = resolve_backend(remembered, self.keyring_timeout)
 
+    # The properties' bodies are plain methods: mutmut mutates no decorated function.
     @property
     def keyring(self) -> Any:
         """The keyring backend in use (resolved on first use, within ``keyring_timeout``)."""
+        return self._resolve()
+
+    def _resolve(self) -> Any:
         if self._backend is None:
             self._backend, self.resolved_by = resolve_backend(
                 self._read_stamp_doc().get("backend"), self.keyring_timeout
@@ -336,6 +339,9 @@ class KeyringStore(Store):
     @property
     def direct(self) -> bool:
         """Whether calls bypass keyring (straight to the Secret Service)."""
+        return self._bypass()
+
+    def _bypass(self) -> bool:
         return self._direct is not None
 
     def forget_backend(self) -> None:
@@ -372,6 +378,9 @@ class KeyringStore(Store):
     @property
     def keyring_name(self) -> str:
         """Qualified class name of the keyring backend in use."""
+        return self._name()
+
+    def _name(self) -> str:
         if self._backend is None and self._direct is not None:
             return SECRET_SERVICE
         return qualname(self.keyring)
@@ -781,6 +790,9 @@ class KeyringStore(Store):
     @property
     def probed_empty(self) -> bool:
         """Whether the last :meth:`prime` found nothing stored (and nothing read since)."""
+        return self._unprimed()
+
+    def _unprimed(self) -> bool:
         return self._primed is None
 
     def prime(self) -> Optional[bytes]:

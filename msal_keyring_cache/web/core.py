@@ -276,13 +276,15 @@ class UserCaches:
 
     # -- public API --------------------------------------------------------------------
 
-    @property
-    def client(self) -> Any:
+    # Not decorated: mutmut mutates no decorated function (nor a property's), so the
+    # bodies are plain methods, wrapped after them.
+    def _client(self) -> Any:
         """The redis-py client of a Redis store (``AttributeError`` for other stores)."""
         return getattr(self.backend, "client")  # noqa: B009 - a clear AttributeError
 
-    @contextmanager
-    def for_user(self, user_id: str) -> Iterator[UserTokenCache]:
+    client = property(_client)
+
+    def _per_user(self, user_id: str) -> Iterator[UserTokenCache]:
         """The token cache of ``user_id`` for one request; saved on exit if it changed.
 
         Use a stable id of the signed-in user (e.g. the account's ``home_account_id``).
@@ -302,8 +304,9 @@ class UserCaches:
             raise
         self._finish(user, loaded, cache)
 
-    @contextmanager
-    def for_session(
+    for_user = contextmanager(_per_user)
+
+    def _in_session(
         self, session: MutableMapping[str, Any], user_id: Optional[str] = None
     ) -> Iterator[UserTokenCache]:
         """The token cache kept in a server-side ``session`` (dict-like); saved on exit.
@@ -336,6 +339,8 @@ class UserCaches:
             self._finish_session(session, slot, binding, raw, base, cache)
             raise
         self._finish_session(session, slot, binding, raw, base, cache)
+
+    for_session = contextmanager(_in_session)
 
     def merge(self, user_id: str, serialized: str) -> None:
         """Add the entries of a serialized msal cache to the user's cache (one save).
