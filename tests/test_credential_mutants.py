@@ -1026,6 +1026,39 @@ def test_a_backend_the_stamp_remembers_is_loaded_by_name(
     assert store.keyring_name == "keyring.backends.null.Keyring"
 
 
+def test_the_backend_name_asks_keyring_only_when_calls_do_not_bypass_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keyring.core
+
+    from msal_keyring_cache.stores import credential
+    from msal_keyring_cache.stores.secret_service import SECRET_SERVICE
+
+    monkeypatch.setattr(keyring.core, "_keyring_backend", None)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no keyringrc.cfg
+    asked: list[Optional[str]] = []
+    real = credential.resolve_backend
+
+    def resolve(remembered: Optional[str], timeout: float) -> tuple[Any, str]:
+        asked.append(remembered)
+        return real(remembered, timeout)
+
+    monkeypatch.setattr(credential, "resolve_backend", resolve)
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "tests.fakes.MemoryKeyring")
+    plain = KeyringStore(SVC, ACCT, lock_path=str(tmp_path / "plain.lock"))
+    assert plain.keyring_name == "tests.fakes.MemoryKeyring"  # resolved on first use
+    assert asked == [None]
+    # The stamp remembers the Secret Service: calls go straight to it, keyring is not asked.
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND")
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
+    (tmp_path / "kr.stamp").write_bytes(_stamp(backend=SECRET_SERVICE))
+    direct = KeyringStore(SVC, ACCT, lock_path=str(tmp_path / "kr.lock"))
+    direct.resolve()
+    assert direct.direct
+    assert direct.keyring_name == SECRET_SERVICE
+    assert asked == [None]
+
+
 @pytest.mark.secret_service
 def test_keyrings_secret_service_backend_is_used_on_the_kept_connection_until_it_fails(
     tmp_path: Path, use_secret_service: SecretService

@@ -286,6 +286,19 @@ def test_a_search_made_while_the_cache_is_held_is_indexed_and_exact(
     assert [e["target"] for e in found] == ["scope7 common"]  # msal's own filter by scope
 
 
+def test_the_index_is_built_once_then_kept_and_a_search_adds_no_table() -> None:
+    cache = big_cache(100)
+    query = {"client_id": "c1", "environment": "login.example", "realm": "t1"}
+    assert [e["target"] for e in cache.search(AT, ["scope7"], query)] == ["scope7 common"]
+    table = cache._cache[AT]
+    assert type(table) is Table
+    assert [e["target"] for e in cache.search(AT, ["scope8"], query)] == ["scope8 common"]
+    assert cache._cache[AT] is table  # kept current, not built again (O(n)) per search
+    empty = persistent()
+    assert list(empty.search(AT, ["scope7"], query)) == []
+    assert json.loads(empty.serialize()) == {}  # a search wrote nothing into the cache
+
+
 def test_msal_scans_everything_without_the_index(matching_calls: list[int]) -> None:
     plain = msal.TokenCache()
     plain._cache = big_cache(1000)._cache

@@ -95,6 +95,35 @@ def test_a_token_acquired_in_a_block_that_raises_is_kept(
     assert _scopes(caches, session) == {"api://loopback/kept"}
 
 
+def test_a_block_that_raises_merges_only_a_session_value_changed_meanwhile(
+    caches: UserCaches, idp: LoopbackIdentityProvider
+) -> None:
+    session: dict[str, Any] = {}
+    with caches.for_session(session) as cache:
+        _sign_in(idp, cache, "ida@example.com", "api://loopback/before")
+
+    def request(nested: bool) -> None:
+        with caches.for_session(session) as first:
+            _sign_in(idp, first, "ida@example.com", f"api://loopback/first-{nested}")
+            if nested:  # e.g. a helper of the same request saves first
+                with caches.for_session(session) as second:
+                    _sign_in(idp, second, "ida@example.com", "api://loopback/second")
+            raise KeyError("later")
+
+    with pytest.raises(KeyError):
+        request(nested=False)  # the value loaded is still there: no merge
+    assert caches.stats.conflicts == 0
+    with pytest.raises(KeyError):
+        request(nested=True)
+    assert caches.stats.conflicts == 1
+    assert _scopes(caches, session) == {
+        "api://loopback/before",
+        "api://loopback/first-False",
+        "api://loopback/first-True",
+        "api://loopback/second",
+    }
+
+
 def test_damaged_session_values_are_an_empty_cache(caches: UserCaches) -> None:
     for value in (7, "garbage", "gAAAAA" + "x" * 100, ["list"]):
         session: dict[str, Any] = {"sess:tokens": value}
