@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 
-from msal_keyring_cache import Settings, batch, build_cache, manage
+from msal_keyring_cache import (
+    EncryptedFileStore,
+    LockTimeoutError,
+    PersistentTokenCache,
+    Settings,
+    batch,
+    build_cache,
+    manage,
+)
+from msal_keyring_cache.crypto import FernetKeys
 from msal_keyring_cache.locking import CrossProcessLock
 from tests.batch_child import entry
 from tests.helpers import PYTHON, ROOT, child_env, file_env, require
@@ -355,4 +364,34 @@ def test_group_commit_off_writes_alone(seeded: Path, key: str) -> None:
     assert not writer.is_alive()
     assert listener.got == 0  # nothing was sent: it waited for the lock and wrote itself
     assert "alone" in _keys(seeded, key)
+    cache.close()
+
+
+def test_a_writer_that_may_not_wait_leaves_a_group_at_once_and_keeps_its_change(
+    seeded: Path, key: str
+) -> None:
+    # A lock timeout of 0 (a store's own argument) tries the lock once: a writer that finds
+    # it busy and a leader waiting for it gives up at once (not when the group is written),
+    # its change pending.
+    store = EncryptedFileStore(str(seeded), FernetKeys((key,)), lock_timeout=0)
+    cache = PersistentTokenCache(store)
+    holder = _lock(seeded).acquire()
+    free = threading.Timer(5.0, holder.__exit__, (None, None, None))
+    leader = _child(_env(seeded, key), "lead", "", "leader")
+    try:
+        _lines_until(leader, "role leader")
+        free.start()
+        with pytest.raises(LockTimeoutError):
+            cache.merge(entry("mine"))
+        assert free.is_alive()  # before the lock was free
+    finally:
+        free.cancel()
+        free.join()
+        if holder.held:
+            holder.__exit__(None, None, None)
+    _, err = leader.communicate(timeout=60)
+    assert leader.returncode == 0, err
+    assert "mine" not in _keys(seeded, key)  # the leader did not write it for us
+    cache.merge(entry("later"))  # the lock is free: our pending change goes with it
+    assert {"seed", "leader", "mine", "later"} <= _keys(seeded, key)
     cache.close()
