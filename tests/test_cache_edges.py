@@ -20,8 +20,14 @@ import pytest
 
 from msal_keyring_cache import MemoryStore, PersistentTokenCache, crypto, generate_key
 from msal_keyring_cache.cache import BackendInfo
-from msal_keyring_cache.errors import ConfigError, CorruptCacheError, StoreError
+from msal_keyring_cache.errors import CacheError, ConfigError, CorruptCacheError, StoreError
+from msal_keyring_cache.locking import CrossProcessLock
+from msal_keyring_cache.stores.credential import KeyringStore
 from msal_keyring_cache.stores.file import EncryptedFileStore
+from tests.fakes import ScopedKeyring
+from tests.test_keyring_store import memory_keyring
+
+__all__ = ["memory_keyring"]  # the fixture, shared
 
 KEY = generate_key()
 RT = "RefreshToken"
@@ -318,3 +324,51 @@ def test_a_store_without_a_change_counter_maps_no_file(
     cache.merge(json.dumps({RT: {"a": _rt("one")}}))
     assert [e["secret"] for e in cache.search(RT)] == ["one"]
     assert [name for name in opened if name] == []
+
+
+def test_a_write_that_takes_the_lock_itself_leaves_it_free(tmp_path: Path) -> None:
+    # A whole rewrite (deserialize) and a cache without group commit take the store's lock
+    # with a plain wait, not a try: after the write it must be free for other processes.
+    path = tmp_path / "c.bin"
+    cache = _file_cache(path)
+    cache.deserialize(json.dumps({RT: {"r": _rt("r")}}))
+    with CrossProcessLock(str(path) + ".lock", 0):  # another open of the lock file
+        pass
+    cache.group_commit = False
+    cache.merge(json.dumps({RT: {"s": _rt("s")}}))
+    with CrossProcessLock(str(path) + ".lock", 0):
+        pass
+    assert _secrets(_file_cache(path)) == {"r": "r", "s": "s"}
+
+
+class _OnceUnreadable(ScopedKeyring):
+    """The next ``refuse`` reads fail, as a credential store that is briefly locked."""
+
+    refuse = 0
+
+    def get_password(self, service: str, username: str) -> Any:
+        if type(self).refuse:
+            type(self).refuse -= 1
+            raise RuntimeError("the collection is locked")
+        return super().get_password(service, username)
+
+
+def test_a_write_whose_catch_up_read_fails_raises_and_overwrites_nothing(
+    tmp_path: Path, memory_keyring: type[ScopedKeyring]
+) -> None:
+    # A whole-value store: writing A's state without B's change would delete B's token.
+    def cache() -> PersistentTokenCache:
+        store = KeyringStore(
+            "catch-up", "cache", lock_path=str(tmp_path / "kr.lock"), keyring=_OnceUnreadable()
+        )
+        return PersistentTokenCache(store)
+
+    a = cache()
+    a.merge(json.dumps({RT: {"a": _rt("a")}}))
+    cache().merge(json.dumps({RT: {"b": _rt("b")}}))  # B writes after A's last read
+    _OnceUnreadable.refuse = 1
+    with pytest.raises(CacheError):
+        a.merge(json.dumps({RT: {"mine": _rt("m")}}))
+    assert _secrets(cache()) == {"a": "a", "b": "b"}  # nothing overwritten
+    a.merge(json.dumps({RT: {"later": _rt("l")}}))  # readable again: A's change kept pending
+    assert _secrets(cache()) == {"a": "a", "b": "b", "mine": "m", "later": "l"}
