@@ -8,6 +8,11 @@ apart. Survivors are listed grouped by module, for ``mutmut show NAME``. A liste
 equivalent that a test fails on (not a timeout: a slow run is not a failing test), or that
 no longer exists (its function changed), is reported, so the list stays true.
 Exit status 1 when the score is under ``--fail-under`` (default 0).
+
+Several result directories combine: ``python -m tests.mutation_score full/mutants
+partial/mutants``. The mutants are those of the last directory (mutmut writes every mutant
+of the code it ran on, checked or not); each takes its result from the last directory
+that checked it, so a run over a few functions of newer code adds to a complete older one.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def status(code: object, name: str, equivalent: dict[str, str]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", nargs="?", default="mutants")
+    parser.add_argument("roots", nargs="*", default=["mutants"], metavar="root")
     parser.add_argument("--fail-under", type=float, default=0.0)
     args = parser.parse_args(argv)
     equivalent = equivalents()
@@ -59,21 +64,28 @@ def main(argv: list[str]) -> int:
     by_module: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     wrongly_listed: list[str] = []
-    for meta in sorted(Path(args.root).rglob("*.py.meta")):
-        module = str(meta.relative_to(args.root))[: -len(".meta")]
-        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            seen.add(name)
-            state = status(code, name, equivalent)
-            if code in TIMEOUT and state == "killed":
-                counts["of which timeouts"] += 1
-            if state == "equivalent" and code in KILLED - TIMEOUT:
-                wrongly_listed.append(name)
-            if state == "survived":
-                survivors[module].append(name)
-            elif state == "no tests":
-                survivors[module].append(name + "  (no test reaches it)")
-            counts[state] += 1
-            by_module[module][state] += 1
+    results: dict[str, tuple[str, object]] = {}  # name -> (module, exit code)
+    for root in args.roots:
+        found: dict[str, tuple[str, object]] = {}
+        for meta in sorted(Path(root).rglob("*.py.meta")):
+            module = str(meta.relative_to(root))[: -len(".meta")]
+            for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                earlier = results.get(name, (module, None))[1]
+                found[name] = (module, earlier if code is None else code)
+        results = found  # the last directory's mutants; a later check wins
+    for name, (module, code) in sorted(results.items()):
+        seen.add(name)
+        state = status(code, name, equivalent)
+        if code in TIMEOUT and state == "killed":
+            counts["of which timeouts"] += 1
+        if state == "equivalent" and code in KILLED - TIMEOUT:
+            wrongly_listed.append(name)
+        if state == "survived":
+            survivors[module].append(name)
+        elif state == "no tests":
+            survivors[module].append(name + "  (no test reaches it)")
+        counts[state] += 1
+        by_module[module][state] += 1
     for module, c in sorted(by_module.items()):
         total = c["killed"] + c["survived"] + c["no tests"]
         share = 100 * c["killed"] / max(total, 1)
