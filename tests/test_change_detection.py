@@ -156,6 +156,20 @@ def test_a_counter_word_with_its_top_bit_set_is_still_trusted(tmp_path: Path) ->
     assert _value(path) == 0  # (value + 1) % 2**63 = 2**63 - 1 (odd), then 0
 
 
+def test_this_process_s_own_writes_wrap_a_counter_word_with_its_top_bit_set(
+    tmp_path: Path,
+) -> None:
+    # As above, with the writer in this process: past 2**64 the word would not fit.
+    path = tmp_path / "cache.bin.gen"
+    path.write_bytes((2**64 - 2).to_bytes(8, "little"))
+    writer = Generation(str(path))
+    writer.begin()
+    assert _value(path) % 2 == 1  # a write in progress
+    writer.end()
+    assert _value(path) == 0
+    writer.close()
+
+
 def test_a_process_s_own_first_write_makes_its_counter_usable_at_once(tmp_path: Path) -> None:
     # No counter file when it first looked; its own write creates one: the next look
     # maps it, without waiting out the retry interval for a missing file.

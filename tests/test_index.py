@@ -269,6 +269,23 @@ def test_the_warm_path_of_a_shared_file_cache_is_indexed_too(
     cache.close()
 
 
+def test_the_warm_path_filters_by_scope_when_the_index_cannot_vouch(tmp_path: Path) -> None:
+    # A token about to expire makes the index step aside (msal's full scan, which may
+    # delete it): on the warm path too, msal's own filter by scope must then apply.
+    store = EncryptedFileStore(str(tmp_path / "c.bin"), FernetKeys((generate_key(),)))
+    cache = PersistentTokenCache(store)
+    future = int(time.time()) + 3600
+    made = [entry(f"scope{i}", future) for i in range(5)]
+    made.append(entry("other", int(time.time()) + MARGIN - 1))
+    cache.merge(json.dumps({AT: {cache.key_makers[AT](**e): e for e in made}}))
+    query = {"client_id": "c1", "environment": "login.example", "realm": "t1"}
+    assert list(cache.search(AT, ["scope-never-seen"], query)) == []  # checks, then vouches
+    gen = cache._generation
+    assert gen.view[0] == gen.seen  # the next search is the warm one
+    assert [e["target"] for e in cache.search(AT, ["scope3"], query)] == ["scope3"]
+    cache.close()
+
+
 def test_a_search_made_while_the_cache_is_held_is_indexed_and_exact(
     matching_calls: list[int],
 ) -> None:
