@@ -4,8 +4,11 @@
 contention rows of bench/run.py, same worker and launch) and prints per run the wall
 time and the CPU the N processes spent while they ran: user and system (getrusage,
 summed over the processes), and process_time of each process's first call (initial
-load, lazy imports) against its later calls. On a machine with few cores a run whose
-wall time is about its CPU divided by the cores is CPU-bound: only less CPU makes it faster.
+load, lazy imports) against its later calls, and how much memory each process wrote
+(Linux: the growth of its private dirty pages — copies of the launcher's pages it
+wrote to after the fork, and new ones; each page is a fault). On a machine with few
+cores a run whose wall time is about its CPU divided by the cores is CPU-bound: only
+less CPU makes it faster.
 
 Options:
 
@@ -17,7 +20,10 @@ Options:
   ``--phases cpu`` counts the CPU seconds of each step instead of wall seconds,
   ``--phases faults`` its page faults (printed as seconds: read 1.000 s as 1000 faults);
 * ``--profile DIR``: a cProfile (CPU time) of every process, ``DIR/child-<i>.prof``
-  (call-heavy code looks ~3x slower under it).
+  (call-heavy code looks ~3x slower under it);
+* ``--faults``: page faults by the function that took them (its own, not its callees'),
+  summed over the processes of a cell, the top ones printed; compare variants side by
+  side (the counting hook faults too).
 
 The timing wraps library functions in the benchmark's own processes (bench/worker.py);
 the library has no timing code.
@@ -26,9 +32,12 @@ the library has no timing code.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,6 +63,7 @@ def main(argv: list[str]) -> int:
         help="time the steps of a write, in wall (default) or CPU seconds, or page faults",
     )
     parser.add_argument("--profile", metavar="DIR", help="a cProfile per process into DIR")
+    parser.add_argument("--faults", action="store_true", help="page faults by function")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     shapes = [tuple(int(x) for x in s.lower().replace("×", "x").split("x")) for s in args.shapes]
@@ -69,13 +79,20 @@ def main(argv: list[str]) -> int:
         if args.profile:
             os.makedirs(args.profile, exist_ok=True)
             bench.env["BENCH_PROFILE"] = os.path.abspath(args.profile)
+        faults = tempfile.mkdtemp(prefix="faults-") if args.faults else None
+        if faults:
+            bench.env["BENCH_FAULTS"] = faults
         try:
             for _round in range(args.rounds):
                 for processes, each in shapes:
                     for variant in variants:
                         if not _cell(bench, variant, processes, each):
                             return 1
+                        if faults:
+                            _print_faults(faults)
         finally:
+            if faults:
+                shutil.rmtree(faults, ignore_errors=True)
             bench.cleanup()
             secret_service.stop()
     return 0
@@ -93,7 +110,8 @@ def _cell(bench: bench_run.Bench, variant: str, processes: int, each: int) -> bo
         f"== {variant} {processes}x{each}: wall {found['wall']:.2f} s, errors "
         f"{found['errors']}, CPU {user + system:.2f} s (user {user:.2f}, sys {system:.2f}; "
         f"first calls {found['cpu_first']:.2f}, later calls {found['cpu_rest']:.2f}; "
-        f"{found.get('faults', 0)} page faults, {found.get('switches', 0)} waits)"
+        f"{found.get('faults', 0)} page faults, {found.get('switches', 0)} waits; "
+        f"each process wrote {found.get('private_kb', 0)} KB of its memory, median)"
     )
     held = sorted(found["held"])
     if held:
@@ -110,6 +128,24 @@ def _cell(bench: bench_run.Bench, variant: str, processes: int, each: int) -> bo
             f"{seconds / max(calls, 1) * 1e3:8.3f} ms/call"
         )
     return True
+
+
+def _print_faults(directory: str, top: int = 20) -> None:
+    """The fault counts of a cell's processes (``--faults``), by package and by function."""
+    counts: collections.Counter[str] = collections.Counter()
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name)) as fh:
+            counts.update(json.load(fh))
+        os.remove(os.path.join(directory, name))
+    by_package: collections.Counter[str] = collections.Counter()
+    for where, n in counts.items():
+        by_package[where.split("/")[0] if "/" in where else where.split(":")[0]] += n
+    print(f"   page faults: {sum(counts.values())}; by package (directory of the file):")
+    for package, n in by_package.most_common(8):
+        print(f"   {n:8d}  {package}")
+    print("   by function:")
+    for where, n in counts.most_common(top):
+        print(f"   {n:8d}  {where}")
 
 
 if __name__ == "__main__":

@@ -272,6 +272,24 @@ def _why(results: dict[str, Any]) -> list[str]:
         "The Secret Service rows pay gnome-keyring's own cost per write (a D-Bus round trip "
         "and the daemon re-encrypting its keyring file); rows marked *not met* stay in the "
         "table above.",
+        "- **Many processes, few calls each (64×5, 128×2: the rows not met).** There a "
+        "process is forked, makes five calls (64×5) or two (128×2) and exits, so what it costs is mostly"
+        " the memory it makes its own: every page a forked process writes to — a new "
+        "object or buffer, or an object of the launcher it merely uses (CPython writes to"
+        " a function's code object as it runs it) — is a page fault that copies or clears"
+        " the page. At 128×2 each of this project's processes wrote a median of 3.2 MB of"
+        " its memory and took ~880 page faults; msal in memory 0.34 MB and ~85 (`python "
+        "bench/phases.py ours-key,msal-memory 128x2`; `--faults` names the functions that"
+        " take them). Two things fill that memory: the catch-up takes in every other "
+        "process's tokens (at 128×2 some 250 entries, ~0.25 MB of records per process to "
+        "read, decrypt and parse), and the code that loads, catches up, writes and reads "
+        "the http cache runs for the first time in each process (the http cache's first "
+        "read alone is ~190 function calls, ~120 page faults, ~0.6 ms in a freshly forked "
+        "process). Tried without a measurable gain: setting OpenSSL up before the fork, "
+        "journal records passed as views instead of copies, glibc's malloc trimming off, "
+        "`gc.freeze()` in the launcher — the faults move to whatever touches those pages "
+        "next. A shared cache does this work by definition; a long-running process pays "
+        "it once.",
         "",
     ]
     return lines

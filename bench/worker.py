@@ -21,10 +21,12 @@ environment and are never printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -300,6 +302,10 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         app = confidential_app(variant, port)
 
         def run() -> dict[str, Any]:
+            faults = os.environ.get("BENCH_FAULTS")
+            if faults:
+                with _faults_by_function(os.path.join(faults, f"child-{index}.json")):
+                    return timed_run()
             profile = os.environ.get("BENCH_PROFILE")
             if not profile:
                 return timed_run()
@@ -314,9 +320,11 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
                 profiler.dump_stats(os.path.join(profile, f"child-{index}.prof"))
 
         def timed_run() -> dict[str, Any]:
+            owned = _private_kb()
             before = resource.getrusage(resource.RUSAGE_SELF)
             out = calls()
             after = resource.getrusage(resource.RUSAGE_SELF)
+            out["private_kb"] = _private_kb() - owned
             out["cpu"] = [after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime]
             out["faults"] = after.ru_minflt - before.ru_minflt  # copy-on-write after fork, …
             out["switches"] = after.ru_nvcsw - before.ru_nvcsw  # waits (voluntary switches)
@@ -378,6 +386,7 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         "cpu_user": sum(r.get("cpu", [0.0, 0.0])[0] for r in results),
         "cpu_sys": sum(r.get("cpu", [0.0, 0.0])[1] for r in results),
         "faults": sum(r.get("faults", 0) for r in results),
+        "private_kb": sorted(r.get("private_kb", 0) for r in results)[len(results) // 2],
         "switches": sum(r.get("switches", 0) for r in results),
         "cpu_first": sum(r["cpu_calls"][0] for r in results if r.get("cpu_calls")),
         "cpu_rest": sum(sum(r["cpu_calls"][1:]) for r in results if r.get("cpu_calls")),
@@ -426,6 +435,57 @@ def preload(name: str) -> None:
         for module in PRELOAD.get(group, ()):
             with contextlib.suppress(ImportError):  # optional (jeepney off Linux): loaded when used
                 importlib.import_module(module)
+
+
+def _private_kb() -> int:
+    """The memory this process has made its own (KB): pages it wrote since the fork (its
+    copies of the launcher's pages, and new ones). Linux only; 0 elsewhere."""
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Private_Dirty:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@contextlib.contextmanager
+def _faults_by_function(path: str) -> Iterator[None]:
+    """``BENCH_FAULTS=DIR``: the page faults of this process, by the function that took them.
+
+    A profile hook reads the process's fault count at every call and return, and charges
+    the difference to the function running (its own faults, not its callees'); C
+    functions are named ``C:<name>``. The hook's own allocations fault too, so read the
+    counts side by side with another variant's, not as absolute figures.
+    """
+    import collections
+    import resource
+
+    counts: collections.Counter[str] = collections.Counter()
+    stack: list[str] = []
+    last = [resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        now = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        counts[stack[-1] if stack else "?"] += now - last[0]
+        if event == "call":
+            code = frame.f_code
+            where = "/".join(code.co_filename.split(os.sep)[-2:])
+            stack.append(f"{where}:{code.co_name}")
+        elif event == "c_call":
+            stack.append("C:" + str(getattr(arg, "__qualname__", arg)))
+        elif stack:
+            stack.pop()
+        last[0] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    sys.setprofile(hook)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+        with open(path, "w") as fh:
+            json.dump(counts, fh)
 
 
 def _time_critical_sections(held: list[float]) -> None:

@@ -316,3 +316,25 @@ def test_bench_quick_run_reports_the_same_counts(tmp_path: Path) -> None:
     report = (out / "performance.md").read_text()
     assert "## Against the targets" in report
     assert (out / "performance.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_bench_phases_reports_cpu_memory_and_faults_by_function() -> None:
+    """``bench/phases.py`` (the tool docs/performance.md cites for where the CPU goes)
+    runs a small cell of this project and of the floor, with every diagnostic on."""
+    done = subprocess.run(
+        [PYTHON, "bench/phases.py", "ours-key,msal-memory", "3x2", "--phases", "cpu", "--faults"],
+        cwd=str(Path(__file__).resolve().parent.parent),
+        env=child_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    cells = [line for line in done.stdout.splitlines() if line.startswith("== ")]
+    assert [line.split()[1] for line in cells] == ["ours-key", "msal-memory"]
+    for line in cells:
+        assert "errors 0," in line, line
+        assert "KB of its memory" in line, line
+    assert " check " in done.stdout  # a step of this project's write, timed in CPU seconds
+    assert done.stdout.count("page faults: ") == done.stdout.count("by function:") == 2
