@@ -178,6 +178,34 @@ def open_file(blob: bytes, source: KeySource) -> tuple[Header, str, bytes, int]:
 def locate(blob: bytes) -> tuple[Header, int, int]:
     """The header, and where the snapshot record lies in ``blob``: ``blob[start:end]``,
     its newline at ``end`` (nothing is copied). Raises like :func:`parse_header`."""
+    header, start = _header(blob)
+    stop = _record_end(blob, start) if header.version >= 3 else blob.find(b"\n", start)
+    if stop <= start:
+        raise CorruptCacheError("the file is truncated (no complete encrypted snapshot)")
+    return header, start, stop
+
+
+#: How many bytes from the start of a file hold its header and its snapshot's length.
+HEAD_BYTES = MAX_HEADER + 1 + _LENGTH_DIGITS + 1
+
+
+def skip_snapshot(head: bytes) -> tuple[Header, int]:
+    """The header, and where the snapshot's newline will be, from the first
+    :data:`HEAD_BYTES` of a file: a reader that wants only the journal after the snapshot
+    need not read the snapshot. Version 3 and later (a length-framed snapshot);
+    :class:`CorruptCacheError` for an older file or a head without a valid length."""
+    header, start = _header(head)
+    if header.version < 3:
+        raise CorruptCacheError("the snapshot is not length-framed (format version < 3)")
+    colon = head.find(b":", start, start + _LENGTH_DIGITS + 1)
+    digits = head[start:colon]
+    if colon < 0 or not _canonical(digits):
+        raise CorruptCacheError("the encrypted snapshot has no valid length")
+    return header, colon + 1 + int(digits)
+
+
+def _header(blob: bytes) -> tuple[Header, int]:
+    """A file's header, and where its snapshot record starts."""
     end = blob.find(b"\n", 0, MAX_HEADER + 1)
     if end < 0:
         raise CorruptCacheError("the file has no msal-keyring-cache header")
@@ -216,11 +244,7 @@ def locate(blob: bytes) -> tuple[Header, int, int]:
         header = Header(header.fp, gen, kdf, header.source, salt, n, r, p, version)
     elif kdf != "none":
         raise CorruptCacheError(f"the file header names unknown key derivation {kdf[:20]!r}")
-    start = end + 1
-    stop = _record_end(blob, start) if version >= 3 else blob.find(b"\n", start)
-    if stop <= start:
-        raise CorruptCacheError("the file is truncated (no complete encrypted snapshot)")
-    return header, start, stop
+    return header, end + 1
 
 
 def _canonical(digits: bytes) -> bool:

@@ -294,13 +294,26 @@ def _apply_all(*names: str) -> bytes:
     return _delta(*names)
 
 
+def _journal_full(
+    path: Path, first: bytes = _delta("first")
+) -> tuple[EncryptedFileStore, list[str]]:
+    """A file whose journal is full (the next append compacts it): its writer and the
+    names of its records."""
+    writer = _store(path)
+    names = [f"k{i}" for i in range(file.MAX_RECORDS)]
+    with writer.lock():
+        writer.save(first)
+        for name in names:
+            writer.append(_delta(name), _unused)
+        writer.sync()
+    return writer, names
+
+
 def test_an_up_to_date_reader_follows_a_compaction_without_loading_again(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "c.bin"
-    writer = _store(path)
-    names = [f"k{i}" for i in range(file.MAX_RECORDS)]
-    _write(writer, "first", *names)
+    writer, names = _journal_full(path)
     reader = _store(path)
     state = _state(reader)  # has read every record
     gen = _header(path)["gen"]
@@ -658,6 +671,75 @@ def test_catching_up_reads_the_new_records_not_the_whole_file(tmp_path: Path) ->
     assert read < 64 * 1024, f"read {read} bytes to catch up one record"
     apply_delta(state, json.loads(changes[0]))
     assert _names(state) == {"big", "new"}
+
+
+def test_following_a_compaction_reads_the_new_journal_not_the_new_snapshot(
+    tmp_path: Path,
+) -> None:
+    # After a compaction, a reader that has every record reads the new file's header and
+    # journal (record 1 names what it continues): not its snapshot, which holds only what
+    # the reader has. Every process sharing a cache does this after every compaction.
+    path = tmp_path / "c.bin"
+    big = {"AccessToken": {"big": {"secret": "x" * 1_000_000}}}
+    writer, names = _journal_full(path, json.dumps(big).encode())
+    reader = _store(path)
+    state = _state(reader)
+    whole = {**big["AccessToken"], **json.loads(_apply_all(*names))["AccessToken"]}
+    with writer.lock():
+        writer.append(
+            _delta("last"),
+            lambda: json.dumps({"AccessToken": {**whole, "last": {"secret": "s-last"}}}).encode(),
+        )
+    assert path.stat().st_size > 1_000_000  # the new snapshot holds the big entry again
+    before = _bytes_read()
+    changes = _follow(reader, state)
+    read = _bytes_read() - before
+    assert changes is not None  # followed the link
+    assert _names(state) == {"big", *names, "last"}
+    assert read < 64 * 1024, f"read {read} bytes to follow a compaction"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'{"format":"msal-keyring-cache","version":2,"kdf":"none","fp":"f","gen":"g"}\nAAAA\n',
+        b'{"format":"msal-keyring-cache","version":4,"kdf":"none","fp":"f","gen":"g"}\n012:',
+        b'{"format":"msal-keyring-cache","version":4,"kdf":"none","fp":"f","gen":"g"}\n12',
+        b'{"format":"msal-keyring-cache","version":4,"kdf":"none","fp":"f","gen":"g"}\nx:',
+    ],
+    ids=["version-2", "leading-zero", "no-colon", "not-digits"],
+)
+def test_a_head_without_a_framed_snapshot_length_cannot_skip_the_snapshot(head: bytes) -> None:
+    with pytest.raises(CorruptCacheError):
+        crypto.skip_snapshot(head)
+
+
+def test_skipping_a_snapshot_lands_on_its_newline() -> None:
+    header, _key, blob = crypto.new_file(b'{"a":1}', crypto.FernetKeys((KEY,)))
+    found, stop = crypto.skip_snapshot(blob[: crypto.HEAD_BYTES])
+    assert found == header
+    assert stop == len(blob) - 1
+    assert blob[stop:] == b"\n"
+    assert crypto.locate(blob)[2] == stop
+
+
+def test_a_compaction_whose_snapshot_ends_elsewhere_than_its_length_says_is_loaded_whole(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.bin"
+    writer, names = _journal_full(path)
+    reader = _store(path)
+    _state(reader)  # has read every record
+    with writer.lock():
+        writer.append(_delta("last"), lambda: _apply_all("first", *names, "last"))
+    blob = path.read_bytes()
+    stop = crypto.locate(blob)[2]
+    damaged = blob[:stop] + b"X" + blob[stop + 1 :]  # the snapshot's newline overwritten
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(damaged)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    assert reader.read_changes() is None  # not stitched on: loaded whole (and set aside)
 
 
 def test_a_closed_store_whose_file_was_signed_out_loads_again_quietly(

@@ -277,17 +277,20 @@ class EncryptedFileStore(Store):
         old_fd, old_header = self._identity.fd, self._header
         if old_fd is None or old_header is None or self._queue:
             return None
-        found = _read_keep_open(self.path)
-        if found is None:
+        fd = open_regular(self.path, os.O_RDONLY)
+        if fd is None:
             return None
-        blob, fd = found
         try:
-            header, _start, stop = crypto.locate(blob)  # the snapshot is neither copied nor read
+            # The header, then the journal: the snapshot (most of the file) is not read.
+            head = self._pread(fd, crypto.HEAD_BYTES, 0)
+            header, stop = crypto.skip_snapshot(head)
             if header.gen == old_header.gen:
                 raise CorruptCacheError("not a new file")
             key = crypto.file_key(header, self.key_source)
-            snapshot_end = stop + 1
-            records, end = crypto.split_records(blob, snapshot_end, header.version)
+            tail = self._pread(fd, max(0, os.fstat(fd).st_size - stop), stop)
+            if tail[:1] != b"\n":
+                raise CorruptCacheError("the snapshot does not end where its length says")
+            records, consumed = crypto.split_records(tail, 1, header.version)
             if not records:
                 raise CorruptCacheError("no link")
             first = parse_json(crypto.unseal(records[0], key, header, 1), "a journal record")
@@ -314,10 +317,10 @@ class EncryptedFileStore(Store):
             os.close(fd)
             raise
         self._check_mode(fd)
-        self._identity.remember(fd, blob[: blob.find(b"\n") + 1])
+        self._identity.remember(fd, head[: head.find(b"\n") + 1])
         self._header, self._key = header, key
-        self._snapshot_end, self._offset = snapshot_end, end
-        self._records, self._size = len(records), len(blob)
+        self._snapshot_end, self._offset = stop + 1, stop + consumed
+        self._records, self._size = len(records), stop + len(tail)
         return queue
 
     def append(self, delta: bytes, full: Callable[[], bytes]) -> None:
@@ -452,6 +455,12 @@ class EncryptedFileStore(Store):
             _warned_mode.add(self.path)
             done = "it was made private (0600)" if not mode else f"run: chmod 600 {self.path}"
             logger.warning("The token cache %s was readable by other users; %s.", self.path, done)
+
+    def _pread(self, fd: int, count: int, offset: int) -> bytes:
+        try:
+            return os.pread(fd, count, offset)
+        except OSError as exc:
+            raise StoreError(f"Cannot read {self.path}: {exc.strerror}.") from None
 
     def _read_from(self, offset: int) -> bytes:
         fd = self._identity.fd
