@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -692,11 +693,18 @@ def test_following_a_compaction_reads_the_new_journal_not_the_new_snapshot(
         )
     assert path.stat().st_size > 1_000_000  # the new snapshot holds the big entry again
     before = _bytes_read()
-    changes = _follow(reader, state)
+    tracemalloc.start()
+    try:
+        changes = _follow(reader, state)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     read = _bytes_read() - before
     assert changes is not None  # followed the link
     assert _names(state) == {"big", *names, "last"}
     assert read < 64 * 1024, f"read {read} bytes to follow a compaction"
+    assert peak < 256 * 1024, f"{peak} bytes allocated to follow a compaction"  # pread's buffer
+    assert not reader.changed()  # what it read is what it knows: no second look
 
 
 @pytest.mark.parametrize(
@@ -706,12 +714,28 @@ def test_following_a_compaction_reads_the_new_journal_not_the_new_snapshot(
         b'{"format":"msal-keyring-cache","version":4,"kdf":"none","fp":"f","gen":"g"}\n012:',
         b'{"format":"msal-keyring-cache","version":4,"kdf":"none","fp":"f","gen":"g"}\n12',
         b'{"format":"msal-keyring-cache","version":4,"kdf":"none","fp":"f","gen":"g"}\nx:',
+        b'{"format":"msal-keyring-cache","version":4,"kdf":"none","fp":"f","gen":"g"}\n'
+        + b"1" * 13
+        + b":",
     ],
-    ids=["version-2", "leading-zero", "no-colon", "not-digits"],
+    ids=["version-2", "leading-zero", "no-colon", "not-digits", "thirteen-digits"],
 )
 def test_a_head_without_a_framed_snapshot_length_cannot_skip_the_snapshot(head: bytes) -> None:
     with pytest.raises(CorruptCacheError):
         crypto.skip_snapshot(head)
+
+
+@pytest.mark.parametrize(
+    ("version", "record"),
+    [(3, b"5:abcde\n"), (4, b"4:a:b:\n"), (4, b"100000000000:")],
+    ids=["version-3", "colons-in-the-record", "twelve-digits"],
+)
+def test_a_framed_snapshot_is_skipped_by_its_length(version: int, record: bytes) -> None:
+    line = crypto.Header(fp="f", gen="g", version=version).to_bytes() + b"\n"
+    digits = record.split(b":", 1)[0]
+    header, stop = crypto.skip_snapshot(line + record)
+    assert (header.gen, header.version) == ("g", version)
+    assert stop == len(line) + len(digits) + 1 + int(digits)
 
 
 def test_skipping_a_snapshot_lands_on_its_newline() -> None:
@@ -792,6 +816,15 @@ def _journal(path: Path) -> tuple[str, int]:
     return header.gen, len(blob) - (stop + 1)
 
 
+def _sized(gen: str, size: int) -> bytes:
+    """A journal entry whose record is ``size`` bytes in a file of generation ``gen``."""
+    for pad in range(size - 100, size):
+        body = json.dumps({"AccessToken": {"p": {"secret": "x" * pad}}}).encode()
+        if len(crypto.seal(body, KEY, crypto.Header("", gen), 1)) == size:
+            return body
+    raise AssertionError(f"no record of {size} bytes")
+
+
 def test_the_journal_may_reach_its_byte_limit_exactly_before_it_is_compacted(
     tmp_path: Path,
 ) -> None:
@@ -803,12 +836,7 @@ def test_the_journal_may_reach_its_byte_limit_exactly_before_it_is_compacted(
     gen, journal = _journal(path)
 
     def delta(size: int) -> bytes:
-        """A journal entry whose record is ``size`` bytes in the file."""
-        for pad in range(size - 100, size):
-            body = json.dumps({"AccessToken": {"p": {"secret": "x" * pad}}}).encode()
-            if len(crypto.seal(body, KEY, crypto.Header("", gen), 1)) == size:
-                return body
-        raise AssertionError(f"no record of {size} bytes")
+        return _sized(gen, size)
 
     with store.lock():
         store.append(delta(30_000), _unused)
@@ -821,6 +849,31 @@ def test_the_journal_may_reach_its_byte_limit_exactly_before_it_is_compacted(
         store.append(_delta("c"), lambda: _apply_all("a", "b", "c"))  # over it: compacted
         assert _journal(path)[0] != gen
     assert _names(_state(_store(path))) == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_store_that_followed_a_compaction_compacts_at_the_new_snapshots_size(
+    tmp_path: Path, over: int
+) -> None:
+    # A store that followed a link (not loaded whole) knows where the new journal starts:
+    # with a snapshot over 64 KiB, a journal of exactly its size is appended to, one byte
+    # more is compacted — as for a store that loaded the file.
+    path = tmp_path / "c.bin"
+    big = {"AccessToken": {"big": {"secret": "x" * 100_000}}}
+    writer = _journal_full(path, json.dumps(big).encode())[0]
+    reader = _store(path)
+    state = _state(reader)
+    with writer.lock():
+        writer.append(_delta("last"), lambda: json.dumps(state).encode())
+    assert _follow(reader, state) is not None  # followed the link
+    gen, journal = _journal(path)
+    limit = crypto.locate(path.read_bytes())[2] + 1  # the snapshot, with the header
+    assert limit > file.MIN_JOURNAL_BYTES
+    with reader.lock():
+        reader.append(_sized(gen, limit + over - journal), _unused)
+        assert _journal(path) == (gen, limit + over)
+        reader.append(_delta("b"), lambda: json.dumps(state).encode())
+        assert (_journal(path)[0] == gen) is (over == 0)  # appended at the limit, else compacted
 
 
 def test_a_cache_file_swapped_for_a_link_to_it_is_not_written_through(tmp_path: Path) -> None:
