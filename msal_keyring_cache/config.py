@@ -12,7 +12,6 @@ application chooses its own (``env_prefix="MYTOOL_CACHE"``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import math
 import os
@@ -474,6 +473,8 @@ def _warn_unknown(prefix: str, env: Mapping[str, str]) -> None:
         if suffix in suffixes:
             continue
         _warned_unknown.add(var)
+        import difflib  # only for a typo: not on every process's start-up
+
         close = difflib.get_close_matches(suffix, suffixes, n=1, cutoff=0.6)
         hint = f"; did you mean {head}{close[0]}?" if close else ""
         logger.warning("%s is not a setting of msal-keyring-cache and is ignored%s", var, hint)
