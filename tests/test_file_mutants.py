@@ -707,6 +707,40 @@ def test_following_a_compaction_reads_the_new_journal_not_the_new_snapshot(
     assert not reader.changed()  # what it read is what it knows: no second look
 
 
+@pytest.mark.parametrize("call", ["pread", "fstat"])
+def test_a_read_error_while_following_a_compaction_is_the_librarys_error_and_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    # Fault injection: the new file opens, then reading it (or its size) fails with an
+    # I/O error. The caller gets StoreError naming the file; the descriptor is closed.
+    path = tmp_path / "c.bin"
+    writer, names = _journal_full(path)
+    reader = _store(path)
+    state = _state(reader)
+    with writer.lock():
+        writer.append(_delta("last"), lambda: _apply_all("first", *names, "last"))
+    real_fstat, real = os.fstat, getattr(os, call)
+    new_inode = path.stat().st_ino
+    calls: list[int] = []
+
+    def failing(fd: int, *args: Any) -> Any:
+        if real_fstat(fd).st_ino == new_inode:
+            calls.append(fd)
+            if call == "pread" or len(calls) > 1:  # fstat: the open's own check passes
+                raise OSError(errno.EIO, "Input/output error")
+        return real(fd, *args)
+
+    held = open_descriptors(path)  # the writer keeps the file it wrote open
+    monkeypatch.setattr(os, call, failing)
+    with pytest.raises(StoreError, match=f"Cannot read {re.escape(str(path))}: Input/output"):
+        _follow(reader, state)
+    monkeypatch.undo()
+    assert calls  # the fault was injected where it was meant to be
+    assert open_descriptors(path) == held
+    assert _follow(reader, state) is not None  # the disk is back: the link is followed
+    assert _names(state) == {"first", *names, "last"}
+
+
 @pytest.mark.parametrize(
     "head",
     [

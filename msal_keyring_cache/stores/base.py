@@ -111,10 +111,9 @@ def validate_cache(doc: Any, *, complete: bool = True, name_keys: bool = False) 
     msal needs (``secret`` and ``expires_on`` for an access token, …; a token its own
     ``credential_type`` and an account its ``authority_type``, which msal asserts when it
     deletes them — an expired access token without them would make msal's next search
-    fail). Other top-level
-    keys are kept as they are, as msal keeps them. The first bad entry makes the whole
-    document refused with :class:`~msal_keyring_cache.ConfigError` naming its type and
-    position — never its content, which may be a token.
+    fail). Other top-level keys are kept as they are, as msal keeps them. The first bad
+    entry makes the whole document refused with :class:`~msal_keyring_cache.ConfigError`
+    naming its type and position — never its content, which may be a token.
 
     ``complete=False`` checks the shape only (objects, text, numbers) and not the required
     fields: :meth:`~msal_keyring_cache.PersistentTokenCache.deserialize` keeps msal's own

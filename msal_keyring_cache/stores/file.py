@@ -282,12 +282,12 @@ class EncryptedFileStore(Store):
             return None
         try:
             # The header, then the journal: the snapshot (most of the file) is not read.
-            head = self._pread(fd, crypto.HEAD_BYTES, 0)
+            head = self._pread(fd, 0, crypto.HEAD_BYTES)
             header, stop = crypto.skip_snapshot(head)
             if header.gen == old_header.gen:
                 raise CorruptCacheError("not a new file")
             key = crypto.file_key(header, self.key_source)
-            tail = self._pread(fd, max(0, os.fstat(fd).st_size - stop), stop)
+            tail = self._pread(fd, stop)
             if tail[:1] != b"\n":
                 raise CorruptCacheError("the snapshot does not end where its length says")
             records, consumed = crypto.split_records(tail, 1, header.version)
@@ -456,19 +456,22 @@ class EncryptedFileStore(Store):
             done = "it was made private (0600)" if not mode else f"run: chmod 600 {self.path}"
             logger.warning("The token cache %s was readable by other users; %s.", self.path, done)
 
-    def _pread(self, fd: int, count: int, offset: int) -> bytes:
+    def _pread(self, fd: int, offset: int, count: Optional[int] = None) -> bytes:
+        """``count`` bytes of the file open at ``fd`` from ``offset`` (``None``: to its end)."""
         try:
+            if count is None:
+                # As many bytes as the file holds: pread allocates what it is asked for, so a
+                # fixed large count costs page faults per read (MemoryError under ulimit -v).
+                count = max(0, os.fstat(fd).st_size - offset)
             return os.pread(fd, count, offset)
         except OSError as exc:
             raise StoreError(f"Cannot read {self.path}: {exc.strerror}.") from None
 
     def _read_from(self, offset: int) -> bytes:
         fd = self._identity.fd
+        if fd is not None:
+            return self._pread(fd, offset)
         try:
-            if fd is not None:
-                # As many bytes as the file holds: pread allocates what it is asked for, so a
-                # fixed large count costs page faults per read (MemoryError under ulimit -v).
-                return os.pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
             with open(self.path, "rb") as fh:  # Windows: no kept descriptor
                 fh.seek(offset)
                 return fh.read()
