@@ -90,29 +90,28 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
             rows.append(("5", f"writes 1/≤2/1/0 ({variant})", got, _verdict(ok)))
     cells = _cells(results)
-    for processes in (16, 32, 64, 128):
-        row = cells.get(("ours-key", processes))
-        if row is None:
-            continue
-        each = row["each"]
-        if "vs_msalx" in row:
-            rows.append(
-                (
-                    "12",
-                    f"file store {processes}×{each}: ≤ {TARGET_VS_MSALX}× msal-extensions",
-                    f"{row['vs_msalx']:.2f}×{_range(row, 'vs_msalx')}",
-                    _verdict(row["vs_msalx"] <= TARGET_VS_MSALX),
-                )
-            )
-        if "vs_floor" in row:
-            rows.append(
-                (
-                    "12",
-                    f"file store {processes}×{each}: ≤ {TARGET_VS_FLOOR:g}× no persistence",
-                    f"{row['vs_floor']:.2f}×{_range(row, 'vs_floor')}",
-                    _verdict(row["vs_floor"] <= TARGET_VS_FLOOR),
-                )
-            )
+    whole = {
+        (r["variant"], r["processes"]): r for r in results.get("processes", {}).get("rows", [])
+    }
+    for lens, table in (("whole processes", whole), ("forked workers", cells)):
+        for processes in (16, 32, 64, 128):
+            row = table.get(("ours-key", processes))
+            if row is None:
+                continue
+            each = row["each"]
+            for key, limit, what in (
+                ("vs_msalx", TARGET_VS_MSALX, "msal-extensions"),
+                ("vs_floor", TARGET_VS_FLOOR, "no persistence"),
+            ):
+                if key in row:
+                    rows.append(
+                        (
+                            "12",
+                            f"file store {processes}×{each}, {lens}: ≤ {limit:g}× {what}",
+                            f"{row[key]:.2f}×{_range(row, key)}",
+                            _verdict(row[key] <= limit),
+                        )
+                    )
     row = cells.get(("ours-keyring", 32))
     if row is not None and "vs_msalx" in row:
         rows.append(
@@ -134,6 +133,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (
                 "12",
                 f"{biggest}×{row['each']}, default lock timeout: 0 errors, 0 lost ({variant})",
+                f"{row['errors']} errors, {row['lost']} lost in {row['runs']} runs",
+                _verdict(row["errors"] == 0 and row["lost"] == 0),
+            )
+        )
+    row = whole.get(("ours-key", max((p for v, p in whole if v == "ours-key"), default=0)))
+    if row is not None:
+        rows.append(
+            (
+                "12",
+                f"{row['processes']}×{row['each']} whole processes: 0 errors, 0 lost (ours-key)",
                 f"{row['errors']} errors, {row['lost']} lost in {row['runs']} runs",
                 _verdict(row["errors"] == 0 and row["lost"] == 0),
             )
@@ -265,6 +274,13 @@ def _why(results: dict[str, Any]) -> list[str]:
         "each miss; the cache's scope index spares that: docs/how-it-works.md, *Searching "
         "a shared cache*). On 2 cores these runs are CPU-bound (wall ≈ CPU of all "
         "processes / 2).",
+        "- **Two measures of that distance.** The issue measured whole processes (fresh "
+        "interpreters released together, timed to their exit); the forked rows measure "
+        "only the acquisitions of processes forked from one launcher, which share its "
+        "already-run code, so the floor there is a few hundred milliseconds and every "
+        "millisecond of this project's own work shows. The targets are reported in both "
+        "(rows marked *whole processes* and *forked workers*): the first is what N tools "
+        "started at once see, the second the stricter bound on the library's own cost.",
         "- **Where we are slower.** Decrypting is work plain JSON does not do: the "
         "load-and-first-hit rows pay one AES-256-GCM pass over the whole snapshot (binary, "
         "no base64, since format version 3; as a Fernet token in version 2 it cost more "
@@ -272,8 +288,8 @@ def _why(results: dict[str, Any]) -> list[str]:
         "The Secret Service rows pay gnome-keyring's own cost per write (a D-Bus round trip "
         "and the daemon re-encrypting its keyring file); rows marked *not met* stay in the "
         "table above.",
-        "- **Many processes, few calls each (64×5, 128×2: the rows not met).** There a "
-        "process is forked, makes five calls (64×5) or two (128×2) and exits, so what it "
+        "- **Many processes, few calls each (64×5, 128×2).** There a forked process "
+        "makes five calls (64×5) or two (128×2) and exits, so what it "
         "costs is mostly the memory it makes its own: every page a forked process writes to"
         " — a new object or buffer, or an object of the launcher it merely uses (CPython "
         "writes to a function's code object as it runs it) — is a page fault that copies or"
@@ -375,6 +391,34 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
             f"{vs_x} | {vs_f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {held} | {share} | "
             f"{row['lost']} | {row['errors']}{kinds} |"
         )
+    whole = results.get("processes")
+    if whole:
+        lines += [
+            "",
+            "## The same, as whole processes",
+            "",
+            "N×M as the issue measured it first: N fresh Python processes, each started, its "
+            "libraries imported (this project's with what it imports lazily, as above), its "
+            "cache and app built, before a common start; timed from the start to the last "
+            "process's exit — its acquisitions, and its interpreter's shutdown. Nothing is "
+            "inherited from a launcher, so every process runs each library's code for the "
+            "first time, as a CLI tool started N times does. Three variants: the floor, "
+            "msal-extensions and this project's encrypted file; same scopes, same lost and "
+            "errors counts as above.",
+            "",
+            "| variant | N × M | wall s (range) | × msal-extensions | × floor | lost | errors |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in whole["rows"]:
+            kinds = f" ({', '.join(row['error_kinds'])})" if row["error_kinds"] else ""
+            walls = row["walls"]
+            vs_x = f"{row['vs_msalx']:.2f}×" if "vs_msalx" in row else ""
+            vs_f = f"{row['vs_floor']:.2f}×" if "vs_floor" in row else ""
+            lines.append(
+                f"| {labels[row['variant']]} | {row['processes']} × {row['each']} | "
+                f"{row['seconds']:.2f} ({min(walls):.2f}–{max(walls):.2f}) | {vs_x} | {vs_f} | "
+                f"{row['lost']} | {row['errors']}{kinds} |"
+            )
     stress = results.get("lock_stress")
     if stress:
         lines += [

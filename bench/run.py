@@ -19,6 +19,7 @@ variant starts from the same state: one interactive sign-in (``setup``) before a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -70,6 +71,10 @@ SHAPES = [(4, 30), (16, 30), (32, 15), (64, 5), (128, 2)]
 QUICK_SHAPES = [(4, 5), (16, 2)]
 CONTENDERS = ["msal-memory", "msalx-file", "ours-key", "ours-keyring", "ours-envelope"]
 LOCK_STRESS = (80, 5)
+#: Whole processes (fresh interpreters): the N of the issue's targets, fewer variants.
+WHOLE_SHAPES = [(16, 30), (32, 15), (64, 5), (128, 2)]
+QUICK_WHOLE = [(4, 2)]
+WHOLE = ["msal-memory", "msalx-file", "ours-key"]
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -389,6 +394,102 @@ class Bench:
             "p99": percentile(found["times"], 0.99),
         }
 
+    # -- 4b. the same, as whole processes ------------------------------------------------
+
+    def processes(self) -> dict[str, Any]:
+        """N×M as the issue first measured it: N fresh interpreters, each started, its
+        libraries imported and its app built before a common start; timed from the start
+        to the last exit (its calls, and its interpreter's exit)."""
+        shapes = QUICK_WHOLE if self.quick else WHOLE_SHAPES
+        variants = [v for v in WHOLE if v in self.available]
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for round_no in range(self.rounds):
+            for processes, each in shapes:
+                for variant in _rotated(variants, round_no):
+                    print(
+                        f"[bench]   whole processes: {variant} {processes}×{each} "
+                        f"round {round_no + 1}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    run = self._whole(variant, processes, each)
+                    runs.setdefault((variant, processes), []).append(run)
+        rows: list[dict[str, Any]] = []
+        for processes, each in shapes:
+            floor = runs.get(("msal-memory", processes), [])
+            theirs = runs.get(("msalx-file", processes), [])
+            for variant in variants:
+                cell_runs = runs.get((variant, processes), [])
+                walls = [r["wall"] for r in cell_runs]
+                row: dict[str, Any] = {
+                    "variant": variant,
+                    "processes": processes,
+                    "each": each,
+                    "runs": len(cell_runs),
+                    "walls": walls,
+                    "seconds": statistics.median(walls),
+                    "lost": sum(r["lost"] for r in cell_runs),
+                    "errors": sum(r["errors"] for r in cell_runs),
+                    "error_kinds": sorted({k for r in cell_runs for k in r["kinds"]})[:5],
+                }
+                for key, ref in (("vs_msalx", theirs), ("vs_floor", floor)):
+                    pairs = list(zip(walls, (r["wall"] for r in ref)))
+                    if pairs:
+                        ratio = spread([a / b for a, b in pairs])
+                        row[key] = ratio["median"]
+                        row[key + "_lo"], row[key + "_hi"] = ratio["lo"], ratio["hi"]
+                rows.append(row)
+        return {"rounds": self.rounds, "rows": rows}
+
+    def _whole(self, variant: str, processes: int, each: int) -> dict[str, Any]:
+        directory = self.new_dir(f"whole-{variant}-{processes}")
+        self.setup(variant, directory)
+        procs = [
+            subprocess.Popen(
+                self.worker("process", variant, directory, str(index), str(each)),
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for index in range(processes)
+        ]
+        for proc in procs:  # each has imported, opened its cache and built its app
+            assert proc.stdout is not None
+            proc.stdout.readline()
+        start = time.perf_counter()
+        for proc in procs:
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):  # one that died is counted below
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+        outputs = [proc.communicate(timeout=1800) for proc in procs]
+        wall = time.perf_counter() - start
+        errors, kinds, stored, own = 0, set(), [], 0
+        for proc, (out, err) in zip(procs, outputs):
+            lines = out.strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                errors += each
+                kinds.add(_last_line(err) or f"exit {proc.returncode}")
+                continue
+            found = json.loads(lines[-1])
+            errors += found["errors"]
+            kinds.update(found["kinds"])
+            stored += found["stored"]
+            own += found.get("own_tokens", 0)
+        returned = set(stored)
+        if variant == "msal-memory":
+            present = returned if own == len(returned) else set()
+        else:
+            present = set(self.run("tally", variant, directory)["targets"])
+        return {
+            "wall": wall,
+            "errors": errors,
+            "lost": len(returned - present),
+            "kinds": sorted(kinds),
+        }
+
     # -- 5. the lock alone: 80 processes --------------------------------------------------
 
     def lock_stress(self) -> dict[str, Any]:
@@ -673,6 +774,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 ("warm", bench.warm),
                 ("counts", bench.counts),
                 ("contention", bench.contention),
+                ("processes", bench.processes),
                 ("lock_stress", bench.lock_stress),
                 ("scale", lambda: bench.scale(idp)),
             ]

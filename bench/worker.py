@@ -331,40 +331,8 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
             return out
 
         def calls() -> dict[str, Any]:
-            errors, kinds, times, stored = 0, [], [], []
-            cpu: list[float] = []  # CPU seconds (user + system) of each call
-            for i in range(count):
-                cpu_start = time.process_time()
-                start = time.perf_counter()
-                scope = f"api://bench/p{index}/s{i}/.default"
-                try:
-                    result = app.acquire_token_for_client([scope])
-                    if "access_token" in result:
-                        stored.append(scope)
-                    else:
-                        errors += 1
-                        kinds.append(str(result.get("error")))
-                except Exception as exc:  # the benchmark counts failures; it does not stop
-                    errors += 1
-                    kinds.append(type(exc).__name__)
-                times.append(time.perf_counter() - start)
-                cpu.append(time.process_time() - cpu_start)
-            try:
-                variant.finish()
-            except Exception as exc:
-                errors += 1
-                kinds.append(type(exc).__name__)
-            out: dict[str, Any] = {
-                "errors": errors,
-                "kinds": kinds[:5],
-                "times": times,
-                "stored": stored,
-                "held": held,
-                "phases": phases,
-                "cpu_calls": cpu,
-            }
-            if name == "msal-memory":  # no shared cache: count what this process holds
-                out["own_tokens"] = len(variant.cache._cache.get("AccessToken", {}))
+            out = _acquisitions(app, variant, name, index, count)
+            out.update(held=held, phases=phases)
             return out
 
         return run
@@ -392,6 +360,58 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         "cpu_rest": sum(sum(r["cpu_calls"][1:]) for r in results if r.get("cpu_calls")),
     }
     sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _acquisitions(app: Any, variant: Variant, name: str, index: int, count: int) -> dict[str, Any]:
+    """``count`` client-credential misses (a scope of this process's own each): the
+    errors, time and CPU of each call, and the scopes acquired."""
+    errors, kinds, times, stored = 0, [], [], []
+    cpu: list[float] = []  # CPU seconds (user + system) of each call
+    for i in range(count):
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        scope = f"api://bench/p{index}/s{i}/.default"
+        try:
+            result = app.acquire_token_for_client([scope])
+            if "access_token" in result:
+                stored.append(scope)
+            else:
+                errors += 1
+                kinds.append(str(result.get("error")))
+        except Exception as exc:  # the benchmark counts failures; it does not stop
+            errors += 1
+            kinds.append(type(exc).__name__)
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    try:
+        variant.finish()
+    except Exception as exc:
+        errors += 1
+        kinds.append(type(exc).__name__)
+    out: dict[str, Any] = {
+        "errors": errors,
+        "kinds": kinds[:5],
+        "times": times,
+        "stored": stored,
+        "cpu_calls": cpu,
+    }
+    if name == "msal-memory":  # no shared cache: count what this process holds
+        out["own_tokens"] = len(variant.cache._cache.get("AccessToken", {}))
+    return out
+
+
+def mode_process(name: str, directory: str, port: int, index: int, count: int) -> None:
+    """One whole process of N started together: imports, opens the cache and the app, says
+    ``ready``, waits for ``go`` on stdin, makes its ``count`` acquisitions and exits (the
+    launcher times go → the last exit, as the issue's first measurement did)."""
+    preload(name)
+    variant = open_variant(name, directory)
+    app = confidential_app(variant, port)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+    out = _acquisitions(app, variant, name, index, count)
+    sys.stdout.write(json.dumps(out) + "\n")
 
 
 #: What the launcher of a contention run imports before it forks, for each variant: its
@@ -755,6 +775,9 @@ def main(argv: list[str]) -> None:
         return
     if mode == "contend":  # forks its processes; each opens the cache itself
         mode_contend(name, directory, port, int(rest[0]), int(rest[1]))
+        return
+    if mode == "process":  # one of N whole processes, released together
+        mode_process(name, directory, port, int(rest[0]), int(rest[1]))
         return
     if mode == "lockstress":
         mode_lockstress(name, directory, int(rest[0]), int(rest[1]))

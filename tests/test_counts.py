@@ -310,11 +310,13 @@ def test_bench_quick_run_reports_the_same_counts(tmp_path: Path) -> None:
         "silent_hit": 0,
     }
     assert results["counts"]["rows"]["ours-key"]["refresh"] <= 2
-    for row in results["contention"]["rows"]:
+    for row in results["contention"]["rows"] + results["processes"]["rows"]:
         if row["variant"].startswith("ours-"):
             assert (row["lost"], row["errors"]) == (0, 0), row
+    assert {r["variant"] for r in results["processes"]["rows"]} >= {"msal-memory", "ours-key"}
     report = (out / "performance.md").read_text()
     assert "## Against the targets" in report
+    assert "## The same, as whole processes" in report
     assert (out / "performance.png").stat().st_size > 10_000
 
 
