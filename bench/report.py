@@ -280,7 +280,11 @@ def _why(results: dict[str, Any]) -> list[str]:
         "already-run code, so the floor there is a few hundred milliseconds and every "
         "millisecond of this project's own work shows. The targets are reported in both "
         "(rows marked *whole processes* and *forked workers*): the first is what N tools "
-        "started at once see, the second the stricter bound on the library's own cost.",
+        "started at once see, the second the stricter bound on the library's own cost. A "
+        "whole process pays what a forked one inherits: it runs this project's code for the "
+        "first time, loads the shared cache, and at exit tears down more modules "
+        "(cryptography's included) — fixed costs per process that the many-processes, "
+        "few-calls rows are mostly made of.",
         "- **Where we are slower.** Decrypting is work plain JSON does not do: the "
         "load-and-first-hit rows pay one AES-256-GCM pass over the whole snapshot (binary, "
         "no base64, since format version 3; as a Fernet token in version 2 it cost more "
