@@ -21,6 +21,8 @@ Options:
   ``--phases faults`` its page faults (printed as seconds: read 1.000 s as 1000 faults);
 * ``--profile DIR``: a cProfile (CPU time) of every process, ``DIR/child-<i>.prof``
   (call-heavy code looks ~3x slower under it);
+* ``--apart``: every process keeps its own cache (same work, nothing shared): what
+  persisting costs without sharing, against the shared run's cost of sharing;
 * ``--faults``: page faults by the function that took them (its own, not its callees'),
   summed over the processes of a cell, the top ones printed; compare variants side by
   side (the counting hook faults too).
@@ -64,6 +66,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--profile", metavar="DIR", help="a cProfile per process into DIR")
     parser.add_argument("--faults", action="store_true", help="page faults by function")
+    parser.add_argument("--apart", action="store_true", help="a cache per process, not shared")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     shapes = [tuple(int(x) for x in s.lower().replace("×", "x").split("x")) for s in args.shapes]
@@ -76,6 +79,8 @@ def main(argv: list[str]) -> int:
         bench = bench_run.Bench(False, idp.port, secret_service.start())
         if args.phases:
             bench.env["BENCH_PHASES"] = args.phases
+        if args.apart:
+            bench.env["BENCH_APART"] = "1"
         if args.profile:
             os.makedirs(args.profile, exist_ok=True)
             bench.env["BENCH_PROFILE"] = os.path.abspath(args.profile)

@@ -243,6 +243,16 @@ def _why(results: dict[str, Any]) -> list[str]:
             "lost with the default lock timeout (before: 12 errors and 12 lost, waiters timing "
             "out behind polling ones)."
         )
+    apart, shared = cells.get(("ours-apart", 16)), cells.get(("ours-key", 16))
+    if apart and shared and "vs_floor" in apart and "vs_floor" in shared:
+        lines.append(
+            f"- **Sharing.** Persisting alone — every process its own cache, nothing shared (the "
+            f"*a cache per process* rows; `bench/phases.py --apart`) — is "
+            f"{apart['vs_floor']:.2f}× the floor at 16×{apart['each']}; one cache shared by "
+            f"all is {shared['vs_floor']:.2f}×. The difference is what sharing costs: each "
+            "process takes in and holds every other process's tokens (more memory written, "
+            "page faults), and writers meet at the lock (group commit)."
+        )
     fsync = results["machine"].get("fsync_ms")
     cost = (
         f" (here a 1 KB append + fsync takes {fsync['p50']:.2f} ms, p99 {fsync['p99']:.2f} ms)"

@@ -61,6 +61,7 @@ LABELS = {
     "ours-pass": "ours: encrypted file, passphrase",
     "ours-keyring": "ours: keyring (Secret Service)",
     "ours-envelope": "ours: envelope (file + key in keyring)",
+    "ours-apart": "ours: encrypted file, key, a cache per process (nothing shared)",
 }
 PERSISTENT = [v for v in ALL_VARIANTS if v != "msal-memory"]
 
@@ -69,7 +70,16 @@ ROUNDS = 3  # every cell: the median of at least this many, with its spread
 CELL_CAP_S = 150.0  # a cell slower than this in round 1 is not repeated (said in the report)
 SHAPES = [(4, 30), (16, 30), (32, 15), (64, 5), (128, 2)]
 QUICK_SHAPES = [(4, 5), (16, 2)]
-CONTENDERS = ["msal-memory", "msalx-file", "ours-key", "ours-keyring", "ours-envelope"]
+CONTENDERS = [
+    "msal-memory",
+    "msalx-file",
+    "ours-key",
+    "ours-apart",
+    "ours-keyring",
+    "ours-envelope",
+]
+#: Contention-only variants: (the variant it runs, extra environment for its launcher).
+APART = {"ours-apart": ("ours-key", {"BENCH_APART": "1"})}
 LOCK_STRESS = (80, 5)
 #: Whole processes (fresh interpreters): the N of the issue's targets, fewer variants.
 WHOLE_SHAPES = [(16, 30), (32, 15), (64, 5), (128, 2)]
@@ -118,11 +128,17 @@ class Bench:
         return [sys.executable, WORKER, mode, variant, directory, str(self.port), *args]
 
     def run(
-        self, mode: str, variant: str, directory: str, *args: str, timeout: float = 300
+        self,
+        mode: str,
+        variant: str,
+        directory: str,
+        *args: str,
+        timeout: float = 300,
+        env: Optional[dict[str, str]] = None,
     ) -> dict[str, Any]:
         done = subprocess.run(
             self.worker(mode, variant, directory, *args),
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -278,7 +294,7 @@ class Bench:
 
     def contention(self) -> dict[str, Any]:
         shapes = QUICK_SHAPES if self.quick else SHAPES
-        variants = [v for v in CONTENDERS if v in self.available]
+        variants = [v for v in CONTENDERS if APART.get(v, (v,))[0] in self.available]
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
         capped: set[tuple[str, int]] = set()
         for round_no in range(self.rounds):
@@ -342,10 +358,11 @@ class Bench:
 
         The launcher forks its processes, says ``ready``, and releases them all on ``go``.
         """
+        variant, extra = APART.get(variant, (variant, {}))
         self.setup(variant, directory)  # the same state for every side: one sign-in
         proc = subprocess.Popen(
             self.worker("contend", variant, directory, str(processes), str(each)),
-            env=self.env,
+            env={**self.env, **extra},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -380,7 +397,8 @@ class Bench:
         if variant == "msal-memory":
             present = returned if found["own_tokens"] == len(returned) else set()
         else:
-            present = set(self.run("tally", variant, directory)["targets"])
+            base, extra = APART.get(variant, (variant, {}))
+            present = set(self.run("tally", base, directory, env=extra)["targets"])
         held = found.get("held", [])
         return {
             "wall": found["wall"],

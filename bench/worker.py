@@ -298,7 +298,12 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
             _time_phases(phases)
 
     def prepare(index: int) -> Callable[[], dict[str, Any]]:
-        variant = open_variant(name, directory)
+        # BENCH_APART=1: every process its own cache (persistence without sharing)
+        own = directory
+        if os.environ.get("BENCH_APART"):
+            own = os.path.join(directory, f"apart-{index}")
+            os.makedirs(own, mode=0o700, exist_ok=True)
+        variant = open_variant(name, own)
         app = confidential_app(variant, port)
 
         def run() -> dict[str, Any]:
@@ -778,6 +783,13 @@ def main(argv: list[str]) -> None:
         return
     if mode == "process":  # one of N whole processes, released together
         mode_process(name, directory, port, int(rest[0]), int(rest[1]))
+        return
+    if mode == "tally" and os.environ.get("BENCH_APART"):  # the caches of an apart run
+        targets: list[str] = []
+        for sub in sorted(os.listdir(directory)):
+            if sub.startswith("apart-"):
+                targets += mode_tally(open_variant(name, os.path.join(directory, sub)))["targets"]
+        sys.stdout.write(json.dumps({"targets": targets}) + "\n")
         return
     if mode == "lockstress":
         mode_lockstress(name, directory, int(rest[0]), int(rest[1]))

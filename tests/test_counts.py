@@ -339,4 +339,28 @@ def test_bench_phases_reports_cpu_memory_and_faults_by_function() -> None:
         assert "errors 0," in line, line
         assert "KB of its memory" in line, line
     assert " check " in done.stdout  # a step of this project's write, timed in CPU seconds
+    assert " catch_up " in done.stdout  # the sign-in written before the run, at least
     assert done.stdout.count("page faults: ") == done.stdout.count("by function:") == 2
+
+
+@pytest.mark.slow
+def test_bench_phases_apart_gives_every_process_its_own_cache(tmp_path: Path) -> None:
+    """``--apart`` (persistence without sharing, docs/performance.md's comparison): each
+    process writes its own cache file, so no process takes in another's records."""
+    done = subprocess.run(
+        [PYTHON, "bench/phases.py", "ours-key", "3x2", "--apart", "--phases", "cpu"],
+        cwd=str(Path(__file__).resolve().parent.parent),
+        env={**child_env(), "TMPDIR": str(tmp_path)},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    cells = [line for line in done.stdout.splitlines() if line.startswith("== ")]
+    assert len(cells) == 1, done.stdout
+    assert "errors 0," in cells[0], done.stdout
+    # Shared, every process takes in what others wrote (the phases test above: at least
+    # the sign-in written before the run) and meets them at the lock; apart, neither.
+    assert " catch_up " not in done.stdout, done.stdout
+    assert " write_grouped " not in done.stdout, done.stdout
+    assert " persist_locked " in done.stdout  # and each process did write
