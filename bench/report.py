@@ -344,7 +344,7 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
         "",
         "**Method.** Every comparison runs in alternating rounds: each round runs every",
         "variant of a cell once, the first variant rotating from round to round. A cell is the",
-        f"median of {results['contention']['rounds']} rounds (30 for the fresh-process rows), "
+        f"median of {results['contention']['rounds']} rounds (30 for a fresh CLI process), "
         "shown with its range (lo–hi); a ratio is the median of the per-round ratios, so both",
         "sides of a ratio ran minutes apart at most. Every persistent variant — msal-extensions",
         "included — starts a cell from the same state: one interactive sign-in. The package's",

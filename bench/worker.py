@@ -10,7 +10,8 @@ Run by bench/run.py, never by hand. Each variant is set up the way its own docs 
 * ``ours-key`` / ``ours-pass`` / ``ours-keyring`` / ``ours-envelope``: this project,
   encrypted file with a Fernet key / a passphrase, the Secret Service, envelope mode.
 
-``contend`` and ``lockstress`` fork their N processes from this one (bench/forking.py).
+``contend`` and ``lockstress`` fork their N processes from this one (bench/forking.py);
+``process`` is one of N whole processes the launcher starts itself (``Bench.processes``).
 Every request msal makes goes through :class:`CountingClient`, an observer that does not
 depend on any cache's own counters.
 
