@@ -320,34 +320,19 @@ class Bench:
                 cell_runs = runs.get((variant, processes), [])
                 if not cell_runs:
                     continue
-                walls = [r["wall"] for r in cell_runs]
-                row: dict[str, Any] = {
-                    "variant": variant,
-                    "processes": processes,
-                    "each": each,
-                    "runs": len(cell_runs),
-                    "capped": (variant, processes) in capped and self.rounds > 1,
-                    "walls": walls,
-                    "seconds": statistics.median(walls),
-                    "p50_ms": statistics.median(r["p50"] for r in cell_runs) * 1e3,
-                    "p99_ms": statistics.median(r["p99"] for r in cell_runs) * 1e3,
-                    "lost": sum(r["lost"] for r in cell_runs),
-                    "held_ms": _median_or_none([r.get("held_p50") for r in cell_runs], 1e3),
-                    "held_share": _median_or_none(
+                row = _row(variant, processes, each, cell_runs, floor, theirs)
+                row.update(
+                    capped=(variant, processes) in capped and self.rounds > 1,
+                    p50_ms=statistics.median(r["p50"] for r in cell_runs) * 1e3,
+                    p99_ms=statistics.median(r["p99"] for r in cell_runs) * 1e3,
+                    held_ms=_median_or_none([r.get("held_p50") for r in cell_runs], 1e3),
+                    held_share=_median_or_none(
                         [
                             (r["held_total"] / r["wall"]) if r.get("held_total") else None
                             for r in cell_runs
                         ]
                     ),
-                    "errors": sum(r["errors"] for r in cell_runs),
-                    "error_kinds": sorted({k for r in cell_runs for k in r["kinds"]})[:5],
-                }
-                for key, ref in (("vs_msalx", theirs), ("vs_floor", floor)):
-                    pairs = list(zip(walls, (r["wall"] for r in ref)))
-                    if pairs:
-                        ratio = spread([a / b for a, b in pairs])
-                        row[key] = ratio["median"]
-                        row[key + "_lo"], row[key + "_hi"] = ratio["lo"], ratio["hi"]
+                )
                 rows.append(row)
         return {"rounds": self.rounds, "rows": rows, "cap_s": CELL_CAP_S}
 
@@ -393,20 +378,14 @@ class Bench:
                 "p99": 0.0,
             }
         found = json.loads(lines[-1])
-        returned = set(found["stored"])
-        if variant == "msal-memory":
-            present = returned if found["own_tokens"] == len(returned) else set()
-        else:
-            base, extra = APART.get(variant, (variant, {}))
-            present = set(self.run("tally", base, directory, env=extra)["targets"])
+        lost = self._lost(variant, directory, found["stored"], found["own_tokens"])
         held = found.get("held", [])
         return {
             "wall": found["wall"],
             "held_p50": percentile(held, 0.5) if held else None,
             "held_total": sum(held) if held else None,
             "errors": found["errors"],
-            # acquired (the call returned a token) but not in the shared cache afterwards
-            "lost": len(returned - present),
+            "lost": lost,
             "kinds": found["kinds"],
             "p50": percentile(found["times"], 0.50),
             "p99": percentile(found["times"], 0.99),
@@ -438,25 +417,7 @@ class Bench:
             theirs = runs.get(("msalx-file", processes), [])
             for variant in variants:
                 cell_runs = runs.get((variant, processes), [])
-                walls = [r["wall"] for r in cell_runs]
-                row: dict[str, Any] = {
-                    "variant": variant,
-                    "processes": processes,
-                    "each": each,
-                    "runs": len(cell_runs),
-                    "walls": walls,
-                    "seconds": statistics.median(walls),
-                    "lost": sum(r["lost"] for r in cell_runs),
-                    "errors": sum(r["errors"] for r in cell_runs),
-                    "error_kinds": sorted({k for r in cell_runs for k in r["kinds"]})[:5],
-                }
-                for key, ref in (("vs_msalx", theirs), ("vs_floor", floor)):
-                    pairs = list(zip(walls, (r["wall"] for r in ref)))
-                    if pairs:
-                        ratio = spread([a / b for a, b in pairs])
-                        row[key] = ratio["median"]
-                        row[key + "_lo"], row[key + "_hi"] = ratio["lo"], ratio["hi"]
-                rows.append(row)
+                rows.append(_row(variant, processes, each, cell_runs, floor, theirs))
         return {"rounds": self.rounds, "rows": rows}
 
     def _whole(self, variant: str, processes: int, each: int) -> dict[str, Any]:
@@ -496,17 +457,23 @@ class Bench:
             kinds.update(found["kinds"])
             stored += found["stored"]
             own += found.get("own_tokens", 0)
-        returned = set(stored)
-        if variant == "msal-memory":
-            present = returned if own == len(returned) else set()
-        else:
-            present = set(self.run("tally", variant, directory)["targets"])
         return {
             "wall": wall,
             "errors": errors,
-            "lost": len(returned - present),
+            "lost": self._lost(variant, directory, stored, own),
             "kinds": sorted(kinds),
         }
+
+    def _lost(self, variant: str, directory: str, stored: list[str], own_tokens: int) -> int:
+        """Acquired (the call returned a token) but not in the shared cache afterwards;
+        without a shared cache (msal in memory), what the processes hold themselves."""
+        returned = set(stored)
+        if variant == "msal-memory":
+            present = returned if own_tokens == len(returned) else set()
+        else:
+            base, extra = APART.get(variant, (variant, {}))
+            present = set(self.run("tally", base, directory, env=extra)["targets"])
+        return len(returned - present)
 
     # -- 5. the lock alone: 80 processes --------------------------------------------------
 
@@ -614,6 +581,37 @@ class Bench:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _row(
+    variant: str,
+    processes: int,
+    each: int,
+    cell_runs: list[dict[str, Any]],
+    floor: list[dict[str, Any]],
+    theirs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One N×M cell: wall median and range, lost and errors, and its ratios to the floor
+    and to msal-extensions (median of the per-round ratios, with their range)."""
+    walls = [r["wall"] for r in cell_runs]
+    row: dict[str, Any] = {
+        "variant": variant,
+        "processes": processes,
+        "each": each,
+        "runs": len(cell_runs),
+        "walls": walls,
+        "seconds": statistics.median(walls),
+        "lost": sum(r["lost"] for r in cell_runs),
+        "errors": sum(r["errors"] for r in cell_runs),
+        "error_kinds": sorted({k for r in cell_runs for k in r["kinds"]})[:5],
+    }
+    for key, ref in (("vs_msalx", theirs), ("vs_floor", floor)):
+        pairs = list(zip(walls, (r["wall"] for r in ref)))
+        if pairs:
+            ratio = spread([a / b for a, b in pairs])
+            row[key] = ratio["median"]
+            row[key + "_lo"], row[key + "_hi"] = ratio["lo"], ratio["hi"]
+    return row
 
 
 def _median_or_none(values: list[Optional[float]], scale: float = 1.0) -> Optional[float]:
