@@ -389,6 +389,7 @@ class Bench:
             "kinds": found["kinds"],
             "p50": percentile(found["times"], 0.50),
             "p99": percentile(found["times"], 0.99),
+            "requests_before": found.get("requests_before", []),
         }
 
     # -- 4b. the same, as whole processes ------------------------------------------------
@@ -445,7 +446,7 @@ class Bench:
                 proc.stdin.flush()
         outputs = [proc.communicate(timeout=1800) for proc in procs]
         wall = time.perf_counter() - start
-        errors, kinds, stored, own = 0, set(), [], 0
+        errors, kinds, stored, own, before = 0, set(), [], 0, set()
         for proc, (out, err) in zip(procs, outputs):
             lines = out.strip().splitlines()
             if proc.returncode != 0 or not lines:
@@ -457,8 +458,10 @@ class Bench:
             kinds.update(found["kinds"])
             stored += found["stored"]
             own += found.get("own_tokens", 0)
+            before.add(found["requests_before"])
         return {
             "wall": wall,
+            "requests_before": sorted(before),
             "errors": errors,
             "lost": self._lost(variant, directory, stored, own),
             "kinds": sorted(kinds),
@@ -604,6 +607,9 @@ def _row(
         "lost": sum(r["lost"] for r in cell_runs),
         "errors": sum(r["errors"] for r in cell_runs),
         "error_kinds": sorted({k for r in cell_runs for k in r["kinds"]})[:5],
+        # requests each process made before the common start (its discovery): the same
+        # for every variant, so every first timed call finds its connection open
+        "requests_before": sorted({n for r in cell_runs for n in r.get("requests_before", [])}),
     }
     for key, ref in (("vs_msalx", theirs), ("vs_floor", floor)):
         pairs = list(zip(walls, (r["wall"] for r in ref)))
