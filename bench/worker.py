@@ -365,7 +365,9 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         "kinds": sorted({k for r in results for k in r.get("kinds", [])} | set(crashes))[:5],
         "times": times,
         "own_tokens": sum(r.get("own_tokens", 0) for r in results),
-        "requests_before": sorted({r["requests_before"] for r in results if "requests_before" in r}),
+        "requests_before": sorted(
+            {r["requests_before"] for r in results if "requests_before" in r}
+        ),
         "stored": [s for r in results for s in r.get("stored", [])],
         "held": [h for r in results for h in r.get("held", [])],
         "phases": _sum_phases([r.get("phases", {}) for r in results]),
