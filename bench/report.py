@@ -307,22 +307,34 @@ def _why(results: dict[str, Any]) -> list[str]:
         "costs is mostly the memory it makes its own: every page a forked process writes to"
         " — a new object or buffer, or an object of the launcher it merely uses (CPython "
         "writes to a function's code object as it runs it) — is a page fault that copies or"
-        " clears the page. At 128×2 each of this project's processes wrote a median of 3.2 "
-        "MB of its memory and took ~880 page faults; msal in memory 0.34 MB and ~85 "
+        " clears the page. At 128×2 each of this project's processes wrote a median of 2.1 "
+        "MB of its memory and took ~700 page faults; msal in memory 0.37 MB and ~90 "
         "(`python bench/phases.py ours-key,msal-memory 128x2`; `--faults` names the "
         "functions that take them). Two things fill that memory: the catch-up takes in "
         "every other process's tokens (at 128×2 some 250 entries, ~0.25 MB of records per "
-        "process to read, decrypt and parse), and the code that loads, catches up, writes "
-        "and reads the http cache runs for the first time in each process (the http cache's"
-        " first read alone is ~190 function calls, ~120 page faults, ~0.6 ms in a freshly "
-        "forked process). Tried without a measurable gain: setting OpenSSL up before the "
-        "fork, journal records passed as views instead of copies, glibc's malloc trimming "
-        "off, `gc.freeze()` in the launcher — the faults move to whatever touches those "
-        "pages next. A shared cache does this work by definition; a long-running process "
-        "pays it once.",
+        "process to read, decrypt and parse), and the code that loads, catches up and "
+        "writes runs for the first time in each process. How a process enters the timed "
+        "region counts as much: while this project's rows ran with the persisted http "
+        "cache, its processes had made no request before the start, and their first token "
+        "request also opened the connection and ran the HTTP code for the first time inside "
+        "it — 3.2 MB and ~880 faults per process at 128×2, 1.86–1.88× the floor instead of "
+        "the figure above (hence the rule in the method below). Tried without a measurable "
+        "gain: setting OpenSSL up before the fork, journal records passed as views instead "
+        "of copies, glibc's malloc trimming off, `gc.freeze()` in the launcher — the faults "
+        "move to whatever touches those pages next. A shared cache does this work by "
+        "definition; a long-running process pays it once.",
         "",
     ]
     return lines
+
+
+def _before(results: dict[str, Any]) -> str:
+    """The requests per process before the start, over every N×M row, in words."""
+    rows = results["contention"]["rows"] + results.get("processes", {}).get("rows", [])
+    found = sorted({n for row in rows for n in row.get("requests_before", [])})
+    if len(found) == 1:
+        return f"here {found[0]} in every row"
+    return "here " + (", ".join(map(str, found)) or "not recorded")
 
 
 def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
@@ -373,7 +385,16 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
         "its rows, and for this project the package with what it imports lazily on a first "
         "write (its AES-GCM and HKDF primitives from cryptography, the group-commit module, "
         "fcntl; `PRELOAD` in bench/worker.py), so the timed region holds the writes, not "
-        "imports a long-running process has paid long before. CPU per run (user and system, "
+        "imports a long-running process has paid long before. Every process also enters it "
+        "having made the same request: msal's OpenID discovery while building its app, "
+        "which leaves its connection to the provider open (the requests each process made "
+        f"before the start are recorded per row: {_before(results)}; a test checks them). So "
+        "this project runs here with `build_cache`'s defaults, without its persisted http "
+        "cache: with it a process fetches no discovery, and its first token request would "
+        "open that connection inside the timed region — on the loopback provider a new "
+        "server thread, ~7% of the 128×2 run as whole processes — a cost every other "
+        "variant pays before the start. The http cache saves exactly those start-up requests "
+        "and is measured where it does (the cold rows below). CPU per run (user and system, "
         "first call against later calls) and page faults: `python bench/phases.py ours-key,"
         "msal-memory 16x30 32x15 64x5 128x2`. *msal, in memory* is the same "
         "work with no shared cache: the floor. p50/p99: time per `acquire_token_for_client`, "
@@ -415,7 +436,8 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
             "",
             "N×M as the issue measured it first: N fresh Python processes, each started, its "
             "libraries imported (this project's with what it imports lazily, as above), its "
-            "cache and app built, before a common start; timed from the start to the last "
+            "cache and app built (its discovery fetched, as above), before a common start; "
+            "timed from the start to the last "
             "process's exit — its acquisitions, and its interpreter's shutdown. Nothing is "
             "inherited from a launcher, so every process runs each library's code for the "
             "first time, as a CLI tool started N times does. Three variants: the floor, "
