@@ -116,7 +116,8 @@ def _cell(bench: bench_run.Bench, variant: str, processes: int, each: int) -> bo
         f"{found['errors']}, CPU {user + system:.2f} s (user {user:.2f}, sys {system:.2f}; "
         f"first calls {found['cpu_first']:.2f}, later calls {found['cpu_rest']:.2f}; "
         f"{found.get('faults', 0)} page faults, {found.get('switches', 0)} waits; "
-        f"each process wrote {found.get('private_kb', 0)} KB of its memory, median)"
+        f"each process wrote {found.get('private_kb', 0)} KB of its memory, median; "
+        f"requests before the start {'/'.join(map(str, found.get('requests_before', [])))})"
     )
     held = sorted(found["held"])
     if held:

@@ -285,6 +285,10 @@ def mode_counts(variant: Variant, port: int, other_dir: str, name: str) -> dict[
     return counts
 
 
+#: The N×M rows without this project's persisted http cache (see mode_contend).
+_HTTP_CACHE = bool(os.environ.get("BENCH_HTTP_CACHE"))
+
+
 def mode_contend(name: str, directory: str, port: int, processes: int, count: int) -> None:
     """N forked processes x M client-credential misses into one cache, released together.
 
@@ -295,7 +299,8 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
     request and its first token request would open that connection inside the timed
     region — on the loopback provider a new server thread per process, which the other
     variants paid before the start. The http cache is measured where it saves requests:
-    the cold rows.
+    the cold rows. ``BENCH_HTTP_CACHE=1`` gives this project's processes the http cache
+    here too, to measure what that start costs them.
     """
     import resource
 
@@ -316,7 +321,7 @@ def mode_contend(name: str, directory: str, port: int, processes: int, count: in
         if os.environ.get("BENCH_APART"):
             own = os.path.join(directory, f"apart-{index}")
             os.makedirs(own, mode=0o700, exist_ok=True)
-        variant = open_variant(name, own, http_cache=False)
+        variant = open_variant(name, own, http_cache=_HTTP_CACHE)
         app = confidential_app(variant, port)
         requests_before = CountingClient.requests
 
@@ -427,7 +432,7 @@ def mode_process(name: str, directory: str, port: int, index: int, count: int) -
     ``ready``, waits for ``go`` on stdin, makes its ``count`` acquisitions and exits (the
     launcher times go → the last exit, as the issue's first measurement did)."""
     preload(name)
-    variant = open_variant(name, directory, http_cache=False)  # see mode_contend
+    variant = open_variant(name, directory, http_cache=_HTTP_CACHE)  # see mode_contend
     app = confidential_app(variant, port)
     requests_before = CountingClient.requests
     sys.stdout.write("ready\n")

@@ -323,47 +323,54 @@ def test_bench_quick_run_reports_the_same_counts(tmp_path: Path) -> None:
     assert (out / "performance.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow
-def test_bench_phases_reports_cpu_memory_and_faults_by_function() -> None:
-    """``bench/phases.py`` (the tool docs/performance.md cites for where the CPU goes)
-    runs a small cell of this project and of the floor, with every diagnostic on."""
+def _phases(*args: str, **env: str) -> tuple[str, list[str]]:
+    """``bench/phases.py ARGS`` with extra environment ``env``: its output and its cell lines."""
     done = subprocess.run(
-        [PYTHON, "bench/phases.py", "ours-key,msal-memory", "3x2", "--phases", "cpu", "--faults"],
+        [PYTHON, "bench/phases.py", *args],
         cwd=str(Path(__file__).resolve().parent.parent),
-        env=child_env(),
+        env={**child_env(), **env},
         check=True,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    cells = [line for line in done.stdout.splitlines() if line.startswith("== ")]
+    return done.stdout, [line for line in done.stdout.splitlines() if line.startswith("== ")]
+
+
+@pytest.mark.slow
+def test_bench_phases_reports_cpu_memory_and_faults_by_function() -> None:
+    """``bench/phases.py`` (the tool docs/performance.md cites for where the CPU goes)
+    runs a small cell of this project and of the floor, with every diagnostic on."""
+    stdout, cells = _phases("ours-key,msal-memory", "3x2", "--phases", "cpu", "--faults")
     assert [line.split()[1] for line in cells] == ["ours-key", "msal-memory"]
     for line in cells:
         assert "errors 0," in line, line
         assert "KB of its memory" in line, line
-    assert " check " in done.stdout  # a step of this project's write, timed in CPU seconds
-    assert " catch_up " in done.stdout  # the sign-in written before the run, at least
-    assert done.stdout.count("page faults: ") == done.stdout.count("by function:") == 2
+    assert " check " in stdout  # a step of this project's write, timed in CPU seconds
+    assert " catch_up " in stdout  # the sign-in written before the run, at least
+    assert stdout.count("page faults: ") == stdout.count("by function:") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("switch", "requests"), [("", 1), ("1", 0)])
+def test_bench_http_cache_switch_changes_how_processes_start(switch: str, requests: int) -> None:
+    """The N×M rows run this project without its http cache, so its processes fetch
+    discovery before the start like every variant; ``BENCH_HTTP_CACHE=1`` (what
+    docs/performance.md cites to measure the other start) gives it back: no request."""
+    stdout, cells = _phases("ours-key", "2x1", BENCH_HTTP_CACHE=switch)
+    assert len(cells) == 1, stdout
+    assert f"requests before the start {requests})" in cells[0], cells[0]
 
 
 @pytest.mark.slow
 def test_bench_phases_apart_gives_every_process_its_own_cache(tmp_path: Path) -> None:
     """``--apart`` (persistence without sharing, docs/performance.md's comparison): each
     process writes its own cache file, so no process takes in another's records."""
-    done = subprocess.run(
-        [PYTHON, "bench/phases.py", "ours-key", "3x2", "--apart", "--phases", "cpu"],
-        cwd=str(Path(__file__).resolve().parent.parent),
-        env={**child_env(), "TMPDIR": str(tmp_path)},
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    cells = [line for line in done.stdout.splitlines() if line.startswith("== ")]
-    assert len(cells) == 1, done.stdout
-    assert "errors 0," in cells[0], done.stdout
+    stdout, cells = _phases("ours-key", "3x2", "--apart", "--phases", "cpu", TMPDIR=str(tmp_path))
+    assert len(cells) == 1, stdout
+    assert "errors 0," in cells[0], stdout
     # Shared, every process takes in what others wrote (the phases test above: at least
     # the sign-in written before the run) and meets them at the lock; apart, neither.
-    assert " catch_up " not in done.stdout, done.stdout
-    assert " write_grouped " not in done.stdout, done.stdout
-    assert " persist_locked " in done.stdout  # and each process did write
+    assert " catch_up " not in stdout, stdout
+    assert " write_grouped " not in stdout, stdout
+    assert " persist_locked " in stdout  # and each process did write
