@@ -285,7 +285,7 @@ def mode_counts(variant: Variant, port: int, other_dir: str, name: str) -> dict[
     return counts
 
 
-#: The N×M rows without this project's persisted http cache (see mode_contend).
+#: ``BENCH_HTTP_CACHE=1``: the N×M rows give this project its http cache (the old start).
 _HTTP_CACHE = bool(os.environ.get("BENCH_HTTP_CACHE"))
 
 
