@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -297,44 +298,48 @@ class Bench:
         variants = [v for v in CONTENDERS if APART.get(v, (v,))[0] in self.available]
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
         capped: set[tuple[str, int]] = set()
+        for variant, processes, each in self._schedule(shapes, variants, "", capped):
+            run = self._contend(variant, processes, each)
+            runs.setdefault((variant, processes), []).append(run)
+            if run["wall"] > CELL_CAP_S:
+                capped.add((variant, processes))
+        rows: list[dict[str, Any]] = []
+        for row, cell_runs in _grid(shapes, variants, runs):
+            row.update(
+                capped=(row["variant"], row["processes"]) in capped and self.rounds > 1,
+                p50_ms=statistics.median(r["p50"] for r in cell_runs) * 1e3,
+                p99_ms=statistics.median(r["p99"] for r in cell_runs) * 1e3,
+                held_ms=_median_or_none([r.get("held_p50") for r in cell_runs], 1e3),
+                held_share=_median_or_none(
+                    [
+                        (r["held_total"] / r["wall"]) if r.get("held_total") else None
+                        for r in cell_runs
+                    ]
+                ),
+            )
+            rows.append(row)
+        return {"rounds": self.rounds, "rows": rows, "cap_s": CELL_CAP_S}
+
+    def _schedule(
+        self,
+        shapes: list[tuple[int, int]],
+        variants: list[str],
+        label: str,
+        skip: set[tuple[str, int]],
+    ) -> Iterator[tuple[str, int, int]]:
+        """Every (variant, N, M) cell of every round, in alternating order, announced on
+        stderr; cells in ``skip`` (which may grow as the caller runs) are left out."""
         for round_no in range(self.rounds):
             for processes, each in shapes:
                 for variant in _rotated(variants, round_no):
-                    cell = (variant, processes)
-                    if cell in capped:
+                    if (variant, processes) in skip:
                         continue
                     print(
-                        f"[bench]   {variant} {processes}×{each} round {round_no + 1}",
+                        f"[bench]   {label}{variant} {processes}×{each} round {round_no + 1}",
                         file=sys.stderr,
                         flush=True,
                     )
-                    run = self._contend(variant, processes, each)
-                    runs.setdefault(cell, []).append(run)
-                    if run["wall"] > CELL_CAP_S:
-                        capped.add(cell)
-        rows: list[dict[str, Any]] = []
-        for processes, each in shapes:
-            floor = runs.get(("msal-memory", processes), [])
-            theirs = runs.get(("msalx-file", processes), [])
-            for variant in variants:
-                cell_runs = runs.get((variant, processes), [])
-                if not cell_runs:
-                    continue
-                row = _row(variant, processes, each, cell_runs, floor, theirs)
-                row.update(
-                    capped=(variant, processes) in capped and self.rounds > 1,
-                    p50_ms=statistics.median(r["p50"] for r in cell_runs) * 1e3,
-                    p99_ms=statistics.median(r["p99"] for r in cell_runs) * 1e3,
-                    held_ms=_median_or_none([r.get("held_p50") for r in cell_runs], 1e3),
-                    held_share=_median_or_none(
-                        [
-                            (r["held_total"] / r["wall"]) if r.get("held_total") else None
-                            for r in cell_runs
-                        ]
-                    ),
-                )
-                rows.append(row)
-        return {"rounds": self.rounds, "rows": rows, "cap_s": CELL_CAP_S}
+                    yield variant, processes, each
 
     def contend(
         self, variant: str, directory: str, processes: int, each: int
@@ -401,25 +406,12 @@ class Bench:
         shapes = QUICK_WHOLE if self.quick else WHOLE_SHAPES
         variants = [v for v in WHOLE if v in self.available]
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for round_no in range(self.rounds):
-            for processes, each in shapes:
-                for variant in _rotated(variants, round_no):
-                    print(
-                        f"[bench]   whole processes: {variant} {processes}×{each} "
-                        f"round {round_no + 1}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    run = self._whole(variant, processes, each)
-                    runs.setdefault((variant, processes), []).append(run)
-        rows: list[dict[str, Any]] = []
-        for processes, each in shapes:
-            floor = runs.get(("msal-memory", processes), [])
-            theirs = runs.get(("msalx-file", processes), [])
-            for variant in variants:
-                cell_runs = runs.get((variant, processes), [])
-                rows.append(_row(variant, processes, each, cell_runs, floor, theirs))
-        return {"rounds": self.rounds, "rows": rows}
+        for variant, processes, each in self._schedule(
+            shapes, variants, "whole processes: ", set()
+        ):
+            run = self._whole(variant, processes, each)
+            runs.setdefault((variant, processes), []).append(run)
+        return {"rounds": self.rounds, "rows": [row for row, _ in _grid(shapes, variants, runs)]}
 
     def _whole(self, variant: str, processes: int, each: int) -> dict[str, Any]:
         directory = self.new_dir(f"whole-{variant}-{processes}")
@@ -618,6 +610,22 @@ def _row(
             row[key] = ratio["median"]
             row[key + "_lo"], row[key + "_hi"] = ratio["lo"], ratio["hi"]
     return row
+
+
+def _grid(
+    shapes: list[tuple[int, int]],
+    variants: list[str],
+    runs: dict[tuple[str, int], list[dict[str, Any]]],
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each N×M cell that ran, in table order: its :func:`_row` (ratios to the floor and
+    to msal-extensions at the same N) and its runs."""
+    for processes, each in shapes:
+        floor = runs.get(("msal-memory", processes), [])
+        theirs = runs.get(("msalx-file", processes), [])
+        for variant in variants:
+            cell_runs = runs.get((variant, processes), [])
+            if cell_runs:
+                yield _row(variant, processes, each, cell_runs, floor, theirs), cell_runs
 
 
 def _median_or_none(values: list[Optional[float]], scale: float = 1.0) -> Optional[float]:
