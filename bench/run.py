@@ -65,6 +65,8 @@ LABELS = {
     "ours-apart": "ours: encrypted file, key, a cache per process (nothing shared)",
 }
 PERSISTENT = [v for v in ALL_VARIANTS if v != "msal-memory"]
+#: Variants that keep data in the run's one Secret Service: every cell deletes its own.
+IN_SECRET_SERVICE = ("msalx-libsecret", "ours-keyring", "ours-envelope")
 
 
 ROUNDS = 3  # every cell: the median of at least this many, with its spread
@@ -152,6 +154,19 @@ class Bench:
         lines = done.stdout.strip().splitlines()
         return dict(json.loads(lines[-1])) if lines else {}
 
+    def forget(self, variant: str, *directories: str) -> None:
+        """Delete what ``variant`` keeps in the Secret Service for the caches in
+        ``directories``, when the cell that used them ends (worker.py's ``mode_forget``:
+        gnome-keyring rewrites its whole keyring on every write, so leftovers would slow
+        every later cell). A failure is reported, not fatal: the run goes on."""
+        if variant not in IN_SECRET_SERVICE:
+            return
+        for directory in directories:
+            try:
+                self.run("forget", variant, directory, timeout=120)
+            except (WorkerFailed, subprocess.TimeoutExpired) as exc:
+                print(f"[bench] could not delete {variant}'s entries: {exc}", file=sys.stderr)
+
     def setup(self, variant: str, directory: str) -> None:
         """The same starting state for every persistent variant: one interactive sign-in."""
         if variant != "msal-memory":
@@ -225,6 +240,8 @@ class Bench:
                 import_times[name].append(_time_process(cmd, self.env)[0])
             done = subprocess.run(in_process, env=self.env, capture_output=True, text=True)
             added_in_process.append(float(done.stdout) * 1e3)
+        for variant in variants:
+            self.forget(variant, homes[variant])
         base = times["msal-json"]
         rows = {}
         for variant, values in times.items():
@@ -262,7 +279,9 @@ class Bench:
         per_round: dict[str, list[float]] = {v: [] for v in self.available}
         for round_no in range(self.rounds):
             for variant in _rotated(self.available, round_no):
-                row = self.run("warm", variant, self.new_dir("warm-" + variant), str(calls))
+                directory = self.new_dir("warm-" + variant)
+                row = self.run("warm", variant, directory, str(calls))
+                self.forget(variant, directory)
                 per_round[variant].append(row["us"])
         base = per_round["msal-memory"]
         rows = {}
@@ -286,9 +305,9 @@ class Bench:
         for variant in self.available:
             if variant == "msal-memory":
                 continue
-            rows[variant] = self.run(
-                "counts", variant, self.new_dir("counts-" + variant), self.new_dir("cc-" + variant)
-            )
+            directories = (self.new_dir("counts-" + variant), self.new_dir("cc-" + variant))
+            rows[variant] = self.run("counts", variant, *directories)
+            self.forget(variant, *directories)
         return {"rows": rows}
 
     # -- 4. N processes x M acquisitions into one cache -------------------------------------
@@ -371,31 +390,34 @@ class Bench:
 
         directory = self.new_dir(f"contend-{variant}-{processes}")
         code, out, err = self.contend(variant, directory, processes, each)
-        lines = out.strip().splitlines()
-        if code != 0 or not lines:
-            kind = _last_line(err) or f"exit {code}"
+        try:
+            lines = out.strip().splitlines()
+            if code != 0 or not lines:
+                kind = _last_line(err) or f"exit {code}"
+                return {
+                    "wall": 0.0,
+                    "errors": processes * each,
+                    "lost": 0,
+                    "kinds": [kind],
+                    "p50": 0.0,
+                    "p99": 0.0,
+                }
+            found = json.loads(lines[-1])
+            lost = self._lost(variant, directory, found["stored"], found["own_tokens"])
+            held = found.get("held", [])
             return {
-                "wall": 0.0,
-                "errors": processes * each,
-                "lost": 0,
-                "kinds": [kind],
-                "p50": 0.0,
-                "p99": 0.0,
+                "wall": found["wall"],
+                "held_p50": percentile(held, 0.5) if held else None,
+                "held_total": sum(held) if held else None,
+                "errors": found["errors"],
+                "lost": lost,
+                "kinds": found["kinds"],
+                "p50": percentile(found["times"], 0.50),
+                "p99": percentile(found["times"], 0.99),
+                "requests_before": found.get("requests_before", []),
             }
-        found = json.loads(lines[-1])
-        lost = self._lost(variant, directory, found["stored"], found["own_tokens"])
-        held = found.get("held", [])
-        return {
-            "wall": found["wall"],
-            "held_p50": percentile(held, 0.5) if held else None,
-            "held_total": sum(held) if held else None,
-            "errors": found["errors"],
-            "lost": lost,
-            "kinds": found["kinds"],
-            "p50": percentile(found["times"], 0.50),
-            "p99": percentile(found["times"], 0.99),
-            "requests_before": found.get("requests_before", []),
-        }
+        finally:
+            self.forget(variant, directory)  # when the cell ends, whatever happened
 
     # -- 4b. the same, as whole processes ------------------------------------------------
 
@@ -451,11 +473,13 @@ class Bench:
             stored += found["stored"]
             own += found.get("own_tokens", 0)
             before.add(found["requests_before"])
+        lost = self._lost(variant, directory, stored, own)
+        self.forget(variant, directory)
         return {
             "wall": wall,
             "requests_before": sorted(before),
             "errors": errors,
-            "lost": self._lost(variant, directory, stored, own),
+            "lost": lost,
             "kinds": sorted(kinds),
         }
 
@@ -547,6 +571,8 @@ class Bench:
                         found[variant].append(self.run("scale", variant, dirs[variant]))
                     except (WorkerFailed, subprocess.TimeoutExpired) as exc:
                         skipped[variant] = str(exc)
+            for seeded, directory in dirs.items():
+                self.forget(seeded, directory)
             base = found.get("msal-json", [])
             for variant in variants:
                 row: dict[str, Any] = {"variant": variant, "tokens": size, "bytes": size_bytes}
@@ -816,6 +842,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"[bench] {name} …", file=sys.stderr, flush=True)
                 results[name] = step()
                 results[name]["took_s"] = time.perf_counter() - t0
+            # every cell deleted its entries (Bench.forget): what is left, none expected
+            results["secret_service_items_left"] = secret_service.items()
         finally:
             bench.cleanup()
             secret_service.stop()

@@ -69,6 +69,24 @@ class PrivateSecretService:
         self.env = {k: env[k] for k in ("DBUS_SESSION_BUS_ADDRESS",)}
         return self.env
 
+    def items(self) -> Optional[int]:
+        """How many items the private keyring holds now (``None``: not running, or no answer)."""
+        if not self.env:
+            return None
+        count = (
+            "import secretstorage; c = secretstorage.dbus_init(); print(sum(len(list("
+            "k.get_all_items())) for k in secretstorage.get_all_collections(c)))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", count],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return int(done.stdout) if done.returncode == 0 else None
+
     def stop(self) -> None:
         for proc in reversed(self._procs):
             proc.terminate()

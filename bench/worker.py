@@ -127,33 +127,25 @@ def _json_recipe(path: str) -> Variant:
 def _msal_extensions(name: str, directory: str) -> Variant:
     import msal_extensions
 
-    location = os.path.join(directory, "cache.json")
-    if name == "msalx-file":
-        base: Any = msal_extensions.FilePersistence
-        args: tuple[Any, ...] = (location,)
-    else:
-        base = msal_extensions.LibsecretPersistence
-        label = os.path.basename(directory)
-        args = (location, "msal.bench." + label, {"bench": label})
-
-    class Counting(base):  # type: ignore[misc]
+    class Counting(_persistence_class(name)):  # type: ignore[misc]
         saves = 0
 
         def save(self, content: str) -> None:
             type(self).saves += 1
             super().save(content)
 
-    persistence = Counting(*args)
+    persistence = Counting(*_persistence_args(name, directory))
     cache = msal_extensions.PersistedTokenCache(persistence)
     return Variant(cache, lambda: Counting.saves, lambda: None)
 
 
-def _ours(name: str, directory: str, http_cache: bool = True) -> Variant:
-    import msal_keyring_cache
+_APP = "msal-keyring-cache-bench"
 
-    path = os.path.join(directory, "cache.bin")
+
+def _options(name: str, directory: str) -> dict[str, Any]:
+    """``build_cache``'s settings for this project's variant ``name`` in ``directory``."""
     service = "bench-" + os.path.basename(directory)
-    options: dict[str, Any] = {"path": path}
+    options: dict[str, Any] = {"path": os.path.join(directory, "cache.bin")}
     if name == "ours-key":
         options.update(backend="file", key=os.environ["BENCH_KEY"])
     elif name == "ours-pass":
@@ -162,12 +154,60 @@ def _ours(name: str, directory: str, http_cache: bool = True) -> Variant:
         options.update(backend="keyring", keyring_service=service)
     elif name == "ours-envelope":
         options.update(backend="file", key_in_keyring=True, keyring_service=service)
+    return options
+
+
+def _ours(name: str, directory: str, http_cache: bool = True) -> Variant:
+    import msal_keyring_cache
+
+    options = _options(name, directory)
     import inspect
 
     if http_cache and "http_cache" in inspect.signature(msal_keyring_cache.build_cache).parameters:
         options["http_cache"] = True  # msal's discovery answers kept beside the cache
-    cache = msal_keyring_cache.build_cache("msal-keyring-cache-bench", **options)
+    cache = msal_keyring_cache.build_cache(_APP, **options)
     return Variant(cache, lambda: int(cache.store.stats.saves), cache.close)
+
+
+def _persistence_class(name: str) -> Any:
+    import msal_extensions
+
+    if name == "msalx-file":
+        return msal_extensions.FilePersistence
+    return msal_extensions.LibsecretPersistence
+
+
+def _persistence_args(name: str, directory: str) -> tuple[Any, ...]:
+    location = os.path.join(directory, "cache.json")
+    if name == "msalx-file":
+        return (location,)
+    label = os.path.basename(directory)
+    return (location, "msal.bench." + label, {"bench": label})
+
+
+def mode_forget(name: str, directory: str) -> dict[str, Any]:
+    """Delete what variant ``name`` keeps in the Secret Service for the cache in ``directory``.
+
+    gnome-keyring re-encrypts and rewrites its whole keyring file on every write, so what
+    one cell left there would slow every write of the cells after it (4×30 with this
+    project's keyring store: 0.50 s, then 0.61, 0.75, 0.86, 1.04, 1.18 s as cells kept
+    their caches; 0.52-0.56 s each when every cell deleted its own). Each cell deletes
+    its own when it ends, so every cell starts from the same keyring.
+    """
+    if name == "msalx-libsecret":
+        persistence = _persistence_class(name)(*_persistence_args(name, directory))
+        persistence._agent.clear()  # msal-extensions has no public way to delete
+    elif name in ("ours-keyring", "ours-envelope"):
+        import keyring
+
+        from msal_keyring_cache import manage
+        from msal_keyring_cache.config import Settings
+
+        settings = Settings.resolve(app_name=_APP, **_options(name, directory))
+        manage.clear(settings)  # what ``msal-keyring-cache clear`` does
+        if settings.key_in_keyring:  # the envelope's key stays on a sign-out: not here
+            keyring.delete_password(settings.service, f"{settings.keyring_account}.key")
+    return {"ok": True}
 
 
 def _http_cache(variant: Variant) -> dict[str, Any]:
@@ -814,6 +854,9 @@ def main(argv: list[str]) -> None:
             if sub.startswith("apart-"):
                 targets += mode_tally(open_variant(name, os.path.join(directory, sub)))["targets"]
         sys.stdout.write(json.dumps({"targets": targets}) + "\n")
+        return
+    if mode == "forget":
+        sys.stdout.write(json.dumps(mode_forget(name, directory)) + "\n")
         return
     if mode == "lockstress":
         mode_lockstress(name, directory, int(rest[0]), int(rest[1]))
