@@ -11,7 +11,8 @@ Run by bench/run.py, never by hand. Each variant is set up the way its own docs 
   encrypted file with a Fernet key / a passphrase, the Secret Service, envelope mode.
 
 ``contend`` and ``lockstress`` fork their N processes from this one (bench/forking.py);
-``process`` is one of N whole processes the launcher starts itself (``Bench.processes``).
+``process`` is one of N whole processes the launcher starts itself (``Bench.processes``);
+``forget`` deletes what a variant keeps in the Secret Service when its cell ends.
 Every request msal makes goes through :class:`CountingClient`, an observer that does not
 depend on any cache's own counters.
 
