@@ -406,7 +406,7 @@ def markdown(results: dict[str, Any], labels: dict[str, str]) -> str:
         "libraries; each child builds its own cache and app). The launcher imports every "
         "variant's library the same way before it forks: msal for all, msal-extensions for "
         "its rows, and for this project the package with what it imports lazily on a first "
-        "write (its AES-GCM and HKDF primitives from cryptography, the group-commit module, "
+        "write (its AES-GCM primitive from cryptography, the group-commit module, "
         "fcntl; `PRELOAD` in bench/worker.py), so the timed region holds the writes, not "
         "imports a long-running process has paid long before. Every process also enters it "
         "having made the same request: msal's OpenID discovery while building its app, "

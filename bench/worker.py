@@ -499,9 +499,7 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "msal_keyring_cache.batch",
         "fcntl",
         "cryptography.exceptions",
-        "cryptography.hazmat.primitives.hashes",
         "cryptography.hazmat.primitives.ciphers.aead",
-        "cryptography.hazmat.primitives.kdf.hkdf",
     ),
     "ours-keyring": ("msal_keyring_cache.stores.credential", "keyring", "jeepney"),
 }

@@ -213,7 +213,7 @@ def _setting(
 BACKENDS = ("auto", "keyring", "file")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)  # its own __repr__ hides secrets
 class Settings:
     """Resolved configuration. Build it with :meth:`Settings.resolve`."""
 

@@ -716,14 +716,14 @@ def rotate_key(
                     _write_key_file(key_file, [new_key, *old_keys])
                     step("keys-added")
                     # 2. The cache is re-encrypted under the new key (one atomic replace).
-                    new_source = dataclasses.replace(old, keys=(new_key, *old_keys))
+                    new_source = old.with_keys((new_key, *old_keys))
                     store.rekey(new_source)
                     step("reencrypted")
                     # 3. Only now, and only when asked, may the old keys leave the key file.
                     kept = bool(old_keys) and not drop_old
                     if drop_old:
                         _write_key_file(key_file, [new_key])
-                        new_source = dataclasses.replace(old, keys=(new_key,))
+                        new_source = old.with_keys((new_key,))
                         after = f"the key file {key_file} holds only the new key"
                     elif old_keys:
                         after = (

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from msal_keyring_cache import PersistentTokenCache, crypto
 from msal_keyring_cache.errors import ConfigError, CorruptCacheError, DecryptError, StoreError
@@ -133,6 +135,63 @@ def test_a_key_source_never_shows_its_keys() -> None:
     assert KEY not in repr(keys)
     assert crypto.fingerprint(KEY) in repr(keys)
     assert "pw" not in repr(crypto.Passphrase("pw"))
+
+
+def test_key_sources_keep_what_they_were_given() -> None:
+    keys = crypto.FernetKeys(
+        (KEY,), "key file k.key", "key_file", "key file", crypto.Protection.KEY_FILE, "/k.key"
+    )
+    rotated = keys.with_keys((OTHER_KEY, KEY))
+    for source in (keys, rotated):
+        assert (source.label, source.tag, source.protection) == (
+            "key file k.key",
+            "key_file",
+            "key file",
+        )
+        assert (source.level, source.path) == (crypto.Protection.KEY_FILE, "/k.key")
+    assert rotated.keys == (OTHER_KEY, KEY)
+    assert rotated.fingerprints == (crypto.fingerprint(OTHER_KEY), crypto.fingerprint(KEY))
+    assert keys.keys == (KEY,)  # the rotation is a new source
+    passphrase = crypto.Passphrase("pw", "the web passphrase")
+    assert (passphrase.passphrase, passphrase.label, passphrase.tag) == (
+        "pw",
+        "the web passphrase",
+        "passphrase",
+    )
+    assert passphrase.protection == "passphrase (scrypt)"
+    assert passphrase.level is crypto.Protection.PASSPHRASE
+    assert crypto.Passphrase("pw").label == "the passphrase"
+    default = crypto.FernetKeys((KEY,))
+    assert (default.label, default.tag, default.protection) == ("a Fernet key", "key", "Fernet key")
+    assert (default.level, default.path) == (crypto.Protection.KEY, None)
+
+
+@pytest.mark.parametrize(
+    ("ikm", "salt", "info", "okm"),
+    [  # RFC 5869, appendix A, test cases 1 and 3: the first 32 bytes of the OKM
+        (
+            "0b" * 22,
+            "000102030405060708090a0b0c",
+            "f0f1f2f3f4f5f6f7f8f9",
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf",
+        ),
+        ("0b" * 22, "", "", "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"),
+    ],
+)
+def test_the_file_key_is_rfc_5869_hkdf_sha256(ikm: str, salt: str, info: str, okm: str) -> None:
+    got = crypto.hkdf_sha256(bytes.fromhex(ikm), bytes.fromhex(salt), bytes.fromhex(info))
+    assert got.hex() == okm
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=80), st.binary(max_size=40))
+def test_the_file_key_is_what_cryptography_s_hkdf_derives(
+    secret: bytes, salt: bytes, info: bytes
+) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    expected = HKDF(hashes.SHA256(), 32, salt or None, info).derive(secret)
+    assert crypto.hkdf_sha256(secret, salt, info) == expected
 
 
 def test_protection_levels_that_doctor_warns_about() -> None:
