@@ -627,7 +627,7 @@ def _file_cipher(key: str, header: Header) -> Any:
 
 
 def hkdf_sha256(secret: bytes, salt: bytes, info: bytes = _SNAPSHOT_INFO) -> bytes:
-    """HKDF-SHA256 (RFC 5869) of a 32-byte key: one HMAC extracts, one expands.
+    """HKDF-SHA256 (RFC 5869) to a 32-byte key: one HMAC extracts, one expands.
 
     The standard library's HMAC rather than cryptography's ``HKDF``: the same bytes (the
     tests check it against RFC 5869's vectors and against ``HKDF``) without every process
