@@ -203,11 +203,12 @@ def mode_forget(name: str, directory: str) -> dict[str, Any]:
 
         from msal_keyring_cache import manage
         from msal_keyring_cache.config import Settings
+        from msal_keyring_cache.factory import envelope_account
 
         settings = Settings.resolve(app_name=_APP, **_options(name, directory))
         manage.clear(settings)  # what ``msal-keyring-cache clear`` does
         if settings.key_in_keyring:  # the envelope's key stays on a sign-out: not here
-            keyring.delete_password(settings.service, f"{settings.keyring_account}.key")
+            keyring.delete_password(settings.service, envelope_account(settings))
     return {"ok": True}
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "choose",
     "default_lock_path",
     "default_path",
+    "envelope_account",
     "envelope_key",
     "generated_key_path",
     "key_source",
@@ -404,6 +405,12 @@ def _info(info: BackendInfo) -> BackendInfo:
     return info
 
 
+def envelope_account(settings: Settings) -> str:
+    """The credential-store account (under ``settings.service``) that holds the envelope's
+    key: the cache's account name with ``.key`` after it."""
+    return f"{settings.keyring_account}.key"
+
+
 def envelope_key(
     settings: Settings, env_prefix: Optional[str] = None, *, read_only: bool = False
 ) -> crypto.KeySource:
@@ -416,7 +423,7 @@ def envelope_key(
     """
     env_prefix = env_prefix or settings.env_prefix
     path = settings.path or default_path(settings.app_name)
-    account = f"{settings.keyring_account}.key"
+    account = envelope_account(settings)
     store = _store_for(
         settings,
         account,
