@@ -251,11 +251,13 @@ def _why(results: dict[str, Any]) -> list[str]:
             f"{apart['vs_floor']:.2f}× the floor at 16×{apart['each']}; one cache shared by "
             f"all is {shared['vs_floor']:.2f}×. The difference is what sharing costs: each "
             "process takes in and holds every other process's tokens (more memory written, "
-            "page faults), and writers meet at the lock (group commit). Taking in one "
-            "other process's record (a 2 KB access token) costs ~9 µs of CPU here in a "
-            "tight loop — finding it 1.1 µs, decrypting 3.1, parsing 3.5, applying 1.3 — and "
-            "at 16×30 each process takes in some 450: ~65 ms of CPU over the 16, ~7% of "
-            "this project's CPU in that cell, work the floor does not do."
+            "page faults), and writers meet at the lock (group commit). Measured apart from "
+            "this run (2026-11-26): taking in one other process's record (a 2 KB access "
+            "token) costs ~9 µs of CPU in a tight loop — finding it 1.1 µs, decrypting 3.1, "
+            "parsing 3.5, applying 1.3 — and at 16×30 each process takes in some 450; inside "
+            "the cell, on cold caches and fresh memory, the catch-ups took ~16% of this "
+            "project's CPU (`BENCH_PHASES=cpu`), and a throwaway copy that took in nothing "
+            "ran 8% faster: work the floor does not do."
         )
     fsync = results["machine"].get("fsync_ms")
     cost = (
