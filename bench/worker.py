@@ -496,13 +496,13 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "msal_keyring_cache",
         "msal_keyring_cache.factory",
         "msal_keyring_cache.stores.file",
-        "msal_keyring_cache.http_cache",
         "msal_keyring_cache.batch",
         "fcntl",
         "cryptography.exceptions",
-        "cryptography.hazmat.primitives.ciphers.aead",
+        "cryptography.hazmat.bindings._rust",  # crypto._aesgcm: the AES-GCM class
     ),
     "ours-keyring": ("msal_keyring_cache.stores.credential", "keyring", "jeepney"),
+    "ours-http": ("msal_keyring_cache.http_cache",),  # only with BENCH_HTTP_CACHE=1
 }
 
 
@@ -518,6 +518,8 @@ def preload(name: str) -> None:
     groups = ["msal", name.split("-")[0]]
     if name in ("ours-keyring", "ours-envelope"):
         groups.append("ours-keyring")
+    if _HTTP_CACHE and name.startswith("ours-"):
+        groups.append("ours-http")
     if os.environ.get("BENCH_PRELOAD") == "msal":
         groups = ["msal"]
     for group in groups:

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,35 @@ def test_the_file_key_is_what_cryptography_s_hkdf_derives(
 
     expected = HKDF(hashes.SHA256(), 32, salt or None, info).derive(secret)
     assert crypto.hkdf_sha256(secret, salt, info) == expected
+
+
+def test_the_record_cipher_is_cryptography_s_aesgcm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.bindings import _rust
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    assert crypto._aesgcm() is AESGCM  # the binding's class is the public one
+    openssl = getattr(_rust, "openssl", None)
+    if openssl is not None and hasattr(openssl, "aead"):
+        monkeypatch.delattr(openssl, "aead")  # a cryptography that keeps it elsewhere
+        assert crypto._aesgcm() is AESGCM
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.bindings._rust", None)  # none at all
+    assert crypto._aesgcm() is AESGCM
+
+
+def test_opening_a_cache_does_not_import_cryptography_s_cipher_package(tmp_path: Path) -> None:
+    code = (
+        "import sys; from msal_keyring_cache.stores.file import EncryptedFileStore; "
+        "from msal_keyring_cache import crypto; "
+        "store = EncryptedFileStore(sys.argv[1], crypto.FernetKeys((sys.argv[2],))); "
+        "store.save(b'{}'); store.append(b'{}', lambda: b'{}'); store.sync(); "
+        "store = EncryptedFileStore(sys.argv[1], crypto.FernetKeys((sys.argv[2],))); "
+        "assert store.load() == b'{}'; "
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography.hazmat.primitives')))"
+    )
+    done = subprocess.run([PYTHON, "-c", code, str(tmp_path / "c.bin"), KEY], cwd=ROOT,
+                          env=child_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_protection_levels_that_doctor_warns_about() -> None:
