@@ -50,6 +50,7 @@ import contextlib
 import enum
 import hashlib
 import hmac
+import importlib
 import json
 import os
 import secrets
@@ -631,12 +632,10 @@ def _aesgcm() -> Any:
     class, but importing it runs the whole ``ciphers`` package first: ~1.7 ms more import
     and ~1.2 ms more interpreter teardown in every process that opens a cache. A test
     checks that both names are the same class; a cryptography without that binding gets
-    the public import.
+    the public import. (Looked up by name: type stubs of a private module may change.)
     """
     try:
-        from cryptography.hazmat.bindings._rust import openssl
-
-        return openssl.aead.AESGCM
+        return importlib.import_module("cryptography.hazmat.bindings._rust").openssl.aead.AESGCM
     except (ImportError, AttributeError):
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
