@@ -631,10 +631,10 @@ class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]
         # applied on top of what others wrote (known only after catching up under the
         # lock), and the record it becomes is sealed with its place in the file (the next
         # sequence number, known only under the lock). Moving the JSON encoding (~4 µs for
-        # a sign-in's entries) and the encryption (~10 µs) out of the lock would need a
+        # a sign-in's entries) and the encryption (~2 µs) out of the lock would need a
         # speculative record that is thrown away whenever another process wrote first. The
-        # fsync that makes the write durable (2-9 ms here, about half of the critical
-        # section when it was inside) runs after the lock: _sync().
+        # fsync that makes the write durable (0.1-9 ms by disk; on a slow one about half
+        # of the critical section when it was inside) runs after the lock: _sync().
         changes = self._changes()
         try:
             if self._rewrite:
