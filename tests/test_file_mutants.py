@@ -885,6 +885,35 @@ def test_the_journal_may_reach_its_byte_limit_exactly_before_it_is_compacted(
     assert _names(_state(_store(path))) == {"a", "b", "c"}
 
 
+def test_a_large_snapshot_takes_one_record_per_share_of_it_before_it_is_compacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "MAX_RECORDS records — more for a large snapshot: one per RECORD_SHARE bytes of it".
+    # A snapshot of 100-and-a-bit shares takes 100 records (not 64, not 101); the write
+    # after them compacts. (The share is made small so that the snapshot stays small.)
+    monkeypatch.setattr(file, "RECORD_SHARE", 1024)
+    path = tmp_path / "c.bin"
+    store = _store(path)
+    for pad in range(100_000, 100_000 + 1024):
+        with store.lock():
+            store.save(json.dumps({"AccessToken": {"big": {"secret": "x" * pad}}}).encode())
+        snapshot = crypto.locate(path.read_bytes())[2] + 1  # the snapshot, with the header
+        if snapshot % 1024:
+            break
+    limit = snapshot // 1024
+    assert limit > file.MAX_RECORDS
+    gen, _ = _journal(path)
+    names = [f"k{i}" for i in range(limit)]
+    with store.lock():
+        for name in names:
+            store.append(_delta(name), _unused)  # small records: the byte limit is far
+        assert _journal(path)[0] == gen  # `limit` records, still appended
+        assert len(crypto.file_records(path.read_bytes())) == 2 + limit
+        store.append(_delta("last"), lambda: _apply_all("big", *names, "last"))
+        assert _journal(path)[0] != gen  # one more: compacted
+    assert _names(_state(_store(path))) == {"big", *names, "last"}
+
+
 @pytest.mark.parametrize("over", [0, 1])
 def test_a_store_that_followed_a_compaction_compacts_at_the_new_snapshots_size(
     tmp_path: Path, over: int
