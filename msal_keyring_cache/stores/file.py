@@ -344,8 +344,8 @@ class EncryptedFileStore(Store):
         ):
             self.save(full())
             return
-        records = max(MAX_RECORDS, self._snapshot_end // RECORD_SHARE)
-        if self._records >= records or journal > max(self._snapshot_end, MIN_JOURNAL_BYTES):
+        limit = max(MAX_RECORDS, self._snapshot_end // RECORD_SHARE)  # records
+        if self._records >= limit or journal > max(self._snapshot_end, MIN_JOURNAL_BYTES):
             self._compact(delta, full(), header)
             return
         record = crypto.seal(delta, self._key, header, self._records + 1)
