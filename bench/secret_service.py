@@ -37,8 +37,15 @@ class PrivateSecretService:
             XDG_DATA_HOME=os.path.join(self._home, "data"),
             XDG_RUNTIME_DIR=self._home,
         )
+        # No service files on the bus: a probe that came before the daemon's name would
+        # otherwise make D-Bus start a second daemon, which stop() does not know about.
+        from tests.services_secret_service import BUS_CONFIG
+
+        config = os.path.join(self._home, "bus.conf")
+        with open(config, "w") as fh:
+            fh.write(BUS_CONFIG)
         bus = subprocess.Popen(
-            ["dbus-daemon", "--session", "--nofork", "--print-address=1"],
+            ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,

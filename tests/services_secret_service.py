@@ -97,7 +97,8 @@ class SecretService:
             collection.connection.close()  # type: ignore[attr-defined]
 
 
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+#: A session bus without service files (no D-Bus activation); bench/secret_service.py uses it too.
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>session</type>
@@ -143,7 +144,7 @@ def secret_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretS
     # gnome-keyring-daemon ("--start") whenever a call finds no owner, as while one
     # daemon replaces another (unlock()), and the two then take the name from each other.
     config = root / "bus.conf"
-    config.write_text(_BUS_CONFIG)
+    config.write_text(BUS_CONFIG)
     started = subprocess.run(
         ["dbus-daemon", f"--config-file={config}", "--fork", "--print-address=1", "--print-pid=1"],
         env=env,
